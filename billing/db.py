@@ -1,0 +1,66 @@
+"""Engine, sessions and the unit of work.
+
+Transactions open and commit at the edge (one per mutation, REST request or arq job);
+service functions take the unit of work, only ``flush()``, and record side effects as
+events that the edge dispatches *after* commit — so a rolled-back job is never enqueued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationAccepted:
+    """A job was committed as queued: enqueue it."""
+
+    generation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    """A job reached a final state."""
+
+    generation_id: str
+    status: str
+
+
+Event = GenerationAccepted | GenerationFinished
+
+
+@dataclass
+class UnitOfWork:
+    session: AsyncSession
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@asynccontextmanager
+async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
+    """One transaction. Commits on success; on error rolls back and drops the events."""
+    async with sessions() as session:
+        uow = UnitOfWork(session)
+        try:
+            yield uow
+            await session.commit()
+        except BaseException:
+            uow.events.clear()
+            await session.rollback()
+            raise

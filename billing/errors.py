@@ -1,0 +1,81 @@
+"""Typed domain errors with stable codes. No HTTP status here: the edges map codes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+class FluxgateError(Exception):
+    """An error a client may see: its message and ``extensions`` are safe to send."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str, **extensions: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extensions
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"code": self.code.value, **self.extra}
+
+
+class BadUserInput(FluxgateError):
+    code = ErrorCode.BAD_USER_INPUT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, field=field)
+        self.field = field
+
+
+class Unauthenticated(FluxgateError):
+    code = ErrorCode.UNAUTHENTICATED
+
+    def __init__(self, message: str = "Missing or invalid API key") -> None:
+        super().__init__(message)
+
+
+class Forbidden(FluxgateError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(FluxgateError):
+    code = ErrorCode.NOT_FOUND
+
+    def __init__(self, what: str = "Generation") -> None:
+        super().__init__(f"{what} not found")
+
+
+class InsufficientCredits(FluxgateError):
+    code = ErrorCode.INSUFFICIENT_CREDITS
+
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(
+            "Insufficient credits for this operation",
+            creditsRequired=required,
+            creditsAvailable=available,
+        )
+        self.required = required
+        self.available = available
+
+
+class IdempotencyKeyReused(FluxgateError):
+    code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request body",
+            field="Idempotency-Key",
+        )

@@ -1,0 +1,159 @@
+"""Tables. Every SQL statement that touches them lives in ``repository.py``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(*, nullable: bool = False) -> Any:
+    """A timezone-aware timestamp column; required ones default to now."""
+    if nullable:
+        return Field(default=None, sa_type=DateTime(timezone=True), nullable=True)
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False)
+
+
+class GenerationStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED}
+)
+
+
+class LedgerKind(StrEnum):
+    GRANT = "grant"
+    RESERVE = "reserve"
+    CAPTURE = "capture"
+    RELEASE = "release"
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        # The cached balance may never go negative: the last line of defence behind the
+        # conditional UPDATE that reserves credits.
+        CheckConstraint("credits_available >= 0", name="ck_accounts_available_nonneg"),
+        CheckConstraint("credits_reserved >= 0", name="ck_accounts_reserved_nonneg"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    plan: str = Field(default="free", max_length=32)
+    webhook_secret: str = Field(max_length=128)
+    credits_available: int = Field(
+        default=0,
+        sa_type=BigInteger,
+        description="Cache of SUM(ledger.available_delta); spendable credits.",
+    )
+    credits_reserved: int = Field(
+        default=0,
+        sa_type=BigInteger,
+        description="Cache of SUM(ledger.reserved_delta); held by unfinished jobs.",
+    )
+    created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", index=True)
+    name: str = Field(default="default", max_length=100)
+    prefix: str = Field(max_length=32, description="First characters of the key, for display.")
+    key_hash: str = Field(
+        max_length=128, unique=True, description="HMAC-SHA256 of the full key (peppered)."
+    )
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
+
+
+class Generation(SQLModel, table=True):
+    __tablename__ = "generations"
+    __table_args__ = (
+        UniqueConstraint("account_id", "idempotency_key", name="uq_generations_idempotency"),
+        Index("ix_generations_account_created", "account_id", "created_at"),
+        CheckConstraint(
+            "status IN ('queued', 'processing', 'completed', 'failed', 'cancelled')",
+            name="ck_generations_status",
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id")
+    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
+    type: str = Field(default="IMAGE", max_length=16)
+    provider: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    quality: str = Field(max_length=16)
+    prompt: str = Field(sa_type=Text)
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int = Field(sa_type=BigInteger)
+    credit_cost: int = Field(description="Credits reserved at acceptance, captured on success.")
+    status: str = Field(default=GenerationStatus.QUEUED.value, max_length=16, index=True)
+    progress: int = 0
+    step: int = 0
+    total_steps: int = 0
+    webhook_url: str | None = Field(default=None, sa_type=Text)
+    image_key: str | None = Field(default=None, max_length=255)
+    meta: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSONB, nullable=False)
+    )
+    error: str | None = Field(default=None, sa_type=Text)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    attempts: int = 0
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    completed_at: datetime | None = _ts(nullable=True)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One credit movement. Rows are only ever inserted: corrections are new rows."""
+
+    __tablename__ = "ledger_entries"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", index=True)
+    kind: str = Field(max_length=16, description="grant | reserve | capture | release")
+    available_delta: int = Field(
+        sa_type=BigInteger, description="Change to spendable credits (signed)."
+    )
+    reserved_delta: int = Field(
+        sa_type=BigInteger, description="Change to credits held by unfinished jobs (signed)."
+    )
+    generation_id: str | None = Field(default=None, foreign_key="generations.id", index=True)
+    movement_key: str = Field(
+        max_length=255,
+        unique=True,
+        description=(
+            "Makes each movement happen at most once: reserve:<job>, settle:<job> (capture "
+            "and release share it, so a job is settled once), grant:<external id>."
+        ),
+    )
+    note: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts()

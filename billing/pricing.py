@@ -1,0 +1,86 @@
+"""Prices a request from the table in ``prices.toml``. GraphQL, REST and the ``price``
+query all call :func:`PriceTable.quote`, so a quote is always what a job is charged."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PRICES_FILE = Path(__file__).with_name("prices.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    max_pixels: int | None
+    credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    credits: int
+    tier: str
+    megapixels: float
+    width: int
+    height: int
+    version: str
+    quality: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    tiers: tuple[Tier, ...]
+    version_surcharge: dict[str, int]
+    quality_surcharge: dict[str, int]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriceTable:
+        tiers = tuple(
+            Tier(name=str(t["name"]), max_pixels=t.get("max_pixels"), credits=int(t["credits"]))
+            for t in data["tier"]
+        )
+        if not tiers or tiers[-1].max_pixels is not None:
+            raise ValueError("the last price tier must have no max_pixels")
+        bounds = [t.max_pixels for t in tiers[:-1]]
+        if any(b is None for b in bounds) or bounds != sorted(bounds):  # type: ignore[type-var]  # None excluded just before
+            raise ValueError("price tiers must be in increasing max_pixels order")
+        for t in tiers:
+            if t.credits <= 0:
+                raise ValueError(f"tier {t.name}: credits must be positive")
+        return cls(
+            tiers=tiers,
+            version_surcharge={k: int(v) for k, v in data.get("version_surcharge", {}).items()},
+            quality_surcharge={k: int(v) for k, v in data["quality_surcharge"].items()},
+        )
+
+    @classmethod
+    def load(cls, path: Path = PRICES_FILE) -> PriceTable:
+        with path.open("rb") as f:
+            return cls.from_dict(tomllib.load(f))
+
+    @property
+    def qualities(self) -> frozenset[str]:
+        return frozenset(self.quality_surcharge)
+
+    def quote(self, *, width: int, height: int, version: str, quality: str) -> Quote:
+        pixels = width * height
+        tier = next(t for t in self.tiers if t.max_pixels is None or pixels <= t.max_pixels)
+        surcharge = self.version_surcharge.get(version, self.version_surcharge.get("default", 0))
+        credits = tier.credits + surcharge + self.quality_surcharge[quality]
+        return Quote(
+            credits=credits,
+            tier=tier.name,
+            megapixels=round(pixels / 1_000_000, 2),
+            width=width,
+            height=height,
+            version=version,
+            quality=quality,
+        )
+
+
+@lru_cache(maxsize=1)
+def default_price_table() -> PriceTable:
+    return PriceTable.load()

@@ -1,0 +1,279 @@
+"""Every SQL statement the core runs. Functions take the session first and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from billing.models import (
+    Account,
+    ApiKey,
+    Generation,
+    GenerationStatus,
+    LedgerEntry,
+    LedgerKind,
+    utcnow,
+)
+
+_G = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
+_A = Account.__table__.c  # type: ignore[attr-defined]
+_L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
+_K = ApiKey.__table__.c  # type: ignore[attr-defined]
+
+
+# --- accounts and keys -------------------------------------------------------------
+
+
+async def add(session: AsyncSession, *rows: Any) -> None:
+    session.add_all(rows)
+    await session.flush()
+
+
+async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account | None:
+    return await session.get(Account, account_id)
+
+
+async def get_account_by_email(session: AsyncSession, email: str) -> Account | None:
+    result = await session.exec(select(Account).where(_A.email == email))  # type: ignore[call-overload]
+    return result.scalars().first()  # type: ignore[no-any-return]
+
+
+async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
+    result = await session.execute(
+        select(ApiKey, Account)
+        .join(Account, _A.id == _K.account_id)
+        .where(_K.key_hash == key_hash, _K.revoked_at.is_(None))
+    )
+    row = result.first()
+    return None if row is None else (row[0], row[1])
+
+
+async def touch_key(session: AsyncSession, key_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(update(ApiKey).where(_K.id == key_id).values(last_used_at=now))
+
+
+async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> bool:
+    result = await session.execute(
+        update(ApiKey)
+        .where(_K.id == key_id, _K.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .returning(_K.id)
+    )
+    return result.first() is not None
+
+
+async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(_K.account_id == account_id).order_by(_K.created_at)
+    )
+    return result.scalars().all()
+
+
+# --- ledger --------------------------------------------------------------------------
+
+
+async def debit_available(
+    session: AsyncSession, account_id: uuid.UUID, amount: int
+) -> bool:
+    """Move ``amount`` from available to reserved if, and only if, it is there.
+
+    A single conditional UPDATE: Postgres row-locks the account, so concurrent reserves
+    for one account are serialized and each re-checks ``credits_available >= amount``
+    against the committed value — the balance cannot be driven negative by a race.
+    """
+    result = await session.execute(
+        update(Account)
+        .where(_A.id == account_id, _A.credits_available >= amount)
+        .values(
+            credits_available=_A.credits_available - amount,
+            credits_reserved=_A.credits_reserved + amount,
+        )
+        .returning(_A.id)
+    )
+    return result.first() is not None
+
+
+async def adjust_balance(
+    session: AsyncSession, account_id: uuid.UUID, available_delta: int, reserved_delta: int
+) -> None:
+    await session.execute(
+        update(Account)
+        .where(_A.id == account_id)
+        .values(
+            credits_available=_A.credits_available + available_delta,
+            credits_reserved=_A.credits_reserved + reserved_delta,
+        )
+    )
+
+
+async def insert_entry(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    kind: LedgerKind,
+    available_delta: int,
+    reserved_delta: int,
+    movement_key: str,
+    generation_id: str | None = None,
+    note: str | None = None,
+) -> bool:
+    """Append one ledger row; False if a row with ``movement_key`` already exists."""
+    result = await session.execute(
+        insert(LedgerEntry)
+        .values(
+            account_id=account_id,
+            kind=kind.value,
+            available_delta=available_delta,
+            reserved_delta=reserved_delta,
+            movement_key=movement_key,
+            generation_id=generation_id,
+            note=note,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["movement_key"])
+        .returning(_L.id)
+    )
+    return result.first() is not None
+
+
+async def balance_cache(session: AsyncSession, account_id: uuid.UUID) -> tuple[int, int]:
+    result = await session.execute(
+        select(_A.credits_available, _A.credits_reserved).where(_A.id == account_id)
+    )
+    row = result.one()
+    return int(row[0]), int(row[1])
+
+
+async def ledger_sums(session: AsyncSession, account_id: uuid.UUID) -> tuple[int, int]:
+    result = await session.execute(
+        select(
+            func.coalesce(func.sum(_L.available_delta), 0),
+            func.coalesce(func.sum(_L.reserved_delta), 0),
+        ).where(_L.account_id == account_id)
+    )
+    row = result.one()
+    return int(row[0]), int(row[1])
+
+
+async def list_entries(session: AsyncSession, account_id: uuid.UUID) -> Sequence[LedgerEntry]:
+    result = await session.execute(
+        select(LedgerEntry).where(_L.account_id == account_id).order_by(_L.id)
+    )
+    return result.scalars().all()
+
+
+# --- generations ---------------------------------------------------------------------
+
+
+async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Insert a job row; False when the account already used this idempotency key.
+
+    ON CONFLICT DO NOTHING makes a concurrent duplicate wait for the first transaction
+    and then see its row, instead of failing with a unique violation.
+    """
+    result = await session.execute(
+        insert(Generation)
+        .values(**values)
+        .on_conflict_do_nothing(constraint="uq_generations_idempotency")
+        .returning(_G.id)
+    )
+    return result.first() is not None
+
+
+async def get_generation(session: AsyncSession, generation_id: str) -> Generation | None:
+    return await session.get(Generation, generation_id, populate_existing=True)
+
+
+async def get_generation_for_account(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str
+) -> Generation | None:
+    result = await session.execute(
+        select(Generation)
+        .where(_G.id == generation_id, _G.account_id == account_id)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def get_by_idempotency_key(
+    session: AsyncSession, account_id: uuid.UUID, key: str
+) -> Generation | None:
+    result = await session.execute(
+        select(Generation).where(_G.account_id == account_id, _G.idempotency_key == key)
+    )
+    return result.scalars().first()
+
+
+async def list_generations(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    status: str | None,
+) -> Sequence[Generation]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(Generation).where(_G.account_id == account_id)
+    if status is not None:
+        query = query.where(_G.status == status)
+    if after is not None:
+        query = query.where(tuple_(_G.created_at, _G.id) < tuple_(*after))
+    query = query.order_by(_G.created_at.desc(), _G.id.desc()).limit(limit)
+    result = await session.execute(query)
+    return result.scalars().all()
+
+
+async def transition(
+    session: AsyncSession,
+    generation_id: str,
+    *,
+    from_statuses: Sequence[GenerationStatus],
+    values: dict[str, Any],
+) -> Generation | None:
+    """Conditionally move a job between states. None if it was not in ``from_statuses``.
+
+    Each state change is one conditional UPDATE, so two workers running the same job (arq
+    runs a job at least once) cannot both complete it, nor complete a cancelled one.
+    """
+    result = await session.execute(
+        update(Generation)
+        .where(_G.id == generation_id, _G.status.in_([s.value for s in from_statuses]))
+        .values(updated_at=utcnow(), **values)
+        .returning(Generation)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def set_progress(
+    session: AsyncSession, generation_id: str, *, step: int, total_steps: int, progress: int
+) -> None:
+    await session.execute(
+        update(Generation)
+        .where(_G.id == generation_id, _G.status == GenerationStatus.PROCESSING.value)
+        .values(step=step, total_steps=total_steps, progress=progress, updated_at=utcnow())
+    )
+
+
+async def stale_generations(
+    session: AsyncSession, *, processing_before: datetime, queued_before: datetime
+) -> Sequence[Generation]:
+    """Jobs whose worker is presumed gone, and queued jobs that may never have been enqueued."""
+    result = await session.execute(
+        select(Generation).where(
+            or_(
+                and_(
+                    _G.status == GenerationStatus.PROCESSING.value,
+                    _G.updated_at < processing_before,
+                ),
+                and_(_G.status == GenerationStatus.QUEUED.value, _G.updated_at < queued_before),
+            )
+        )
+    )
+    return result.scalars().all()

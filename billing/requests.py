@@ -1,0 +1,171 @@
+"""Validation and normalisation of an image request, shared by every surface.
+
+Dimensions that are not multiples of 16 are *rejected* (not rounded): a client that asks
+for 1000x1000 and silently gets 1008x1008 is worse off than one told the nearest sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+from billing.catalog import Catalog, ModelEntry
+from billing.errors import BadUserInput
+from billing.pricing import PriceTable, Quote
+
+DIMENSION_STEP = 16
+DEFAULT_SIDE = 1024
+MAX_SEED = 2**32 - 1
+MAX_URL_LEN = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    min_side: int = 256
+    max_side: int = 2048
+    max_prompt_chars: int = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class RawImageRequest:
+    """What a client sent, before validation. ``None`` means "not given"."""
+
+    provider: str | None
+    prompt: str | None
+    width: int | None = None
+    height: int | None = None
+    version: str | None = None
+    quality: str | None = None
+    seed: int | None = None
+    webhook_url: str | None = None
+    type: str = "IMAGE"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """A validated request: every field resolved, the price known."""
+
+    provider: str
+    version: str
+    prompt: str
+    width: int
+    height: int
+    quality: str
+    seed: int
+    steps: int
+    guidance: float
+    webhook_url: str | None
+    type: str
+    quote: Quote
+    model: ModelEntry
+    request_hash: str
+
+
+# How each surface names the request's fields in errors (BAD_USER_INPUT names the field
+# the client actually sent).
+IMAGE_FIELDS: Mapping[str, str] = {
+    "provider": "service", "prompt": "prompt", "width": "width", "height": "height",
+    "version": "version", "quality": "quality", "seed": "seed", "webhook_url": "webhookUrl",
+    "type": "type",
+}  # fmt: skip
+GENERATE_FIELDS: Mapping[str, str] = {
+    "provider": "provider", "prompt": "input.text", "width": "options.width",
+    "height": "options.height", "version": "options.version", "quality": "options.quality",
+    "seed": "options.seed", "webhook_url": "webhookUrl", "type": "type",
+}  # fmt: skip
+
+
+def _dimension(value: int | None, field: str, limits: Limits) -> int:
+    if value is None:
+        return DEFAULT_SIDE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadUserInput(field, f"{field} must be an integer")
+    if not limits.min_side <= value <= limits.max_side:
+        raise BadUserInput(
+            field, f"{field} must be between {limits.min_side} and {limits.max_side} (got {value})"
+        )
+    if value % DIMENSION_STEP:
+        lower = value - value % DIMENSION_STEP
+        raise BadUserInput(
+            field,
+            f"{field} must be a multiple of {DIMENSION_STEP} (got {value}; "
+            f"nearest: {lower} or {lower + DIMENSION_STEP})",
+        )
+    return value
+
+
+def _webhook_url(value: str | None, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_URL_LEN:
+        raise BadUserInput(field, f"{field} is longer than {MAX_URL_LEN} characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadUserInput(field, f"{field} must be an absolute http(s) URL")
+    return value
+
+
+def request_fingerprint(raw: RawImageRequest) -> str:
+    """Hash of what the client asked for, to tell an idempotent retry from a new request."""
+    canonical = json.dumps(asdict(raw), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate(
+    raw: RawImageRequest,
+    *,
+    catalog: Catalog,
+    prices: PriceTable,
+    limits: Limits,
+    fields: Mapping[str, str] = IMAGE_FIELDS,
+) -> ImageRequest:
+    if raw.type != "IMAGE":
+        raise BadUserInput(fields["type"], "Only type IMAGE is supported")
+    prompt = (raw.prompt or "").strip()
+    if not prompt:
+        raise BadUserInput(fields["prompt"], f"{fields['prompt']} must not be empty")
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadUserInput(
+            fields["prompt"],
+            f"{fields['prompt']} is longer than {limits.max_prompt_chars} characters",
+        )
+    if "\x00" in prompt:
+        raise BadUserInput(fields["prompt"], f"{fields['prompt']} contains a NUL character")
+    if not raw.provider:
+        raise BadUserInput(fields["provider"], f"{fields['provider']} is required")
+    model = catalog.resolve(
+        raw.provider, raw.version or None, fields=(fields["provider"], fields["version"])
+    )
+    width = _dimension(raw.width, fields["width"], limits)
+    height = _dimension(raw.height, fields["height"], limits)
+    quality = raw.quality or "standard"
+    if quality not in prices.qualities:
+        raise BadUserInput(
+            fields["quality"],
+            f"{fields['quality']} must be one of {', '.join(sorted(prices.qualities))}",
+        )
+    if raw.seed is not None and not 0 <= raw.seed <= MAX_SEED:
+        raise BadUserInput(fields["seed"], f"{fields['seed']} must be between 0 and {MAX_SEED}")
+    webhook_url = _webhook_url(raw.webhook_url, fields["webhook_url"])
+    quote = prices.quote(width=width, height=height, version=model.version, quality=quality)
+    return ImageRequest(
+        provider=model.provider,
+        version=model.version,
+        prompt=prompt,
+        width=width,
+        height=height,
+        quality=quality,
+        # Fixed at acceptance, so a retried job renders the same image.
+        seed=raw.seed if raw.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        steps=model.high_quality_steps if quality == "high" else model.steps,
+        guidance=model.guidance,
+        webhook_url=webhook_url,
+        type=raw.type,
+        quote=quote,
+        model=model,
+        request_hash=request_fingerprint(raw),
+    )

@@ -1,0 +1,265 @@
+"""The generation lifecycle: accept (price + reserve), run, complete (capture) or fail
+(release), and the sweeper for jobs whose worker vanished."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from billing import repository as repo
+from billing.db import GenerationAccepted, GenerationFinished, UnitOfWork
+from billing.errors import BadUserInput, IdempotencyKeyReused, NotFound
+from billing.models import FINAL_STATUSES, Generation, GenerationStatus, utcnow
+from billing.requests import ImageRequest
+from billing.service import ledger
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+MAX_PAGE = 100
+MAX_IDEMPOTENCY_KEY = 255
+_ACTIVE = (GenerationStatus.QUEUED, GenerationStatus.PROCESSING)
+
+
+def new_generation_id() -> str:
+    return secrets.token_hex(12)
+
+
+async def submit(
+    uow: UnitOfWork,
+    *,
+    account_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    request: ImageRequest,
+    idempotency_key: str | None = None,
+) -> Generation:
+    """Accept a job: the row and the credit hold are written in one transaction.
+
+    With an idempotency key, a retry with the same body returns the first job and charges
+    nothing; the same key with a different body is refused.
+    """
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise BadUserInput("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters")
+    generation_id = new_generation_id()
+    now = utcnow()
+    inserted = await repo.insert_generation(
+        uow.session,
+        {
+            "id": generation_id,
+            "account_id": account_id,
+            "api_key_id": api_key_id,
+            "type": request.type,
+            "provider": request.provider,
+            "version": request.version,
+            "quality": request.quality,
+            "prompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            "steps": request.steps,
+            "guidance": request.guidance,
+            "seed": request.seed,
+            "credit_cost": request.quote.credits,
+            "status": GenerationStatus.QUEUED.value,
+            "total_steps": request.steps,
+            "webhook_url": request.webhook_url,
+            "metadata": _metadata(request),
+            "idempotency_key": idempotency_key,
+            "request_hash": request.request_hash if idempotency_key else None,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    if not inserted:
+        assert idempotency_key is not None  # only the idempotency constraint can conflict
+        existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
+        assert existing is not None
+        if existing.request_hash != request.request_hash:
+            raise IdempotencyKeyReused()
+        return existing
+    await ledger.reserve(uow.session, account_id, generation_id, request.quote.credits)
+    generation = await repo.get_generation(uow.session, generation_id)
+    assert generation is not None
+    uow.emit(GenerationAccepted(generation_id))
+    return generation
+
+
+def _metadata(request: ImageRequest) -> dict[str, Any]:
+    return {
+        "width": request.width,
+        "height": request.height,
+        "seed": request.seed,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "version": request.version,
+        "quality": request.quality,
+        "tier": request.quote.tier,
+        "megapixels": request.quote.megapixels,
+        "duration": None,
+    }
+
+
+async def get(session: AsyncSession, account_id: uuid.UUID, generation_id: str) -> Generation:
+    """The caller's job. Another account's job is indistinguishable from a missing one."""
+    generation = await repo.get_generation_for_account(session, account_id, generation_id)
+    if generation is None:
+        raise NotFound("Generation")
+    return generation
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: Sequence[Generation]
+    next_cursor: str | None
+
+
+def _encode_cursor(g: Generation) -> str:
+    return base64.urlsafe_b64encode(f"{g.created_at.isoformat()}|{g.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, gid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), gid
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadUserInput("after", "after is not a cursor returned by this API") from exc
+
+
+async def list_page(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    first: int,
+    after: str | None,
+    status: str | None,
+) -> Page:
+    if not 1 <= first <= MAX_PAGE:
+        raise BadUserInput("first", f"first must be between 1 and {MAX_PAGE}")
+    if status is not None and status not in {s.value for s in GenerationStatus}:
+        raise BadUserInput("status", f"unknown status {status!r}")
+    rows = await repo.list_generations(
+        session,
+        account_id,
+        limit=first + 1,
+        after=_decode_cursor(after) if after else None,
+        status=status,
+    )
+    items = rows[:first]
+    more = len(rows) > first
+    return Page(items=items, next_cursor=_encode_cursor(items[-1]) if more and items else None)
+
+
+# --- worker side -------------------------------------------------------------------
+
+
+async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | None:
+    """Claim a job for running. None when it is already final (a duplicate delivery).
+
+    A job found ``processing`` is claimed again: its previous worker died mid-run and
+    arq is retrying it. Settlement happens once whatever the number of runs.
+    """
+    return await repo.transition(
+        uow.session,
+        generation_id,
+        from_statuses=_ACTIVE,
+        values={
+            "status": GenerationStatus.PROCESSING.value,
+            "started_at": utcnow(),
+            "attempts": Generation.attempts + 1,  # type: ignore[operator]  # SQL expression
+            "step": 0,
+            "progress": 0,
+        },
+    )
+
+
+async def record_progress(
+    session: AsyncSession, generation_id: str, step: int, total_steps: int
+) -> None:
+    progress = min(99, int(100 * step / total_steps)) if total_steps else 0
+    await repo.set_progress(
+        session, generation_id, step=step, total_steps=total_steps, progress=progress
+    )
+
+
+async def complete(
+    uow: UnitOfWork, generation_id: str, *, image_key: str, metadata: dict[str, Any]
+) -> Generation | None:
+    """Mark done and capture the hold. None if the job was no longer processing."""
+    now = utcnow()
+    generation = await repo.transition(
+        uow.session,
+        generation_id,
+        from_statuses=(GenerationStatus.PROCESSING,),
+        values={
+            "status": GenerationStatus.COMPLETED.value,
+            "image_key": image_key,
+            "metadata": metadata,
+            "progress": 100,
+            "completed_at": now,
+            "error": None,
+        },
+    )
+    if generation is None:
+        return None
+    await ledger.settle(
+        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=True
+    )
+    uow.emit(GenerationFinished(generation.id, generation.status))
+    return generation
+
+
+async def fail(uow: UnitOfWork, generation_id: str, message: str) -> Generation | None:
+    """Mark failed and release the hold. None if the job had already finished."""
+    generation = await repo.transition(
+        uow.session,
+        generation_id,
+        from_statuses=_ACTIVE,
+        values={
+            "status": GenerationStatus.FAILED.value,
+            "error": message[:2000],
+            "completed_at": utcnow(),
+        },
+    )
+    if generation is None:
+        return None
+    await ledger.settle(
+        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
+    )
+    uow.emit(GenerationFinished(generation.id, generation.status))
+    return generation
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    failed: list[str]
+    requeued: list[str]
+
+
+async def sweep(uow: UnitOfWork, *, stale_after: timedelta, requeue_after: timedelta) -> SweepResult:
+    """Release holds of jobs whose worker is gone; re-announce queued jobs never picked up.
+
+    A job ``processing`` with no progress for ``stale_after`` has outlived every arq retry
+    (its in-progress key has expired and max_tries is spent): it is failed and released,
+    so no credits stay held forever. A job ``queued`` for ``requeue_after`` may have been
+    committed while Redis was unreachable: it is enqueued again (arq de-duplicates by id).
+    """
+    now = utcnow()
+    stale = await repo.stale_generations(
+        uow.session, processing_before=now - stale_after, queued_before=now - requeue_after
+    )
+    result = SweepResult(failed=[], requeued=[])
+    for g in stale:
+        if g.status == GenerationStatus.PROCESSING.value:
+            if await fail(uow, g.id, "The worker running this job stopped; credits released"):
+                result.failed.append(g.id)
+        else:
+            uow.emit(GenerationAccepted(g.id))
+            result.requeued.append(g.id)
+    return result
+
+
+def is_final(generation: Generation) -> bool:
+    return GenerationStatus(generation.status) in FINAL_STATUSES

@@ -1,0 +1,99 @@
+"""Credit movements. The ledger is the truth; ``accounts.credits_*`` is a cache of its sums
+updated in the same transaction as each entry (checked by :func:`audit`).
+
+Movement         available   reserved   key
+grant N          +N          0          grant:<external id>
+reserve job      -cost       +cost      reserve:<job>
+capture job      0           -cost      settle:<job>
+release job      +cost       -cost      settle:<job>
+
+Capture and release share the key ``settle:<job>``: a job is settled exactly once, even if
+a retried worker and the sweeper race to settle it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from billing import repository as repo
+from billing.errors import BadUserInput, InsufficientCredits
+from billing.models import LedgerKind
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    available: int
+    reserved: int
+
+
+async def grant(
+    session: AsyncSession, account_id: uuid.UUID, amount: int, *, reference: str, note: str | None
+) -> bool:
+    """Add credits once per ``reference`` (a payment id, a CLI grant id). False if already granted."""
+    if amount <= 0:
+        raise BadUserInput("amount", "amount must be a positive number of credits")
+    inserted = await repo.insert_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.GRANT,
+        available_delta=amount,
+        reserved_delta=0,
+        movement_key=f"grant:{reference}",
+        note=note,
+    )
+    if inserted:
+        await repo.adjust_balance(session, account_id, amount, 0)
+    return inserted
+
+
+async def reserve(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str, cost: int
+) -> None:
+    """Hold ``cost`` credits for a job or raise :class:`InsufficientCredits`."""
+    if not await repo.debit_available(session, account_id, cost):
+        available, _ = await repo.balance_cache(session, account_id)
+        raise InsufficientCredits(required=cost, available=available)
+    await repo.insert_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.RESERVE,
+        available_delta=-cost,
+        reserved_delta=cost,
+        movement_key=f"reserve:{generation_id}",
+        generation_id=generation_id,
+    )
+
+
+async def settle(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str, cost: int, *, capture: bool
+) -> bool:
+    """Capture (spend) or release (refund) a job's hold, at most once per job."""
+    kind = LedgerKind.CAPTURE if capture else LedgerKind.RELEASE
+    available_delta = 0 if capture else cost
+    inserted = await repo.insert_entry(
+        session,
+        account_id=account_id,
+        kind=kind,
+        available_delta=available_delta,
+        reserved_delta=-cost,
+        movement_key=f"settle:{generation_id}",
+        generation_id=generation_id,
+    )
+    if inserted:
+        await repo.adjust_balance(session, account_id, available_delta, -cost)
+    return inserted
+
+
+async def balance(session: AsyncSession, account_id: uuid.UUID) -> Balance:
+    available, reserved = await repo.balance_cache(session, account_id)
+    return Balance(available=available, reserved=reserved)
+
+
+async def audit(session: AsyncSession, account_id: uuid.UUID) -> tuple[Balance, Balance]:
+    """(cached balance, sum of ledger entries). Equal unless something bypassed the ledger."""
+    cached = await balance(session, account_id)
+    available, reserved = await repo.ledger_sums(session, account_id)
+    return cached, Balance(available=available, reserved=reserved)

@@ -1,0 +1,67 @@
+"""The one settings object. A leaf module: it imports nothing from the project.
+
+Every setting is read from an environment variable with the ``FLUXGATE_`` prefix (or a
+``.env`` file in the working directory). Defaults fit ``make run`` on a development
+machine; outside development the placeholder secret is refused.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLUXGATE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/fluxgate"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Namespaces every arq/Redis key, so two deployments sharing one Redis database
+    # still cannot pick up each other's jobs.
+    queue_name: str = "fluxgate:queue"
+    storage_dir: Path = ROOT / "var" / "storage"
+    public_url: str = "http://127.0.0.1:8000"
+    models: Path = ROOT / "deploy" / "models.dev.toml"
+    # Pepper for the keyed hash of API keys: the database alone cannot verify a key.
+    secret_key: SecretStr = SecretStr(DEV_SECRET)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    job_timeout_s: int = Field(default=600, ge=10)
+    job_max_tries: int = Field(default=3, ge=1)
+    # A hold older than this on a job that is neither finished nor progressing is released
+    # by the sweeper: the worker that held it is gone and arq has given up on it.
+    stale_job_after_s: int = Field(default=3600, ge=60)
+    progress_interval_s: float = Field(default=0.25, gt=0)
+
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    min_side: int = 256
+    max_side: int = 2048
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError("FLUXGATE_SECRET_KEY must be set to a random value in production")
+        return self
+
+    @property
+    def public_base(self) -> str:
+        return self.public_url.rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
