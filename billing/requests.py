@@ -19,7 +19,8 @@ from billing.pricing import PriceTable, Quote
 
 DIMENSION_STEP = 16
 DEFAULT_SIDE = 1024
-MAX_SEED = 2**32 - 1
+# GraphQL Int is a signed 32-bit integer, so seeds stay within it on every surface.
+MAX_SEED = 2**31 - 1
 MAX_URL_LEN = 2048
 
 

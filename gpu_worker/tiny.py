@@ -9,18 +9,21 @@ Why the shapes are what they are:
 
 * The VAE has four down/up blocks, like the real one, so it scales by ``2 ** 3 = 8`` and
   the pipeline's ``vae_scale_factor`` is 8.  With fewer blocks the latents would be larger
-  (full-size with one block) and the transformer would see ~64x more image tokens.
+  (full-size with one block) and the transformer would see up to 64x more image tokens.
   ``latent_channels=16`` because FLUX packs 16-channel latents in 2x2 patches, which
-  gives the transformer ``in_channels = 16 * 2 * 2 = 64``.  The mid-block attention is
-  off: at 1024x1024 it would be a 16384-token attention that dwarfs everything else.
+  gives the transformer ``in_channels = 16 * 2 * 2 = 64``.  The blocks are 4 channels
+  wide (2 norm groups) because at 1024x1024 the decoder's full-resolution convolutions
+  are most of the run time, and the mid-block attention is off: at 1024x1024 it would
+  be a 16384-token attention.
 * The transformer has one double-stream and one single-stream block with 2 heads of
   width 16 (inner width 32); ``axes_dims_rope`` must add up to the head width.
   ``joint_attention_dim`` is the T5 ``d_model`` and ``pooled_projection_dim`` is the CLIP
   ``hidden_size`` (FLUX uses CLIP's pooled output, which has the hidden size).
+  ``guidance_embeds=True`` as in FLUX.1-dev, so ``guidance_scale`` reaches the model.
 * The CLIP tokenizer is byte-level BPE whose vocabulary holds every byte, with and
   without CLIP's ``</w>`` end-of-word suffix, so any unicode text tokenizes without an
   unknown token.  CLIP's ``max_position_embeddings`` is 77, the tokenizer's max length.
-* The T5 tokenizer is a Unigram model over ASCII characters; any other character becomes
+* The T5 tokenizer is a Unigram model over printable ASCII; any other character becomes
   ``<unk>``.  T5 uses relative position buckets, so it accepts FLUX's default
   ``max_sequence_length=512`` and no special call arguments are needed.
 * Both text encoders' ``vocab_size`` is the tokenizer's ``len()``, so every id the
@@ -29,19 +32,25 @@ Why the shapes are what they are:
 
 from __future__ import annotations
 
+import importlib
+import json
 import pathlib
 import string
+import tempfile
 
 __all__ = ["build_tiny_flux"]
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
+_CLIP_END_OF_WORD = "</w>"
 _CLIP_MAX_LENGTH = 77
 _CLIP_HIDDEN = 32
+_CLIP_MERGED_WORDS = ("the", "cat", "photo", "of", "on", "in")
 
 _T5_PAD = "<pad>"
 _T5_EOS = "</s>"
 _T5_UNK = "<unk>"
+_T5_SPACE = "\u2581"  # SentencePiece's word-start marker.
 _T5_MAX_LENGTH = 512
 _T5_D_MODEL = 32
 
@@ -49,90 +58,86 @@ _VAE_SCALING_FACTOR = 0.3611
 _VAE_SHIFT_FACTOR = 0.1159
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (used by byte-level BPE)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    mapping: dict[int, str] = {b: chr(b) for b in printable}
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's reversible byte-to-character map used by byte-level BPE, in byte order."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\xa1"), ord("\xac") + 1),
+        *range(ord("\xae"), ord("\xff") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
         if b not in mapping:
             mapping[b] = chr(256 + extra)
             extra += 1
-    return mapping
+    return [mapping[b] for b in range(256)]
 
 
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Every byte symbol, alone and as a word ending, plus a few merges of common words."""
-    symbols = list(_bytes_to_unicode().values())
-    tokens = [_CLIP_BOS, _CLIP_EOS, *symbols, *(s + "</w>" for s in symbols)]
-    merges: list[tuple[str, str]] = []
-    for word in ("a", "the", "cat", "photo", "of", "on", "in"):
-        if len(word) < 2:
-            continue
-        # Merge left to right: ((t h) e</w>) and so on.
-        parts = [*word[:-1], word[-1] + "</w>"]
-        left = parts[0]
-        for right in parts[1:]:
-            merge = (left, right)
-            if merge not in merges:
-                merges.append(merge)
-            left = left + right
-            if left not in tokens:
-                tokens.append(left)
+def _write_clip_vocab(directory: pathlib.Path) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` for a byte-level BPE CLIP tokenizer.
+
+    The vocabulary is the two special tokens, every byte symbol alone and as a word
+    ending, and a few merged words so that BPE merging is exercised too.
+    """
+    symbols = _bytes_to_unicode()
+    tokens = [_CLIP_BOS, _CLIP_EOS, *symbols, *(s + _CLIP_END_OF_WORD for s in symbols)]
+    merges: list[str] = []
+    for word in _CLIP_MERGED_WORDS:
+        # Merge left to right: "t h" -> "th", then "th e</w>" -> "the</w>".
+        left, *rest = [*word[:-1], word[-1] + _CLIP_END_OF_WORD]
+        for right in rest:
+            merges.append(f"{left} {right}")
+            left += right
+            tokens.append(left)
     vocab = {token: index for index, token in enumerate(tokens)}
-    return vocab, merges
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8"
+    )
 
 
 def _t5_vocab() -> list[tuple[str, float]]:
-    """``<pad>``, ``</s>``, ``<unk>`` at 0, 1, 2 like T5, then printable ASCII pieces."""
-    pieces: list[tuple[str, float]] = [(_T5_PAD, 0.0), (_T5_EOS, 0.0), (_T5_UNK, 0.0), ("▁", -2.0)]
+    """``<pad>``, ``</s>``, ``<unk>`` at ids 0, 1, 2 as in T5, then printable ASCII pieces."""
     chars = string.ascii_letters + string.digits + string.punctuation
-    pieces.extend((c, -3.0) for c in chars)
-    pieces.extend(("▁" + c, -3.5) for c in chars)
-    return pieces
+    return [
+        (_T5_PAD, 0.0),
+        (_T5_EOS, 0.0),
+        (_T5_UNK, 0.0),
+        (_T5_SPACE, -2.0),
+        *((c, -3.0) for c in chars),
+        *((_T5_SPACE + c, -3.5) for c in chars),
+    ]
 
 
 def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
     """Build a tiny random FLUX pipeline and ``save_pretrained`` it into ``directory``.
 
-    The same ``seed`` always yields the same weights.  The global torch RNG state is left
-    as it was.
+    The same ``seed`` always gives byte-identical weights.  The global torch RNG state
+    is left as it was.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
         CLIPTokenizer,
         T5Config,
         T5EncoderModel,
-        T5TokenizerFast,
+        T5Tokenizer,
     )
 
-    clip_vocab, clip_merges = _clip_vocab()
-    tokenizer = CLIPTokenizer(
-        vocab=clip_vocab,
-        merges=clip_merges,
-        model_max_length=_CLIP_MAX_LENGTH,
-    )
-    tokenizer_2 = T5TokenizerFast(
-        vocab=_t5_vocab(),
-        extra_ids=0,
-        model_max_length=_T5_MAX_LENGTH,
-    )
+    # diffusers has no type information that mypy --strict accepts; use it as Any.
+    diffusers = importlib.import_module("diffusers")
+
+    with tempfile.TemporaryDirectory(prefix="tiny-clip-tokenizer-") as clip_files:
+        _write_clip_vocab(pathlib.Path(clip_files))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            clip_files, model_max_length=_CLIP_MAX_LENGTH, local_files_only=True
+        )
+    tokenizer_2 = T5Tokenizer(vocab=_t5_vocab(), extra_ids=0, model_max_length=_T5_MAX_LENGTH)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
@@ -160,10 +165,9 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
                 feed_forward_proj="gated-gelu",
                 pad_token_id=tokenizer_2.pad_token_id,
                 eos_token_id=tokenizer_2.eos_token_id,
-                decoder_start_token_id=tokenizer_2.pad_token_id,
             )
         )
-        transformer = FluxTransformer2DModel(
+        transformer = diffusers.FluxTransformer2DModel(
             patch_size=1,
             in_channels=64,
             num_layers=1,
@@ -175,7 +179,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
             guidance_embeds=True,
             axes_dims_rope=(4, 4, 8),
         )
-        vae = AutoencoderKL(
+        vae = diffusers.AutoencoderKL(
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * 4,
@@ -192,7 +196,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
             mid_block_add_attention=False,
         )
 
-    scheduler = FlowMatchEulerDiscreteScheduler(
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
         use_dynamic_shifting=True,
@@ -201,8 +205,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-
-    pipe = FluxPipeline(
+    pipe = diffusers.FluxPipeline(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,

@@ -1,0 +1,155 @@
+"""Loads diffusers pipelines once and runs them off the event loop.
+
+Each model directory in the registry is loaded once at worker start-up with an explicit
+device and dtype, stays resident, and runs in a single-thread executor: one image at a
+time per worker process (one GPU), and the asyncio loop stays free for progress updates
+and arq's heartbeat. Progress comes from ``callback_on_step_end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from billing.catalog import Catalog, ModelEntry
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    png: bytes
+    seconds: float
+    device: str
+    dtype: str
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """'auto' picks CUDA with bf16 where a GPU is present, else CPU with fp32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    return device, torch_dtype
+
+
+class PipelineRunner:
+    def __init__(self, catalog: Catalog, *, device: str = "auto", dtype: str = "auto") -> None:
+        self.catalog = catalog
+        self.device, self.dtype = resolve_device(device, dtype)
+        self._pipes: dict[Path, Any] = {}
+        # One thread: a GPU runs one pipeline at a time, and diffusers pipelines are not
+        # thread-safe.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+
+    def load_all(self) -> None:
+        """Load every model directory in the registry. Missing weights fail loudly here,
+        at start-up, rather than on a customer's job."""
+        for entry in self.catalog.entries:
+            self._load(entry.path, entry.pipeline)
+
+    def _load(self, path: Path, pipeline: str) -> Any:
+        if path in self._pipes:
+            return self._pipes[path]
+        import diffusers
+
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"no diffusers pipeline at {path} (model_index.json missing); "
+                "build the tiny one with `fluxgate models build-tiny DIR` or point the "
+                "model registry at a local checkpoint"
+            )
+        cls = getattr(diffusers, pipeline)
+        started = time.perf_counter()
+        pipe = cls.from_pretrained(str(path), torch_dtype=self.dtype, local_files_only=True)
+        pipe = pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        log.info(
+            "loaded %s from %s on %s/%s in %.1fs",
+            pipeline, path, self.device, self.dtype, time.perf_counter() - started,
+        )  # fmt: skip
+        self._pipes[path] = pipe
+        return pipe
+
+    async def render(
+        self,
+        entry: ModelEntry,
+        *,
+        prompt: str,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        on_step: StepCallback,
+    ) -> Rendered:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: self._render(entry, prompt, width, height, steps, guidance, seed, on_step),
+        )
+
+    def _render(
+        self,
+        entry: ModelEntry,
+        prompt: str,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        on_step: StepCallback,
+    ) -> Rendered:
+        import torch
+
+        pipe = self._load(entry.path, entry.pipeline)
+
+        def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Called between denoising steps; it only records numbers (no GPU sync).
+            on_step(i + 1, steps)
+            return kwargs
+
+        started = time.perf_counter()
+        # A CPU generator gives the same image for a seed on any device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.inference_mode():
+            result = pipe(
+                prompt=prompt,
+                width=width,
+                height=height,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                max_sequence_length=entry.max_sequence_length,
+                callback_on_step_end=callback,
+                output_type="pil",
+            )
+        image: Image = result.images[0]
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return Rendered(
+            png=buffer.getvalue(),
+            seconds=time.perf_counter() - started,
+            device=self.device,
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,214 @@
+"""The arq worker: runs one generation at a time, records progress, stores the image,
+settles the credits, and sweeps jobs whose worker vanished.
+
+arq runs a job *at least* once. Every step here is safe to repeat: claiming the job is a
+conditional state change, the image key is the job id, and settlement is keyed per job
+in the ledger, so a job run twice is charged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis
+from arq.worker import Function, Worker, func
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from billing.catalog import Catalog
+from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.models import Generation
+from billing.service import generations
+from gpu_worker.pipeline import PipelineRunner
+from gpu_worker.queue import RUN_GENERATION, Dispatcher, deserialize, redis_settings, serialize
+from gpu_worker.storage import LocalStorage, Storage
+from server.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+FAILURE_MESSAGE = "Image generation failed; the credits were released"
+
+
+@dataclass
+class WorkerState:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    catalog: Catalog
+    runner: PipelineRunner
+    storage: Storage
+    dispatcher: Dispatcher
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    catalog = Catalog.load(settings.models)
+    runner: PipelineRunner | None = ctx.get("runner")
+    if runner is None:
+        runner = PipelineRunner(catalog, device=settings.device, dtype=settings.dtype)
+        await asyncio.to_thread(runner.load_all)
+    engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
+    redis: ArqRedis = ctx["redis"]
+    ctx["state"] = WorkerState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        catalog=catalog,
+        runner=runner,
+        storage=LocalStorage(settings.storage_dir, settings.public_base),
+        dispatcher=Dispatcher(redis, settings.queue_name),
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    state: WorkerState | None = ctx.get("state")
+    if state is not None:
+        await state.engine.dispose()
+
+
+class _Progress:
+    """Carries the latest step from the pipeline thread to the loop, which writes it at
+    most every ``interval`` seconds: progress never slows the denoising loop."""
+
+    def __init__(self, state: WorkerState, generation_id: str) -> None:
+        self.state = state
+        self.generation_id = generation_id
+        self.latest: tuple[int, int] | None = None  # set from the pipeline thread
+        self._written: tuple[int, int] | None = None
+
+    def on_step(self, step: int, total: int) -> None:
+        self.latest = (step, total)  # a single reference assignment: atomic under the GIL
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.state.settings.progress_interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        latest = self.latest
+        if latest is None or latest == self._written:
+            return
+        async with unit_of_work(self.state.sessions) as uow:
+            await generations.record_progress(uow.session, self.generation_id, *latest)
+        self._written = latest
+
+
+async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
+    state: WorkerState = ctx["state"]
+    async with unit_of_work(state.sessions) as uow:
+        generation = await generations.begin_processing(uow, generation_id)
+    if generation is None:
+        return "skipped: already finished"
+    try:
+        key, metadata = await _render(state, generation)
+    except Exception:
+        log.exception("generation %s failed", generation_id)
+        async with unit_of_work(state.sessions) as uow:
+            await generations.fail(uow, generation_id, FAILURE_MESSAGE)
+        await state.dispatcher.dispatch(uow.events)
+        return "failed"
+    async with unit_of_work(state.sessions) as uow:
+        done = await generations.complete(uow, generation_id, image_key=key, metadata=metadata)
+    await state.dispatcher.dispatch(uow.events)
+    return "completed" if done is not None else "skipped: no longer processing"
+
+
+async def _render(state: WorkerState, generation: Generation) -> tuple[str, dict[str, Any]]:
+    entry = state.catalog.resolve(generation.provider, generation.version)
+    progress = _Progress(state, generation.id)
+    ticker = asyncio.create_task(progress.run())
+    try:
+        rendered = await state.runner.render(
+            entry,
+            prompt=generation.prompt,
+            width=generation.width,
+            height=generation.height,
+            steps=generation.steps,
+            guidance=generation.guidance,
+            seed=generation.seed,
+            on_step=progress.on_step,
+        )
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    # The key is the job id: a second run overwrites the same file.
+    key = f"{generation.id}.png"
+    await state.storage.put(key, rendered.png, "image/png")
+    metadata = {
+        **generation.meta,
+        "duration": round(rendered.seconds, 3),
+        "steps": generation.steps,
+        "seed": generation.seed,
+        "width": generation.width,
+        "height": generation.height,
+        "version": generation.version,
+        "device": rendered.device,
+        "dtype": rendered.dtype,
+        "format": "png",
+        "bytes": len(rendered.png),
+    }
+    return key, metadata
+
+
+async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
+    state: WorkerState = ctx["state"]
+    settings = state.settings
+    async with unit_of_work(state.sessions) as uow:
+        result = await generations.sweep(
+            uow,
+            stale_after=timedelta(seconds=settings.stale_job_after_s),
+            requeue_after=timedelta(seconds=60),
+        )
+    await state.dispatcher.dispatch(uow.events)
+    if result.failed or result.requeued:
+        log.warning("sweeper: failed %s, re-enqueued %s", result.failed, result.requeued)
+    return {"failed": result.failed, "requeued": result.requeued}
+
+
+def functions(settings: Settings) -> list[Function]:
+    return [
+        func(
+            run_generation,
+            name=RUN_GENERATION,
+            timeout=settings.job_timeout_s,
+            max_tries=settings.job_max_tries,
+        )
+    ]
+
+
+def build_worker(
+    settings: Settings | None = None,
+    *,
+    runner: PipelineRunner | None = None,
+    handle_signals: bool = True,
+    **overrides: Any,
+) -> Worker:
+    """The worker the CLI runs; tests build the same one (optionally with a runner)."""
+    settings = settings or get_settings()
+    ctx: dict[str, Any] = {"settings": settings}
+    if runner is not None:
+        ctx["runner"] = runner
+    options: dict[str, Any] = {
+        "functions": functions(settings),
+        "cron_jobs": [cron(sweep_stale, second=0, run_at_startup=False, unique=True)],
+        "redis_settings": redis_settings(settings.redis_url),
+        "queue_name": settings.queue_name,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        # One job at a time: the process owns one GPU.
+        "max_jobs": 1,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "handle_signals": handle_signals,
+        "poll_delay": 0.1,
+        "ctx": ctx,
+    }
+    options.update(overrides)
+    return Worker(**options)

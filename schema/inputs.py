@@ -1,0 +1,69 @@
+"""GraphQL inputs, shaped exactly as seed 001's two examples."""
+
+from __future__ import annotations
+
+import strawberry
+
+from billing.requests import RawImageRequest
+from schema.types import GenerationType
+
+
+@strawberry.input(description="The content to generate from.")
+class GenerateContentInput:
+    text: str = strawberry.field(description="The prompt.")
+
+
+@strawberry.input(description="Rendering options; all optional.")
+class GenerateOptionsInput:
+    width: int | None = strawberry.field(default=None, description="Pixels, multiple of 16.")
+    height: int | None = strawberry.field(default=None, description="Pixels, multiple of 16.")
+    version: str | None = strawberry.field(default=None, description="e.g. flux-pro-1.1")
+    quality: str | None = strawberry.field(default=None, description="standard | high")
+    seed: int | None = strawberry.field(default=None, description="0..2147483647")
+
+
+@strawberry.input(description="Input of `generate` (seed 001, first form).")
+class GenerateInput:
+    provider: str = strawberry.field(description="e.g. flux-pro")
+    input: GenerateContentInput
+    type: GenerationType = GenerationType.IMAGE
+    options: GenerateOptionsInput | None = None
+    webhook_url: str | None = None
+
+    def to_raw(self) -> RawImageRequest:
+        options = self.options or GenerateOptionsInput()
+        return RawImageRequest(
+            provider=self.provider,
+            prompt=self.input.text,
+            width=options.width,
+            height=options.height,
+            version=options.version,
+            quality=options.quality,
+            seed=options.seed,
+            webhook_url=self.webhook_url,
+            type=self.type.value,
+        )
+
+
+@strawberry.input(description="Input of `generateImage` and `price` (seed 001, second form).")
+class ImageGenerationInput:
+    service: str = strawberry.field(description="e.g. flux-pro")
+    prompt: str
+    width: int | None = strawberry.field(default=None, description="Default 1024.")
+    height: int | None = strawberry.field(default=None, description="Default 1024.")
+    version: str | None = None
+    quality: str | None = None
+    seed: int | None = None
+    webhook_url: str | None = None
+
+    def to_raw(self) -> RawImageRequest:
+        return RawImageRequest(
+            provider=self.service,
+            prompt=self.prompt,
+            width=self.width,
+            height=self.height,
+            version=self.version,
+            quality=self.quality,
+            seed=self.seed,
+            webhook_url=self.webhook_url,
+        )

@@ -1,0 +1,87 @@
+"""Thin adapters: read the typed context, call one service function, convert the result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import strawberry
+from strawberry.types import Info
+
+from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
+from billing.service import accounts, generations, ledger
+from schema.context import Context
+from schema.inputs import GenerateInput, ImageGenerationInput
+from schema.types import Account, Generation, GenerationPage, PriceQuote
+
+Ctx = Info[Context, None]
+
+
+def _validate(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> ImageRequest:
+    s = ctx.services
+    return validate(raw, catalog=s.catalog, prices=s.prices, limits=s.limits, fields=fields)
+
+
+async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> Generation:
+    caller = await ctx.caller()
+    request = _validate(ctx, raw, fields)
+    async with ctx.transaction() as uow:
+        generation = await generations.submit(
+            uow,
+            account_id=caller.account.id,
+            api_key_id=caller.api_key_id,
+            request=request,
+            idempotency_key=ctx.idempotency_key,
+        )
+    return Generation.from_model(generation, ctx.services.storage)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The caller's account and credit balance.")
+    async def me(self, info: Ctx) -> Account:
+        caller = await info.context.caller()
+        async with info.context.read() as session:
+            return Account.from_model(await accounts.get_account(session, caller.account.id))
+
+    @strawberry.field(description="One of the caller's generations (NOT_FOUND otherwise).")
+    async def generation(self, info: Ctx, id: strawberry.ID) -> Generation:
+        caller = await info.context.caller()
+        async with info.context.read() as session:
+            g = await generations.get(session, caller.account.id, str(id))
+        return Generation.from_model(g, info.context.services.storage)
+
+    @strawberry.field(description="The caller's generations, newest first.")
+    async def generations(
+        self,
+        info: Ctx,
+        first: int = 20,
+        after: str | None = None,
+        status: str | None = None,
+    ) -> GenerationPage:
+        caller = await info.context.caller()
+        async with info.context.read() as session:
+            page = await generations.list_page(
+                session, caller.account.id, first=first, after=after, status=status
+            )
+        return GenerationPage.from_page(page, info.context.services.storage)
+
+    @strawberry.field(description="Price a generateImage request without running it.")
+    async def price(self, info: Ctx, input: ImageGenerationInput) -> PriceQuote:
+        caller = await info.context.caller()
+        request = _validate(info.context, input.to_raw(), IMAGE_FIELDS)
+        async with info.context.read() as session:
+            balance = await ledger.balance(session, caller.account.id)
+        return PriceQuote.from_quote(
+            request.quote, service=request.provider, available=balance.available
+        )
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Queue a generation (seed 001, first form).")
+    async def generate(self, info: Ctx, input: GenerateInput) -> Generation:
+        return await _submit(info.context, input.to_raw(), GENERATE_FIELDS)
+
+    @strawberry.mutation(description="Queue an image generation (seed 001, second form).")
+    async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation:
+        return await _submit(info.context, input.to_raw(), IMAGE_FIELDS)

@@ -1,0 +1,147 @@
+"""GraphQL output types. They are not table models: each has a ``from_model``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry.scalars import JSON
+
+from billing import models
+from billing.pricing import Quote
+from billing.service.generations import Page
+from gpu_worker.storage import Storage
+from schema.scalars import DateTime
+
+
+@strawberry.enum(description="What a generation produces.")
+class GenerationType(Enum):
+    IMAGE = "IMAGE"
+
+
+@strawberry.type(description="One generation job and, once completed, its image.")
+class Generation:
+    id: strawberry.ID
+    status: str = strawberry.field(
+        description="queued | processing | completed | failed | cancelled"
+    )
+    type: GenerationType
+    provider: str = strawberry.field(description="The provider/service, e.g. flux-pro.")
+    service: str = strawberry.field(description="Same as provider (generateImage's name).")
+    version: str
+    quality: str
+    prompt: str
+    url: str | None = strawberry.field(description="The image; null until completed.")
+    width: int
+    height: int
+    seed: int
+    metadata: JSON
+    credit_cost: int = strawberry.field(description="Credits this job costs.")
+    webhook_url: str | None
+    progress: int = strawberry.field(description="0..100")
+    step: int
+    total_steps: int
+    duration: float | None = strawberry.field(description="Seconds spent rendering.")
+    error: str | None
+    created_at: DateTime  # type: ignore[valid-type]  # strawberry scalar alias
+    started_at: DateTime | None  # type: ignore[valid-type]
+    completed_at: DateTime | None  # type: ignore[valid-type]
+
+    @classmethod
+    def from_model(cls, g: models.Generation, storage: Storage) -> Generation:
+        done = g.status == models.GenerationStatus.COMPLETED.value and g.image_key
+        duration = g.meta.get("duration")
+        return cls(
+            id=strawberry.ID(g.id),
+            status=g.status,
+            type=GenerationType(g.type),
+            provider=g.provider,
+            service=g.provider,
+            version=g.version,
+            quality=g.quality,
+            prompt=g.prompt,
+            url=storage.url(g.image_key) if done and g.image_key else None,
+            width=g.width,
+            height=g.height,
+            seed=g.seed,
+            metadata=dict(g.meta),
+            credit_cost=g.credit_cost,
+            webhook_url=g.webhook_url,
+            progress=g.progress,
+            step=g.step,
+            total_steps=g.total_steps,
+            duration=float(duration) if duration is not None else None,
+            error=g.error,
+            created_at=g.created_at,
+            started_at=g.started_at,
+            completed_at=g.completed_at,
+        )
+
+
+@strawberry.type(description="A page of the caller's generations, newest first.")
+class GenerationPage:
+    items: list[Generation]
+    next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page.")
+    has_more: bool
+
+    @classmethod
+    def from_page(cls, page: Page, storage: Storage) -> GenerationPage:
+        return cls(
+            items=[Generation.from_model(g, storage) for g in page.items],
+            next_cursor=page.next_cursor,
+            has_more=page.next_cursor is not None,
+        )
+
+
+@strawberry.type(description="The caller's account and credit balance.")
+class Account:
+    id: strawberry.ID
+    email: str
+    plan: str
+    credits_available: int = strawberry.field(description="Spendable credits.")
+    credits_reserved: int = strawberry.field(description="Credits held by unfinished jobs.")
+    created_at: DateTime  # type: ignore[valid-type]
+
+    @classmethod
+    def from_model(cls, a: models.Account) -> Account:
+        return cls(
+            id=strawberry.ID(str(a.id)),
+            email=a.email,
+            plan=a.plan,
+            credits_available=a.credits_available,
+            credits_reserved=a.credits_reserved,
+            created_at=a.created_at,
+        )
+
+
+@strawberry.type(description="What a request would cost, without running it.")
+class PriceQuote:
+    credits: int
+    tier: str
+    megapixels: float
+    width: int
+    height: int
+    service: str
+    version: str
+    quality: str
+    credits_available: int
+    sufficient: bool = strawberry.field(description="Whether the balance covers it now.")
+
+    @classmethod
+    def from_quote(cls, q: Quote, *, service: str, available: int) -> PriceQuote:
+        return cls(
+            credits=q.credits,
+            tier=q.tier,
+            megapixels=q.megapixels,
+            width=q.width,
+            height=q.height,
+            service=service,
+            version=q.version,
+            quality=q.quality,
+            credits_available=available,
+            sufficient=available >= q.credits,
+        )
+
+
+__all__ = ["Account", "Generation", "GenerationPage", "GenerationType", "PriceQuote", "datetime"]

@@ -1,0 +1,1 @@
+"""The HTTP edge: Starlette app, GraphQL endpoint, REST shim, image files, CLI."""

@@ -1,0 +1,94 @@
+"""The Starlette application: explicit routes, and a lifespan that builds every shared
+resource (nothing connects at import time)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from billing.catalog import Catalog
+from billing.db import make_engine, make_sessionmaker
+from billing.pricing import default_price_table
+from billing.requests import Limits
+from gpu_worker import queue
+from gpu_worker.storage import LocalStorage
+from schema import schema
+from schema.context import Services
+from server import rest
+from server.graphql import GraphQLApp
+from server.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+async def files(request: Request) -> Response:
+    services: Services = request.app.state.services
+    path = services.storage.local_path(request.path_params["key"])
+    if path is None:
+        return JSONResponse({"errors": [{"message": "Not found"}]}, status_code=404)
+    # Keys are unguessable job ids and files never change once written.
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def health(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    async with services.sessions() as session:
+        await session.execute(text("SELECT 1"))
+    await services.dispatcher.pool.ping()
+    return JSONResponse({"status": "ok"})
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return rest.error_response(500, "INTERNAL_SERVER_ERROR", "Internal server error")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
+        pool = await queue.connect(settings.redis_url, settings.queue_name)
+        app.state.services = Services(
+            sessions=make_sessionmaker(engine),
+            catalog=Catalog.load(settings.models),
+            prices=default_price_table(),
+            limits=Limits(
+                min_side=settings.min_side,
+                max_side=settings.max_side,
+                max_prompt_chars=settings.max_prompt_chars,
+            ),
+            storage=LocalStorage(settings.storage_dir, settings.public_base),
+            dispatcher=queue.Dispatcher(pool, settings.queue_name),
+            pepper=settings.secret_key.get_secret_value().encode(),
+        )
+        try:
+            yield
+        finally:
+            await pool.aclose()
+            await engine.dispose()
+
+    graphql = GraphQLApp(schema)
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/v1/text_to_image", rest.text_to_image, methods=["POST"]),
+        Route("/v1/text_to_image/{id}", rest.get_text_to_image, methods=["GET"]),
+        Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error}
+    )

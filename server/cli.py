@@ -1,0 +1,282 @@
+"""``fluxgate`` — the operator CLI (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from server.settings import get_settings
+
+app = typer.Typer(help="Fluxgate: self-hosted, credit-metered FLUX image generation.")
+db_app = typer.Typer(help="Database migrations.")
+account_app = typer.Typer(help="Accounts.")
+credits_app = typer.Typer(help="Credits.")
+key_app = typer.Typer(help="API keys.")
+models_app = typer.Typer(help="Model directories.")
+dev_app = typer.Typer(help="Development helpers (used by `make run`).")
+for sub, name in [
+    (db_app, "db"), (account_app, "account"), (credits_app, "credits"),
+    (key_app, "key"), (models_app, "models"), (dev_app, "dev"),
+]:  # fmt: skip
+    app.add_typer(sub, name=name)
+
+T = TypeVar("T")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _with_session(fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(session)`` in one committed transaction."""
+    from billing.db import make_engine, make_sessionmaker
+
+    async def main() -> T:
+        engine = make_engine(get_settings().database_url, pool_size=1, max_overflow=0)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                result = await fn(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def _pepper() -> bytes:
+    return get_settings().secret_key.get_secret_value().encode()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+    workers: Annotated[int, typer.Option(help="API processes")] = 1,
+) -> None:
+    """Run the API (GraphQL, REST shim, image files) with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "server.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run one arq GPU worker (loads every model in the registry, one job at a time)."""
+    _logging()
+    from gpu_worker.worker import build_worker
+
+    build_worker().run()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations (alembic upgrade)."""
+    from billing.migrate import upgrade_sync
+
+    upgrade_sync(get_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+def _account_json(account: Any, key: Any) -> dict[str, Any]:
+    return {
+        "account_id": str(account.id),
+        "email": account.email,
+        "plan": account.plan,
+        "credits_available": account.credits_available,
+        "api_key": key.secret,
+        "api_key_id": str(key.key.id),
+        "webhook_secret": account.webhook_secret,
+    }
+
+
+@account_app.command("create")
+def account_create(
+    email: Annotated[str, typer.Option(help="Owner's email")],
+    plan: Annotated[str, typer.Option(help="free | starter | pro | enterprise")] = "free",
+    credits: Annotated[int, typer.Option(help="Starting credits")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Create an account and print its API key (shown once)."""
+    from billing.errors import FluxgateError
+    from billing.service import accounts
+
+    async def create(session: Any) -> dict[str, Any]:
+        account, key = await accounts.create_account(
+            session, email=email, plan=plan, credits=credits, pepper=_pepper()
+        )
+        return _account_json(account, key)
+
+    try:
+        data = _with_session(create)
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        typer.echo(f"account {data['account_id']} ({data['email']}, plan {data['plan']})")
+        typer.echo(f"credits: {data['credits_available']}")
+        typer.echo(f"API key (shown once): {data['api_key']}")
+
+
+def _resolve_account(session: Any, account: str) -> Awaitable[Any]:
+    from billing import repository as repo
+
+    async def find() -> Any:
+        try:
+            found = await repo.get_account(session, uuid.UUID(account))
+        except ValueError:
+            found = await repo.get_account_by_email(session, account.strip().lower())
+        if found is None:
+            raise _fail(f"no account {account}")
+        return found
+
+    return find()
+
+
+@credits_app.command("grant")
+def credits_grant(
+    account: Annotated[str, typer.Option(help="Account id or email")],
+    amount: Annotated[int, typer.Option(help="Credits to add")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Unique reference; a repeated reference grants nothing more"),
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="Why")] = None,
+) -> None:
+    """Add credits to an account (a ledger entry)."""
+    from billing.errors import FluxgateError
+    from billing.service import ledger
+
+    async def grant(session: Any) -> tuple[bool, int]:
+        found = await _resolve_account(session, account)
+        ref = reference or f"cli:{uuid.uuid4()}"
+        done = await ledger.grant(session, found.id, amount, reference=ref, note=note)
+        return done, (await ledger.balance(session, found.id)).available
+
+    try:
+        granted, available = _with_session(grant)
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
+    typer.echo(("granted" if granted else "already granted") + f"; available: {available}")
+
+
+@key_app.command("create")
+def key_create(
+    account: Annotated[str, typer.Option(help="Account id or email")],
+    name: Annotated[str, typer.Option(help="A label")] = "default",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create another API key for an account (shown once)."""
+    from billing.service import accounts
+
+    async def create(session: Any) -> dict[str, str]:
+        found = await _resolve_account(session, account)
+        key = await accounts.create_key(session, found.id, _pepper(), name=name)
+        return {"account_id": str(found.id), "api_key": key.secret, "api_key_id": str(key.key.id)}
+
+    data = _with_session(create)
+    typer.echo(json.dumps(data) if as_json else f"{data['api_key_id']}: {data['api_key']}")
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: Annotated[str, typer.Argument(help="The key's id")]) -> None:
+    """Revoke an API key; requests with it fail with 401 at once."""
+    from billing.errors import FluxgateError
+    from billing.service import accounts
+
+    try:
+        kid = uuid.UUID(key_id)
+    except ValueError:
+        raise _fail("key id must be a UUID (see `fluxgate key create --json`)") from None
+
+    async def revoke(session: Any) -> None:
+        await accounts.revoke_key(session, kid)
+
+    try:
+        _with_session(revoke)
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
+    typer.echo(f"revoked {key_id}")
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write the pipeline")],
+    seed: int = 0,
+    force: Annotated[bool, typer.Option(help="Rebuild if present")] = False,
+) -> None:
+    """Build a tiny random-weight FLUX pipeline for development and tests."""
+    from gpu_worker.tiny import build_tiny_flux
+
+    if (directory / "model_index.json").exists() and not force:
+        typer.echo(f"{directory} already holds a pipeline (use --force to rebuild)")
+        return
+    build_tiny_flux(directory, seed=seed)
+    typer.echo(f"tiny FLUX pipeline written to {directory}")
+
+
+@dev_app.command("bootstrap")
+def dev_bootstrap(
+    key_file: Annotated[Path, typer.Option(help="Where the dev key is kept")] = Path(
+        "var/dev-account.json"
+    ),
+    email: str = "dev@fluxgate.localhost",
+    credits: int = 10_000,
+) -> None:
+    """Make sure a development account exists and print its key (for `make run`)."""
+    from billing import repository as repo
+    from billing.errors import Unauthenticated
+    from billing.service import accounts
+
+    saved: dict[str, Any] | None = None
+    if key_file.exists():
+        saved = json.loads(key_file.read_text())
+
+    async def ensure(session: Any) -> dict[str, Any]:
+        if saved is not None:
+            try:
+                await accounts.authenticate(session, saved["api_key"], _pepper())
+                return saved
+            except Unauthenticated:
+                pass  # another database, or the key was revoked: make a new one
+        existing = await repo.get_account_by_email(session, email)
+        if existing is None:
+            account, key = await accounts.create_account(
+                session, email=email, plan="pro", credits=credits, pepper=_pepper()
+            )
+        else:
+            account = existing
+            key = await accounts.create_key(session, account.id, _pepper(), name="dev")
+        return _account_json(account, key)
+
+    data = _with_session(ensure)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(data, indent=2))
+    key_file.chmod(0o600)
+    typer.echo(json.dumps(data))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

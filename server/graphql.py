@@ -1,0 +1,32 @@
+"""The GraphQL endpoint: strawberry's ASGI app with our typed context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from schema.context import Context, Services
+from server.auth import api_key_from, idempotency_key_from
+
+
+def build_context(conn: Request | WebSocket, services: Services) -> Context:
+    return Context(
+        services=services,
+        api_key=api_key_from(conn),
+        idempotency_key=idempotency_key_from(conn),
+    )
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket | None
+    ) -> Context:
+        services: Services = request.app.state.services
+        return build_context(request, services)
+
+    async def get_root_value(self, request: Any) -> None:
+        return None

@@ -1,0 +1,89 @@
+"""The REST shim of seed 001: the same operations as GraphQL, executed through the same
+schema, so the envelope (``{"data": {"generateImage": ...}}`` or ``{"errors": [...]}``)
+and every rule are identical; only the HTTP status differs by error code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from billing.errors import ErrorCode, Unauthenticated
+from schema import schema
+from server.graphql import build_context
+
+STATUS_BY_CODE = {
+    ErrorCode.BAD_USER_INPUT.value: 400,
+    "GRAPHQL_VALIDATION_FAILED": 400,
+    "GRAPHQL_PARSE_FAILED": 400,
+    ErrorCode.UNAUTHENTICATED.value: 401,
+    ErrorCode.INSUFFICIENT_CREDITS.value: 402,
+    ErrorCode.FORBIDDEN.value: 403,
+    ErrorCode.NOT_FOUND.value: 404,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED.value: 422,
+    ErrorCode.RATE_LIMITED.value: 429,
+}
+
+_FIELDS = """
+    id status service provider version quality prompt url width height seed
+    webhookUrl creditCost metadata progress step totalSteps duration error
+    createdAt startedAt completedAt
+"""
+GENERATE_IMAGE = f"""
+mutation GenerateImage($input: ImageGenerationInput!) {{
+  generateImage(input: $input) {{ {_FIELDS} }}
+}}"""
+GET_GENERATION = f"""
+query Generation($id: ID!) {{
+  generation(id: $id) {{ {_FIELDS} }}
+}}"""
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code, **extra}}]},
+        status_code=status,
+    )
+
+
+async def _execute(request: Request, document: str, variables: dict[str, Any]) -> JSONResponse:
+    context = build_context(request, request.app.state.services)
+    try:
+        # Authenticate first, so a bad key is a 401 whatever else is wrong.
+        await context.caller()
+    except Unauthenticated as exc:
+        return error_response(401, exc.code.value, exc.message)
+    result = await schema.execute(document, variable_values=variables, context_value=context)
+    if result.errors:
+        errors = [_format(e) for e in result.errors]
+        code = errors[0].get("extensions", {}).get("code", "")
+        return JSONResponse({"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500))
+    data = result.data or {}
+    # Seed 001 shows both the accepted and the completed job under "generateImage".
+    return JSONResponse({"data": {"generateImage": next(iter(data.values()))}})
+
+
+def _format(error: GraphQLError) -> dict[str, Any]:
+    formatted: dict[str, Any] = {"message": error.message}
+    if error.extensions:
+        formatted["extensions"] = error.extensions
+    return formatted
+
+
+async def text_to_image(request: Request) -> JSONResponse:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error_response(400, "BAD_USER_INPUT", "Malformed JSON body", field="body")
+    if not isinstance(body, dict):
+        return error_response(
+            400, "BAD_USER_INPUT", "The body must be a JSON object", field="body"
+        )
+    return await _execute(request, GENERATE_IMAGE, {"input": body})
+
+
+async def get_text_to_image(request: Request) -> JSONResponse:
+    return await _execute(request, GET_GENERATION, {"id": request.path_params["id"]})
