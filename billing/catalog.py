@@ -69,7 +69,11 @@ class Catalog:
         return sorted({e.provider for e in self.entries})
 
     def resolve(
-        self, provider: str, version: str | None, *, fields: tuple[str, str] = ("provider", "version")
+        self,
+        provider: str,
+        version: str | None,
+        *,
+        fields: tuple[str, str] = ("provider", "version"),
     ) -> ModelEntry:
         """The entry for ``provider`` + ``version``; no version means the provider's default."""
         candidates = [e for e in self.entries if e.provider == provider]

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -19,14 +21,37 @@ def alembic_config() -> Config:
     return config
 
 
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in the URL if it does not exist. True if created."""
+    url = make_url(database_url)
+    name = url.database
+    assert name, "the database URL names no database"
+    engine = create_async_engine(
+        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        async with engine.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            await conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        await engine.dispose()
+
+
 async def upgrade(database_url: str, revision: str = "head") -> None:
+    await ensure_database(database_url)
     config = alembic_config()
 
     def _upgrade(connection: Connection) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_upgrade)

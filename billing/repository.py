@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import (
     Account,
@@ -40,8 +40,8 @@ async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account |
 
 
 async def get_account_by_email(session: AsyncSession, email: str) -> Account | None:
-    result = await session.exec(select(Account).where(_A.email == email))  # type: ignore[call-overload]
-    return result.scalars().first()  # type: ignore[no-any-return]
+    result = await session.execute(select(Account).where(_A.email == email))
+    return result.scalars().first()
 
 
 async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
@@ -78,9 +78,7 @@ async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Ap
 # --- ledger --------------------------------------------------------------------------
 
 
-async def debit_available(
-    session: AsyncSession, account_id: uuid.UUID, amount: int
-) -> bool:
+async def debit_available(session: AsyncSession, account_id: uuid.UUID, amount: int) -> bool:
     """Move ``amount`` from available to reserved if, and only if, it is there.
 
     A single conditional UPDATE: Postgres row-locks the account, so concurrent reserves

@@ -78,7 +78,7 @@ class PipelineRunner:
             )
         cls = getattr(diffusers, pipeline)
         started = time.perf_counter()
-        pipe = cls.from_pretrained(str(path), torch_dtype=self.dtype, local_files_only=True)
+        pipe = cls.from_pretrained(str(path), dtype=self.dtype, local_files_only=True)
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         log.info(

@@ -18,8 +18,7 @@ from typing import Any
 from arq import cron
 from arq.connections import ArqRedis
 from arq.worker import Function, Worker, func
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker, unit_of_work

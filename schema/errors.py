@@ -83,6 +83,4 @@ class ErrorMapping(MaskErrors):
             )
             return _with(error, error.message, {"code": code})
         log.error("unexpected error in %s", error.path, exc_info=original)
-        return _with(
-            error, self.error_message, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value}
-        )
+        return _with(error, self.error_message, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})

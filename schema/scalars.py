@@ -4,11 +4,21 @@ from datetime import UTC, datetime
 from typing import NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
-# ISO-8601 UTC with a "Z", as the seed shows: 2024-01-01T00:00:00Z.
-DateTime = strawberry.scalar(
-    NewType("DateTime", datetime),
-    serialize=lambda v: v.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-    parse_value=lambda v: datetime.fromisoformat(v),
-    description="ISO-8601 timestamp in UTC, e.g. 2024-01-01T00:00:00Z",
-)
+# Timestamps go out as ISO-8601 UTC with a "Z", as seed 001 shows: 2024-01-01T00:00:00Z.
+UtcDateTime = NewType("UtcDateTime", datetime)
+
+
+def _serialize(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+SCALARS: dict[object, ScalarDefinition] = {
+    UtcDateTime: strawberry.scalar(
+        name="DateTime",
+        serialize=_serialize,
+        parse_value=datetime.fromisoformat,
+        description="ISO-8601 timestamp in UTC, e.g. 2024-01-01T00:00:00Z",
+    )
+}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import Enum
 
 import strawberry
@@ -12,7 +11,7 @@ from billing import models
 from billing.pricing import Quote
 from billing.service.generations import Page
 from gpu_worker.storage import Storage
-from schema.scalars import DateTime
+from schema.scalars import UtcDateTime
 
 
 @strawberry.enum(description="What a generation produces.")
@@ -44,9 +43,9 @@ class Generation:
     total_steps: int
     duration: float | None = strawberry.field(description="Seconds spent rendering.")
     error: str | None
-    created_at: DateTime  # type: ignore[valid-type]  # strawberry scalar alias
-    started_at: DateTime | None  # type: ignore[valid-type]
-    completed_at: DateTime | None  # type: ignore[valid-type]
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    completed_at: UtcDateTime | None
 
     @classmethod
     def from_model(cls, g: models.Generation, storage: Storage) -> Generation:
@@ -73,9 +72,9 @@ class Generation:
             total_steps=g.total_steps,
             duration=float(duration) if duration is not None else None,
             error=g.error,
-            created_at=g.created_at,
-            started_at=g.started_at,
-            completed_at=g.completed_at,
+            created_at=UtcDateTime(g.created_at),
+            started_at=UtcDateTime(g.started_at) if g.started_at else None,
+            completed_at=UtcDateTime(g.completed_at) if g.completed_at else None,
         )
 
 
@@ -101,7 +100,7 @@ class Account:
     plan: str
     credits_available: int = strawberry.field(description="Spendable credits.")
     credits_reserved: int = strawberry.field(description="Credits held by unfinished jobs.")
-    created_at: DateTime  # type: ignore[valid-type]
+    created_at: UtcDateTime
 
     @classmethod
     def from_model(cls, a: models.Account) -> Account:
@@ -111,7 +110,7 @@ class Account:
             plan=a.plan,
             credits_available=a.credits_available,
             credits_reserved=a.credits_reserved,
-            created_at=a.created_at,
+            created_at=UtcDateTime(a.created_at),
         )
 
 
@@ -142,6 +141,3 @@ class PriceQuote:
             credits_available=available,
             sufficient=available >= q.credits,
         )
-
-
-__all__ = ["Account", "Generation", "GenerationPage", "GenerationType", "PriceQuote", "datetime"]

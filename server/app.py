@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            await pool.aclose()
+            await pool.aclose(close_connection_pool=True)
             await engine.dispose()
 
     graphql = GraphQLApp(schema)

@@ -31,7 +31,9 @@ T = TypeVar("T")
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _with_session(fn: Callable[[Any], Awaitable[T]]) -> T:

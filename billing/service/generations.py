@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from billing import repository as repo
 from billing.db import GenerationAccepted, GenerationFinished, UnitOfWork
 from billing.errors import BadUserInput, IdempotencyKeyReused, NotFound
 from billing.models import FINAL_STATUSES, Generation, GenerationStatus, utcnow
 from billing.requests import ImageRequest
 from billing.service import ledger
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 MAX_PAGE = 100
 MAX_IDEMPOTENCY_KEY = 255
@@ -238,7 +239,9 @@ class SweepResult:
     requeued: list[str]
 
 
-async def sweep(uow: UnitOfWork, *, stale_after: timedelta, requeue_after: timedelta) -> SweepResult:
+async def sweep(
+    uow: UnitOfWork, *, stale_after: timedelta, requeue_after: timedelta
+) -> SweepResult:
     """Release holds of jobs whose worker is gone; re-announce queued jobs never picked up.
 
     A job ``processing`` with no progress for ``stale_after`` has outlived every arq retry

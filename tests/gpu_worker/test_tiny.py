@@ -5,15 +5,12 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import diffusers
 import pytest
+import torch
+from PIL import Image
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
-from PIL import Image  # noqa: E402
-
-from gpu_worker.tiny import build_tiny_flux  # noqa: E402
+from gpu_worker.tiny import build_tiny_flux
 
 SIZE = 256
 STEPS = 4

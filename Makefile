@@ -1,0 +1,30 @@
+# `make run`  — set up everything this machine lacks, then start the API and one worker.
+# `make test` — the same set-up, then the whole test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint schema bench clean
+
+setup:
+	@deploy/setup.sh
+
+run: setup
+	@deploy/run.sh
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+schema: setup
+	$(BIN)/strawberry export-schema schema:schema --output schema.graphql
+
+bench: setup
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf var/storage var/dev-account.json

@@ -1,0 +1,210 @@
+"""Shared fixtures: a real Postgres database built by ``alembic upgrade head``, a real
+Redis database, a real uvicorn server and a real arq worker running the tiny FLUX
+pipeline. Servers run in threads of this process (each with its own event loop) so tests
+can also reach the same code directly; the CLI test starts real subprocesses.
+
+Isolation: the database is dropped and rebuilt once per test session and every test
+works in accounts of its own (``tests/factories.py``), so tests never see each other's
+rows; Redis uses its own database and queue name, flushed at the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from billing.db import make_engine, make_sessionmaker
+from billing.migrate import upgrade
+from server.app import create_app
+from server.settings import ROOT, Settings
+from tests.factories import TestAccount, create_account
+
+TEST_DATABASE_URL = os.environ.get(
+    "FLUXGATE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/fluxgate_test"
+)
+TEST_REDIS_URL = os.environ.get("FLUXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TINY_MODEL = ROOT / "var" / "models" / "tiny-flux"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_tiny_model() -> Path:
+    if not (TINY_MODEL / "model_index.json").exists():
+        from gpu_worker.tiny import build_tiny_flux
+
+        build_tiny_flux(TINY_MODEL)
+    return TINY_MODEL
+
+
+async def recreate_database(url: str) -> None:
+    parsed = make_url(url)
+    admin: AsyncEngine = create_async_engine(
+        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+    await admin.dispose()
+    await upgrade(url)
+
+
+@pytest.fixture(scope="session")
+def api_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, api_port: int) -> Settings:
+    ensure_tiny_model()
+    return Settings(
+        environment="test",
+        database_url=TEST_DATABASE_URL,
+        redis_url=TEST_REDIS_URL,
+        queue_name=f"fluxgate:test:{uuid.uuid4().hex[:8]}",
+        storage_dir=tmp_path_factory.mktemp("storage"),
+        public_url=f"http://127.0.0.1:{api_port}",
+        models=ROOT / "deploy" / "models.dev.toml",
+        secret_key="test-secret-key",  # type: ignore[arg-type]  # pydantic coerces to SecretStr
+        progress_interval_s=0.05,
+        db_pool_size=20,
+        db_max_overflow=40,
+    )
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[str]:
+    await recreate_database(settings.database_url)
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    yield settings.database_url
+
+
+@pytest.fixture(scope="session")
+async def sessions(database: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(database, pool_size=5, max_overflow=5)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+class ThreadedServer:
+    """uvicorn serving the real app on a real port, from a thread with its own loop."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings, database: str, api_port: int) -> Iterator[str]:
+    with ThreadedServer(settings, api_port) as server:
+        yield server.url
+
+
+class ThreadedWorker:
+    """A real arq worker (the one `fluxgate worker` runs) in a thread with its own loop."""
+
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        self.settings = settings
+        self.kwargs = kwargs
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.worker: object | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        from gpu_worker.worker import build_worker
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            worker = build_worker(self.settings, handle_signals=False, **self.kwargs)
+            self.worker = worker
+            self.loop.call_soon(self.ready.set)
+            worker.run()
+        except BaseException as exc:  # surfaced by __enter__
+            self.error = exc
+            self.ready.set()
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    def __enter__(self) -> ThreadedWorker:
+        self.thread.start()
+        self.ready.wait(timeout=60)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        worker = self.worker
+        if worker is not None and self.loop is not None:
+            task = getattr(worker, "main_task", None)
+            if task is not None:
+                self.loop.call_soon_threadsafe(task.cancel)
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, database: str) -> Iterator[ThreadedWorker]:
+    with ThreadedWorker(settings) as w:
+        yield w
+
+
+@pytest.fixture
+async def client(api: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+async def account(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> TestAccount:
+    return await create_account(sessions, settings, credits=1000)
