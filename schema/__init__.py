@@ -4,14 +4,26 @@ exported SDL; a test fails when it is stale (`make schema` rewrites it)."""
 from __future__ import annotations
 
 import strawberry
+from graphql import GraphQLError
+from strawberry.types import ExecutionContext
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 
-from schema.errors import ErrorMapping
+from schema.errors import ErrorMapping, stamp_document_errors
 from schema.resolvers import Mutation, Query
 from schema.scalars import SCALARS
 
-schema = strawberry.Schema(
+
+class FluxgateSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Client mistakes are not server errors: they are answered, not logged as ERROR.
+        # Unexpected errors are logged by ErrorMapping when it masks them.
+        stamp_document_errors(errors)
+
+
+schema = FluxgateSchema(
     query=Query,
     mutation=Mutation,
     extensions=[

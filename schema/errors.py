@@ -22,25 +22,23 @@ from billing.errors import ErrorCode, FluxgateError
 
 log = logging.getLogger("fluxgate.graphql")
 
-_AT_PATH = re.compile(r'at "(?P<path>[^"]+)"')
-_MISSING_FIELD = re.compile(r'Field "(?P<field>[^"]+)" of required type')
-_VARIABLE = re.compile(r'^Variable "\$(?P<name>\w+)"')
+_VARIABLE = re.compile(
+    r"^Variable '\$(?P<name>\w+)' has invalid value(?: at \.(?P<path>[\w.\[\]]+))?:"
+)
+_NAMED_FIELD = re.compile(r"(?:include required field|not to include unknown field) '(?P<f>\w+)'")
 
 
 def _coercion_field(message: str) -> str | None:
+    """The input field a variable-coercion error is about, as a dotted path inside the
+    variable ("options.width"), like the domain errors name it."""
     variable = _VARIABLE.match(message)
     if variable is None:
         return None
-    path = variable["name"]
-    at = _AT_PATH.search(message)
-    if at is not None:
-        path = at["path"]
-    missing = _MISSING_FIELD.search(message)
-    if missing is not None:
-        path = f"{path}.{missing['field']}"
-    # Report the field inside the variable ("options.width"), as the domain errors do.
-    head, _, rest = path.partition(".")
-    return rest if head == variable["name"] and rest else path
+    parts = [p for p in (variable["path"] or "").split(".") if p]
+    named = _NAMED_FIELD.search(message)
+    if named is not None:
+        parts.append(named["f"])
+    return ".".join(parts) or variable["name"]
 
 
 def _with(error: GraphQLError, message: str, extensions: dict[str, object]) -> GraphQLError:
@@ -55,6 +53,24 @@ def _with(error: GraphQLError, message: str, extensions: dict[str, object]) -> G
     )
 
 
+def document_error_code(error: GraphQLError) -> str:
+    if error.message.startswith("Syntax Error"):
+        return "GRAPHQL_PARSE_FAILED"
+    return "GRAPHQL_VALIDATION_FAILED"
+
+
+def stamp_document_errors(errors: list[GraphQLError]) -> None:
+    """Give parse and validation errors a code. Strawberry returns those before the
+    operation hook sees a result, so :class:`ErrorMapping` cannot reach them."""
+    for error in errors:
+        if (
+            error.original_error is None
+            and not error.path
+            and "code" not in (error.extensions or {})
+        ):
+            error.extensions = {**(error.extensions or {}), "code": document_error_code(error)}
+
+
 class ErrorMapping(MaskErrors):
     def __init__(self) -> None:
         super().__init__(error_message="Internal server error")
@@ -66,7 +82,7 @@ class ErrorMapping(MaskErrors):
         original = error.original_error
         if isinstance(original, FluxgateError):
             return _with(error, original.message, original.extensions)
-        if original is None:
+        if original is None or isinstance(original, GraphQLError):
             if error.extensions and "code" in error.extensions:
                 return error
             field = _coercion_field(error.message)
@@ -76,11 +92,6 @@ class ErrorMapping(MaskErrors):
                     error.message,
                     {"code": ErrorCode.BAD_USER_INPUT.value, "field": field},
                 )
-            code = (
-                "GRAPHQL_PARSE_FAILED"
-                if error.message.startswith("Syntax Error")
-                else "GRAPHQL_VALIDATION_FAILED"
-            )
-            return _with(error, error.message, {"code": code})
+            return _with(error, error.message, {"code": document_error_code(error)})
         log.error("unexpected error in %s", error.path, exc_info=original)
         return _with(error, self.error_message, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})

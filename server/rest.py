@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from billing.errors import ErrorCode, Unauthenticated
 from schema import schema
+from schema.context import Context
 from server.graphql import build_context
 
 STATUS_BY_CODE = {
@@ -49,13 +50,18 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     )
 
 
-async def _execute(request: Request, document: str, variables: dict[str, Any]) -> JSONResponse:
+async def _authenticated(request: Request) -> Context | JSONResponse:
+    """The request's context, or the 401 response. Authentication comes first, so a bad
+    key is a 401 whatever else is wrong with the request."""
     context = build_context(request, request.app.state.services)
     try:
-        # Authenticate first, so a bad key is a 401 whatever else is wrong.
         await context.caller()
     except Unauthenticated as exc:
         return error_response(401, exc.code.value, exc.message)
+    return context
+
+
+async def _execute(context: Context, document: str, variables: dict[str, Any]) -> JSONResponse:
     result = await schema.execute(document, variable_values=variables, context_value=context)
     if result.errors:
         errors = [_format(e) for e in result.errors]
@@ -74,14 +80,22 @@ def _format(error: GraphQLError) -> dict[str, Any]:
 
 
 async def text_to_image(request: Request) -> JSONResponse:
+    context = await _authenticated(request)
+    if isinstance(context, JSONResponse):
+        return context
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return error_response(400, "BAD_USER_INPUT", "Malformed JSON body", field="body")
     if not isinstance(body, dict):
-        return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
-    return await _execute(request, GENERATE_IMAGE, {"input": body})
+        return error_response(
+            400, "BAD_USER_INPUT", "The body must be a JSON object", field="body"
+        )
+    return await _execute(context, GENERATE_IMAGE, {"input": body})
 
 
 async def get_text_to_image(request: Request) -> JSONResponse:
-    return await _execute(request, GET_GENERATION, {"id": request.path_params["id"]})
+    context = await _authenticated(request)
+    if isinstance(context, JSONResponse):
+        return context
+    return await _execute(context, GET_GENERATION, {"id": request.path_params["id"]})
