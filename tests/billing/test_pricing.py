@@ -138,7 +138,9 @@ def test_same_pixels_same_price_whatever_the_shape() -> None:
 
 
 @pytest.mark.parametrize("version", DEV_VERSIONS)
-@pytest.mark.parametrize(("width", "height"), [(512, 512), (1024, 1024), (1536, 1536), (2048, 2048)])
+@pytest.mark.parametrize(
+    ("width", "height"), [(512, 512), (1024, 1024), (1536, 1536), (2048, 2048)]
+)
 def test_high_quality_costs_more(version: str, width: int, height: int) -> None:
     prices = default_price_table()
     standard = prices.quote(width=width, height=height, version=version, quality="standard")
@@ -148,9 +150,7 @@ def test_high_quality_costs_more(version: str, width: int, height: int) -> None:
 
 
 def test_quote_reports_its_inputs() -> None:
-    q = default_price_table().quote(
-        width=1024, height=768, version="flux-pro-1.1", quality="high"
-    )
+    q = default_price_table().quote(width=1024, height=768, version="flux-pro-1.1", quality="high")
     assert q.credits == 15 + 2 + 3
     assert q.tier == "standard"
     assert q.megapixels == 0.79

@@ -208,7 +208,9 @@ async def test_bad_keys_are_refused_everywhere(
     victim = await create_account(sessions, settings, credits=100)
     key = BAD_KEYS[kind]
     if kind == "typo":
-        key = victim.api_key[:-8] + ("x" if victim.api_key[-8] != "x" else "y") + victim.api_key[-7:]
+        key = (
+            victim.api_key[:-8] + ("x" if victim.api_key[-8] != "x" else "y") + victim.api_key[-7:]
+        )
     elif kind == "revoked":
         key = await revoked_key(sessions, victim)
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
