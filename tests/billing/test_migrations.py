@@ -1,0 +1,199 @@
+"""The Alembic migrations match the models, and go down and back up cleanly."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel
+
+import billing.models  # noqa: F401  # registers the tables on SQLModel.metadata
+from billing.migrate import alembic_config, ensure_database, upgrade
+
+TABLES = {"accounts", "api_keys", "generations", "ledger_entries"}
+
+
+def _diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, SQLModel.metadata))
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def _schema_state(url: str) -> dict[str, Any]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return {
+                "tables": await conn.run_sync(_tables),
+                "revision": await conn.run_sync(_current_revision),
+                "diff": await conn.run_sync(_diff),
+                "trigger": await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_trigger"
+                        " WHERE tgname = 'ledger_entries_append_only' AND NOT tgisinternal"
+                    )
+                ),
+                "function": await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_proc WHERE proname = 'ledger_entries_append_only'"
+                    )
+                ),
+            }
+    finally:
+        await engine.dispose()
+
+
+async def _downgrade(url: str, revision: str) -> None:
+    config = alembic_config()
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+async def _drop_database(url: str) -> None:
+    parsed = make_url(url)
+    assert parsed.database
+    admin = create_async_engine(
+        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        async with admin.connect() as conn:
+            quoted = conn.dialect.identifier_preparer.quote(parsed.database)
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    finally:
+        await admin.dispose()
+
+
+async def _database_exists(url: str) -> bool:
+    parsed = make_url(url)
+    admin = create_async_engine(parsed.set(database="postgres"), poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
+            )
+            return found is not None
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture
+async def throwaway_url(database: str) -> AsyncIterator[str]:
+    """A database of this test's own, dropped afterwards whatever happens."""
+    name = f"fluxgate_test_migrations_{uuid.uuid4().hex[:12]}"
+    url = make_url(database).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        await _drop_database(url)
+    assert not await _database_exists(url)
+
+
+async def test_models_match_migrated_database(database: str) -> None:
+    """``alembic revision --autogenerate`` against the test database would find nothing."""
+    engine = create_async_engine(database, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(_diff)
+            revision = await conn.run_sync(_current_revision)
+            tables = await conn.run_sync(_tables)
+    finally:
+        await engine.dispose()
+    assert diff == []
+    assert revision == _head()
+    assert tables >= TABLES
+
+
+def test_single_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert len(script.get_heads()) == 1
+    assert [r.revision for r in script.walk_revisions()][-1] == "0001"
+
+
+async def test_downgrade_base_then_upgrade_head(throwaway_url: str) -> None:
+    url = throwaway_url
+    assert not await _database_exists(url)
+
+    await upgrade(url)  # creates the database, then migrates it
+    up = await _schema_state(url)
+    assert up["tables"] >= TABLES
+    assert up["revision"] == _head()
+    assert up["diff"] == []
+    assert (up["trigger"], up["function"]) == (1, 1)
+
+    # upgrading an up-to-date database is a no-op
+    assert await ensure_database(url) is False
+    await upgrade(url)
+    assert (await _schema_state(url))["revision"] == _head()
+
+    await _downgrade(url, "base")
+    down = await _schema_state(url)
+    assert down["tables"] & TABLES == set()
+    assert down["revision"] is None
+    assert (down["trigger"], down["function"]) == (0, 0)
+
+    await upgrade(url)
+    again = await _schema_state(url)
+    assert again == up
+
+    # the re-created database works: the append-only trigger is back
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            account_id = uuid.uuid4()
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
+                    " credits_reserved, created_at)"
+                    " VALUES (:id, 'a@example.com', 'free', 'whsec_x', 5, 0, now())"
+                ),
+                {"id": account_id},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (account_id, kind, available_delta,"
+                    " reserved_delta, movement_key, created_at)"
+                    " VALUES (:id, 'grant', 5, 0, 'grant:x', now())"
+                ),
+                {"id": account_id},
+            )
+            await conn.commit()
+            with pytest.raises(DBAPIError, match="append-only"):
+                await conn.execute(text("DELETE FROM ledger_entries"))
+            await conn.rollback()
+    finally:
+        await engine.dispose()
