@@ -45,7 +45,9 @@ def is_well_formed(key: str) -> bool:
         return False
     body = key[len(KEY_PREFIX) : len(KEY_PREFIX) + _RANDOM_LEN]
     check = key[len(KEY_PREFIX) + _RANDOM_LEN :]
-    if any(c not in _ALPHABET for c in body):
+    # Both parts must be in the alphabet before comparing: compare_digest raises on
+    # non-ASCII text, and a header can carry any character.
+    if any(c not in _ALPHABET for c in body + check):
         return False
     return hmac.compare_digest(check, _checksum(body))
 

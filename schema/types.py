@@ -64,7 +64,7 @@ class Generation:
             width=g.width,
             height=g.height,
             seed=g.seed,
-            metadata=dict(g.meta),
+            metadata=JSON(dict(g.meta)),
             credit_cost=g.credit_cost,
             webhook_url=g.webhook_url,
             progress=g.progress,

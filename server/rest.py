@@ -88,9 +88,7 @@ async def text_to_image(request: Request) -> JSONResponse:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return error_response(400, "BAD_USER_INPUT", "Malformed JSON body", field="body")
     if not isinstance(body, dict):
-        return error_response(
-            400, "BAD_USER_INPUT", "The body must be a JSON object", field="body"
-        )
+        return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
     return await _execute(context, GENERATE_IMAGE, {"input": body})
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_SECRET = "dev-insecure-secret-change-me"
+DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105  # the refused placeholder
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,7 +88,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, api_port: int) -> Setting
         storage_dir=tmp_path_factory.mktemp("storage"),
         public_url=f"http://127.0.0.1:{api_port}",
         models=ROOT / "deploy" / "models.dev.toml",
-        secret_key="test-secret-key",  # type: ignore[arg-type]  # pydantic coerces to SecretStr
+        secret_key="test-secret-key",
         progress_interval_s=0.05,
         db_pool_size=20,
         db_max_overflow=40,
@@ -142,7 +143,7 @@ def api(settings: Settings, database: str, api_port: int) -> Iterator[str]:
 class ThreadedWorker:
     """A real arq worker (the one `fluxgate worker` runs) in a thread with its own loop."""
 
-    def __init__(self, settings: Settings, **kwargs: object) -> None:
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self.kwargs = kwargs
         self.ready = threading.Event()

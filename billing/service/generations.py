@@ -169,7 +169,7 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
         values={
             "status": GenerationStatus.PROCESSING.value,
             "started_at": utcnow(),
-            "attempts": Generation.attempts + 1,  # type: ignore[operator]  # SQL expression
+            "attempts": Generation.attempts + 1,  # SQL expression: attempts = attempts + 1
             "step": 0,
             "progress": 0,
         },

@@ -32,7 +32,10 @@ class Balance:
 async def grant(
     session: AsyncSession, account_id: uuid.UUID, amount: int, *, reference: str, note: str | None
 ) -> bool:
-    """Add credits once per ``reference`` (a payment id, a CLI grant id). False if already granted."""
+    """Add credits once per ``reference`` (a payment id, a CLI grant id).
+
+    Returns False, and adds nothing, when that reference was already granted.
+    """
     if amount <= 0:
         raise BadUserInput("amount", "amount must be a positive number of credits")
     inserted = await repo.insert_entry(
@@ -52,11 +55,16 @@ async def grant(
 async def reserve(
     session: AsyncSession, account_id: uuid.UUID, generation_id: str, cost: int
 ) -> None:
-    """Hold ``cost`` credits for a job or raise :class:`InsufficientCredits`."""
+    """Hold ``cost`` credits for a job, once per job, or raise :class:`InsufficientCredits`.
+
+    Nothing is written when the credits are short, so the caller may even commit after
+    the error. The debit comes first because it is the statement that serializes
+    concurrent reserves of one account (row lock) and refuses a negative balance.
+    """
     if not await repo.debit_available(session, account_id, cost):
         available, _ = await repo.balance_cache(session, account_id)
         raise InsufficientCredits(required=cost, available=available)
-    await repo.insert_entry(
+    inserted = await repo.insert_entry(
         session,
         account_id=account_id,
         kind=LedgerKind.RESERVE,
@@ -65,6 +73,10 @@ async def reserve(
         movement_key=f"reserve:{generation_id}",
         generation_id=generation_id,
     )
+    if not inserted:
+        # The job already holds its credits: undo this debit in the same transaction, so
+        # the cached balance never moves without a ledger entry.
+        await repo.adjust_balance(session, account_id, cost, -cost)
 
 
 async def settle(

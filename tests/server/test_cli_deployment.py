@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from server.settings import ROOT, Settings
-from tests.conftest import TEST_DATABASE_URL, free_port, recreate_database
+from tests.conftest import TEST_DATABASE_URL, free_port
 from tests.server.test_seed_examples import SEED_CURL_BODY
 
 FLUXGATE = [sys.executable, "-m", "server.cli"]

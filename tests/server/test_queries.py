@@ -109,7 +109,8 @@ async def test_generations_are_paginated_newest_first(
         assert (await wait_for_final(client, lister.api_key, job_id))["status"] == "completed"
 
     query = """query L($after: String) {
-      generations(first: 2, after: $after) { items { id prompt status url } nextCursor hasMore } }"""
+      generations(first: 2, after: $after) {
+        items { id prompt status url } nextCursor hasMore } }"""
     seen: list[str] = []
     after = None
     pages = 0
