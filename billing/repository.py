@@ -54,10 +54,6 @@ async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey
     return None if row is None else (row[0], row[1])
 
 
-async def touch_key(session: AsyncSession, key_id: uuid.UUID, now: datetime) -> None:
-    await session.execute(update(ApiKey).where(_K.id == key_id).values(last_used_at=now))
-
-
 async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> bool:
     result = await session.execute(
         update(ApiKey)
@@ -66,13 +62,6 @@ async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> bool:
         .returning(_K.id)
     )
     return result.first() is not None
-
-
-async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[ApiKey]:
-    result = await session.execute(
-        select(ApiKey).where(_K.account_id == account_id).order_by(_K.created_at)
-    )
-    return result.scalars().all()
 
 
 # --- ledger --------------------------------------------------------------------------

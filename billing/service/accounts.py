@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing import keys
 from billing import repository as repo
 from billing.errors import BadUserInput, NotFound, Unauthenticated
-from billing.models import Account, ApiKey, utcnow
+from billing.models import Account, ApiKey
 from billing.service import ledger
 
 PLANS = ("free", "starter", "pro", "enterprise")
@@ -80,10 +80,6 @@ async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes)
         raise Unauthenticated()
     api_key, account = found
     return Caller(account=account, api_key_id=api_key.id)
-
-
-async def mark_key_used(session: AsyncSession, key_id: uuid.UUID) -> None:
-    await repo.touch_key(session, key_id, utcnow())
 
 
 async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> None:

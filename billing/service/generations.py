@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing import repository as repo
 from billing.db import GenerationAccepted, GenerationFinished, UnitOfWork
 from billing.errors import BadUserInput, IdempotencyKeyReused, NotFound
-from billing.models import FINAL_STATUSES, Generation, GenerationStatus, utcnow
+from billing.models import Generation, GenerationStatus, utcnow
 from billing.requests import ImageRequest
 from billing.service import ledger
 
@@ -262,7 +262,3 @@ async def sweep(
             uow.emit(GenerationAccepted(g.id))
             result.requeued.append(g.id)
     return result
-
-
-def is_final(generation: Generation) -> bool:
-    return GenerationStatus(generation.status) in FINAL_STATUSES
