@@ -150,7 +150,7 @@ async def wait_all_completed(expected: int) -> float:
         await engine.dispose()
 
 
-def direct_pipeline(jobs: int, size: int) -> float:
+async def direct_pipeline(jobs: int, size: int) -> float:
     catalog = Catalog.load(ROOT / "deploy" / "models.dev.toml")
     entry = catalog.resolve("flux-dev", None)
     runner = PipelineRunner(catalog, device="cpu", dtype="float32")
@@ -167,7 +167,7 @@ def direct_pipeline(jobs: int, size: int) -> float:
         return time.perf_counter() - started
 
     try:
-        return asyncio.run(run())
+        return await run()
     finally:
         runner.close()
 
@@ -206,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
             await conn.execute(text("UPDATE generations SET status = 'cancelled'"))
         await engine.dispose()
 
-        direct = direct_pipeline(args.jobs, args.size)
+        direct = await direct_pipeline(args.jobs, args.size)
         worker = start(["worker"], env)
         await fire(url, key, 1, 1, args.size)  # the worker is warm once this one completes
         await wait_all_completed(1)
