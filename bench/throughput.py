@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import redis
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from billing.catalog import Catalog  # noqa: E402
 from billing.db import make_engine, make_sessionmaker  # noqa: E402
-from billing.migrate import upgrade  # noqa: E402
+from billing.migrate import drop_database, upgrade  # noqa: E402
 from billing.service import accounts  # noqa: E402
 from gpu_worker.pipeline import PipelineRunner  # noqa: E402
 
@@ -57,13 +56,7 @@ def variables(i: int, size: int) -> dict[str, Any]:
 
 
 async def reset_database() -> None:
-    parsed = make_url(DB_URL)
-    admin = create_async_engine(
-        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    await admin.dispose()
+    await drop_database(DB_URL)
     await upgrade(DB_URL)
 
 

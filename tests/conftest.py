@@ -24,18 +24,13 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
-from sqlalchemy.pool import NullPool
 
 from billing.db import make_engine, make_sessionmaker
-from billing.migrate import upgrade
+from billing.migrate import drop_database, upgrade
 from server.app import create_app
 from server.settings import ROOT, Settings
 from tests.factories import TestAccount, create_account
@@ -62,13 +57,7 @@ def ensure_tiny_model() -> Path:
 
 
 async def recreate_database(url: str) -> None:
-    parsed = make_url(url)
-    admin: AsyncEngine = create_async_engine(
-        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    async with admin.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    await admin.dispose()
+    await drop_database(url)
     await upgrade(url)
 
 

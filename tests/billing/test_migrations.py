@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 import billing.models  # noqa: F401  # registers the tables on SQLModel.metadata
-from billing.migrate import alembic_config, ensure_database, upgrade
+from billing.migrate import alembic_config, drop_database, ensure_database, run_alembic, upgrade
 
 TABLES = {"accounts", "api_keys", "generations", "ledger_entries"}
 
@@ -69,35 +69,6 @@ async def _schema_state(url: str) -> dict[str, Any]:
         await engine.dispose()
 
 
-async def _downgrade(url: str, revision: str) -> None:
-    config = alembic_config()
-
-    def run(connection: Connection) -> None:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
-
-    engine = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(run)
-    finally:
-        await engine.dispose()
-
-
-async def _drop_database(url: str) -> None:
-    parsed = make_url(url)
-    assert parsed.database
-    admin = create_async_engine(
-        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as conn:
-            quoted = conn.dialect.identifier_preparer.quote(parsed.database)
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-    finally:
-        await admin.dispose()
-
-
 async def _database_exists(url: str) -> bool:
     parsed = make_url(url)
     admin = create_async_engine(parsed.set(database="postgres"), poolclass=NullPool)
@@ -119,7 +90,7 @@ async def throwaway_url(database: str) -> AsyncIterator[str]:
     try:
         yield url
     finally:
-        await _drop_database(url)
+        await drop_database(url)
     assert not await _database_exists(url)
 
 
@@ -160,7 +131,7 @@ async def test_downgrade_base_then_upgrade_head(throwaway_url: str) -> None:
     await upgrade(url)
     assert (await _schema_state(url))["revision"] == _head()
 
-    await _downgrade(url, "base")
+    await run_alembic(url, lambda config: command.downgrade(config, "base"))
     down = await _schema_state(url)
     assert down["tables"] & TABLES == set()
     assert down["revision"] is None

@@ -5,6 +5,7 @@ Redis database and never interferes with the test session's deployment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from billing.migrate import drop_database
 from server.settings import ROOT, Settings
 from tests.conftest import TEST_DATABASE_URL, free_port
 from tests.server.test_seed_examples import SEED_CURL_BODY
@@ -75,24 +77,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             if p.stderr:
                 p.stderr.close()
         # Leave the server clean for the next run.
-        import asyncio
-
-        asyncio.run(_drop(db_url))
-
-
-async def _drop(db_url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    parsed = make_url(db_url)
-    engine = create_async_engine(
-        parsed.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    async with engine.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    await engine.dispose()
+        asyncio.run(drop_database(db_url))
 
 
 def run(env: dict[str, str], *args: str, ok: bool = True) -> str:
