@@ -34,7 +34,7 @@ from billing.catalog import Catalog  # noqa: E402
 from billing.db import make_engine, make_sessionmaker  # noqa: E402
 from billing.migrate import drop_database, upgrade  # noqa: E402
 from billing.service import accounts  # noqa: E402
-from gpu_worker.pipeline import PipelineRunner  # noqa: E402
+from gpu_worker.pipeline import PipelineRunner, RenderJob  # noqa: E402
 
 DB_URL = os.environ.get(
     "FLUXGATE_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/fluxgate_bench"
@@ -75,14 +75,15 @@ async def make_key(credits: int) -> str:
     return key.secret
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "server.cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def wait_healthy(url: str) -> None:
@@ -150,13 +151,21 @@ async def direct_pipeline(jobs: int, size: int) -> float:
     runner.load_all()
 
     async def run() -> float:
-        await runner.render(entry, prompt="warm-up", width=size, height=size, steps=entry.steps,
-                            guidance=entry.guidance, seed=0, on_step=lambda s, t: None)  # fmt: skip
+        def job(i: int) -> RenderJob:
+            return RenderJob(
+                entry=entry,
+                prompt=f"benchmark prompt {i}",
+                width=size,
+                height=size,
+                steps=entry.steps,
+                guidance=entry.guidance,
+                seed=i,
+            )
+
+        await runner.render(job(jobs), lambda s, t: None)  # warm-up
         started = time.perf_counter()
         for i in range(jobs):
-            await runner.render(entry, prompt=f"benchmark prompt {i}", width=size, height=size,
-                                steps=entry.steps, guidance=entry.guidance, seed=i,
-                                on_step=lambda s, t: None)  # fmt: skip
+            await runner.render(job(i), lambda s, t: None)
         return time.perf_counter() - started
 
     try:
@@ -181,7 +190,7 @@ async def main(args: argparse.Namespace) -> None:
         "FLUXGATE_QUEUE_NAME": "fluxgate:bench",
     }
     key = await make_key(credits=10**9)
-    api = start(["serve", "--port", str(port)], env)
+    api = start(["serve", "--port", str(port)], env, Path(storage) / "api.log")
     worker: subprocess.Popen[bytes] | None = None
     try:
         await wait_healthy(url)
@@ -200,7 +209,7 @@ async def main(args: argparse.Namespace) -> None:
         await engine.dispose()
 
         direct = await direct_pipeline(args.jobs, args.size)
-        worker = start(["worker"], env)
+        worker = start(["worker"], env, Path(storage) / "worker.log")
         await fire(url, key, 1, 1, args.size)  # the worker is warm once this one completes
         await wait_all_completed(1)
         started = time.perf_counter()
@@ -212,6 +221,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"end to end (API + 1 worker): {args.jobs} jobs in {e2e:.2f}s = "
               f"{args.jobs / e2e:.2f}/s")  # fmt: skip
         print(f"end-to-end / direct throughput ratio: {direct / e2e:.2f}")
+        print(f"logs: {storage}/api.log, {storage}/worker.log")
     finally:
         for proc in (api, worker):
             if proc is not None:

@@ -30,6 +30,17 @@ StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
+class RenderJob:
+    entry: ModelEntry
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rendered:
     png: bytes
     seconds: float
@@ -88,38 +99,15 @@ class PipelineRunner:
         self._pipes[path] = pipe
         return pipe
 
-    async def render(
-        self,
-        entry: ModelEntry,
-        *,
-        prompt: str,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        on_step: StepCallback,
-    ) -> Rendered:
+    async def render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor,
-            lambda: self._render(entry, prompt, width, height, steps, guidance, seed, on_step),
-        )
+        return await loop.run_in_executor(self._executor, self._render, job, on_step)
 
-    def _render(
-        self,
-        entry: ModelEntry,
-        prompt: str,
-        width: int,
-        height: int,
-        steps: int,
-        guidance: float,
-        seed: int,
-        on_step: StepCallback,
-    ) -> Rendered:
+    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         import torch
 
-        pipe = self._load(entry.path, entry.pipeline)
+        pipe = self._load(job.entry.path, job.entry.pipeline)
+        steps = job.steps
 
         def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             # Called between denoising steps; it only records numbers (no GPU sync).
@@ -128,16 +116,16 @@ class PipelineRunner:
 
         started = time.perf_counter()
         # A CPU generator gives the same image for a seed on any device.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        generator = torch.Generator(device="cpu").manual_seed(job.seed)
         with torch.inference_mode():
             result = pipe(
-                prompt=prompt,
-                width=width,
-                height=height,
+                prompt=job.prompt,
+                width=job.width,
+                height=job.height,
                 num_inference_steps=steps,
-                guidance_scale=guidance,
+                guidance_scale=job.guidance,
                 generator=generator,
-                max_sequence_length=entry.max_sequence_length,
+                max_sequence_length=job.entry.max_sequence_length,
                 callback_on_step_end=callback,
                 output_type="pil",
             )

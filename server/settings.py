@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     # by the sweeper: the worker that held it is gone and arq has given up on it.
     stale_job_after_s: int = Field(default=3600, ge=60)
     progress_interval_s: float = Field(default=0.25, gt=0)
+    worker_poll_interval_s: float = Field(default=0.02, gt=0)
 
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256

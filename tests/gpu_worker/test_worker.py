@@ -22,7 +22,7 @@ from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
 from gpu_worker import queue
-from gpu_worker.pipeline import PipelineRunner, Rendered, StepCallback
+from gpu_worker.pipeline import PipelineRunner, Rendered, RenderJob, StepCallback
 from gpu_worker.worker import FAILURE_MESSAGE, run_generation, shutdown, startup, sweep_stale
 from server.settings import Settings
 from tests.factories import TestAccount, audit
@@ -32,20 +32,19 @@ class ExplodingRunner(PipelineRunner):
     """Failure injection: a pipeline that raises mid-run, as a GPU out of memory would
     (no GPU here to run out of)."""
 
-    def _render(self, *args: Any, **kwargs: Any) -> Rendered:
+    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 class SlowRunner(PipelineRunner):
     """The real pipeline, with each step slowed so progress can be observed."""
 
-    def _render(self, entry: Any, prompt: str, w: int, h: int, steps: int, g: float, seed: int,
-                on_step: StepCallback) -> Rendered:  # fmt: skip
+    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         def slow(step: int, total: int) -> None:
             on_step(step, total)
             time.sleep(0.3)
 
-        return super()._render(entry, prompt, w, h, steps, g, seed, slow)
+        return super()._render(job, slow)
 
 
 @pytest.fixture(scope="module")
