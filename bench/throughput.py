@@ -162,10 +162,10 @@ async def direct_pipeline(jobs: int, size: int) -> float:
                 seed=i,
             )
 
-        await runner.render(job(jobs), lambda s, t: None)  # warm-up
+        await runner.render(job(jobs), lambda s, t, p: None)  # warm-up
         started = time.perf_counter()
         for i in range(jobs):
-            await runner.render(job(i), lambda s, t: None)
+            await runner.render(job(i), lambda s, t, p: None)
         return time.perf_counter() - started
 
     try:

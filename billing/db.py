@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -37,14 +38,25 @@ class GenerationAccepted:
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationFinished:
-    """A job reached a final state."""
+class GenerationUpdated:
+    """A job's state changed: announce it to subscribers.
+
+    ``snapshot`` is the committed row (``billing.models.snapshot``); ``live`` carries what
+    is not stored: ``eta_seconds``, ``preview``.
+    """
+
+    snapshot: dict[str, Any]
+    live: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCancelled:
+    """A job was cancelled: take it off the queue, or interrupt the worker running it."""
 
     generation_id: str
-    status: str
 
 
-Event = GenerationAccepted | GenerationFinished
+Event = GenerationAccepted | GenerationUpdated | GenerationCancelled
 
 
 @dataclass

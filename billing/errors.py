@@ -11,6 +11,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
     INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     RATE_LIMITED = "RATE_LIMITED"
@@ -56,6 +57,12 @@ class NotFound(FluxgateError):
 
     def __init__(self, what: str = "Generation") -> None:
         super().__init__(f"{what} not found")
+
+
+class Conflict(FluxgateError):
+    """The request is valid but the resource's state does not allow it."""
+
+    code = ErrorCode.CONFLICT
 
 
 class InsufficientCredits(FluxgateError):

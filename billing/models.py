@@ -31,6 +31,24 @@ class GenerationStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+FINAL_STATUSES = frozenset(
+    {GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED}
+)
+
+
+def is_final(status: str) -> bool:
+    return GenerationStatus(status) in FINAL_STATUSES
+
+
+def snapshot(generation: Generation) -> dict[str, Any]:
+    """A JSON-safe copy of a job row, as published to subscribers."""
+    return generation.model_dump(mode="json")
+
+
+def from_snapshot(data: dict[str, Any]) -> Generation:
+    return Generation.model_validate(data)
+
+
 class LedgerKind(StrEnum):
     GRANT = "grant"
     RESERVE = "reserve"
@@ -114,6 +132,10 @@ class Generation(SQLModel, table=True):
         default_factory=dict, sa_column=Column("metadata", JSONB, nullable=False)
     )
     error: str | None = Field(default=None, sa_type=Text)
+    preview: bool = Field(default=False, description="Send preview images while processing.")
+    revision: int = Field(
+        default=0, description="Incremented by every state change: orders events across processes."
+    )
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
     attempts: int = 0

@@ -231,7 +231,7 @@ async def transition(
     result = await session.execute(
         update(Generation)
         .where(_G.id == generation_id, _G.status.in_([s.value for s in from_statuses]))
-        .values(updated_at=utcnow(), **values)
+        .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
         .returning(Generation)
         .execution_options(populate_existing=True)
     )
@@ -240,12 +240,22 @@ async def transition(
 
 async def set_progress(
     session: AsyncSession, generation_id: str, *, step: int, total_steps: int, progress: int
-) -> None:
-    await session.execute(
+) -> Generation | None:
+    """Record progress of a processing job; None if it is no longer processing."""
+    result = await session.execute(
         update(Generation)
         .where(_G.id == generation_id, _G.status == GenerationStatus.PROCESSING.value)
-        .values(step=step, total_steps=total_steps, progress=progress, updated_at=utcnow())
+        .values(
+            step=step,
+            total_steps=total_steps,
+            progress=progress,
+            updated_at=utcnow(),
+            revision=_G.revision + 1,
+        )
+        .returning(Generation)
+        .execution_options(populate_existing=True)
     )
+    return result.scalars().first()
 
 
 async def stale_generations(

@@ -44,6 +44,7 @@ class RawImageRequest:
     seed: int | None = None
     webhook_url: str | None = None
     type: str = "IMAGE"
+    preview: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class ImageRequest:
     guidance: float
     webhook_url: str | None
     type: str
+    preview: bool
     quote: Quote
     model: ModelEntry
     request_hash: str
@@ -166,6 +168,7 @@ def validate(
         guidance=model.guidance,
         webhook_url=webhook_url,
         type=raw.type,
+        preview=raw.preview,
         quote=quote,
         model=model,
         request_hash=request_fingerprint(raw),

@@ -1,20 +1,30 @@
-"""The arq queue as the API and the worker see it: JSON serialization, job names, and the
-dispatcher that turns committed domain events into queue operations."""
+"""The arq queue and Redis as the API and the worker share them: JSON serialization, job
+names, the dispatcher that turns committed domain events into queue operations and
+pub/sub messages, and the measurements behind queue positions and ETAs.
+
+Every key is prefixed with the queue name, so deployments sharing a Redis database do not
+see each other's events or measurements.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix
 
-from billing.db import Event, GenerationAccepted
+from billing.db import Event, GenerationAccepted, GenerationCancelled, GenerationUpdated
 
 log = logging.getLogger(__name__)
 
 RUN_GENERATION = "run_generation"
+CANCEL_TTL_S = 24 * 3600
+WORKER_TTL_S = 30
+_EWMA = 0.3  # weight of the newest measurement
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -45,25 +55,137 @@ def job_id(generation_id: str) -> str:
     return f"generation:{generation_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The Redis names of one deployment."""
+
+    queue_name: str
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel of job updates (JSON: {"snapshot": …, "live": …})."""
+        return f"{self.queue_name}:events"
+
+    def cancel(self, generation_id: str) -> str:
+        return f"{self.queue_name}:cancel:{generation_id}"
+
+    @property
+    def timings(self) -> str:
+        return f"{self.queue_name}:timings"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.queue_name}:worker:{worker_id}"
+
+    @property
+    def workers_pattern(self) -> str:
+        return f"{self.queue_name}:worker:*"
+
+
+def size_key(version: str, width: int, height: int) -> str:
+    return f"{version}:{width}x{height}"
+
+
 class Dispatcher:
     """Performs the side effects of committed events. Call only after commit."""
 
     def __init__(self, pool: ArqRedis, queue_name: str) -> None:
         self.pool = pool
         self.queue_name = queue_name
+        self.keys = Keys(queue_name)
 
     async def dispatch(self, events: Iterable[Event]) -> None:
         for event in events:
-            if isinstance(event, GenerationAccepted):
-                try:
-                    # _job_id makes a duplicate enqueue (retry, sweeper) a no-op.
-                    await self.pool.enqueue_job(
-                        RUN_GENERATION,
-                        event.generation_id,
-                        _job_id=job_id(event.generation_id),
-                        _queue_name=self.queue_name,
-                    )
-                except Exception:
-                    # The job is committed and its credits held; the sweeper enqueues
-                    # queued jobs again, so an unreachable Redis delays it, never loses it.
-                    log.exception("could not enqueue generation %s", event.generation_id)
+            try:
+                await self._dispatch(event)
+            except Exception:
+                # The state is committed. An undelivered update is healed by the next one
+                # (and subscribers re-read on join); an unenqueued job is re-enqueued by
+                # the sweeper; an unsent cancel still leaves the job cancelled and
+                # uncharged. So a Redis hiccup delays, never loses.
+                log.exception("could not dispatch %r", event)
+
+    async def _dispatch(self, event: Event) -> None:
+        if isinstance(event, GenerationAccepted):
+            # _job_id makes a duplicate enqueue (retry, sweeper) a no-op.
+            await self.pool.enqueue_job(
+                RUN_GENERATION,
+                event.generation_id,
+                _job_id=job_id(event.generation_id),
+                _queue_name=self.queue_name,
+            )
+        elif isinstance(event, GenerationUpdated):
+            message = {"snapshot": event.snapshot, "live": event.live}
+            await self.pool.publish(self.keys.events, json.dumps(message, separators=(",", ":")))
+        elif isinstance(event, GenerationCancelled):
+            jid = job_id(event.generation_id)
+            async with self.pool.pipeline(transaction=True) as pipe:
+                # Queued: off the queue, so it never runs. Processing: the flag the worker
+                # polls between steps.
+                pipe.zrem(self.queue_name, jid)
+                pipe.delete(job_key_prefix + jid)
+                pipe.set(self.keys.cancel(event.generation_id), b"1", ex=CANCEL_TTL_S)
+                await pipe.execute()
+
+
+class Timings:
+    """Recent measured seconds per denoising step and per job, by model version and size,
+    kept as moving averages in one Redis hash. They make ETAs; they are estimates."""
+
+    def __init__(self, redis: ArqRedis, queue_name: str) -> None:
+        self.redis = redis
+        self.keys = Keys(queue_name)
+
+    async def record(self, size: str, *, step_seconds: float | None, job_seconds: float) -> None:
+        fields = [f"step:{size}", f"job:{size}", "job:*"]
+        old = await self.redis.hmget(self.keys.timings, fields)  # type: ignore[misc]  # redis-py types async results as Awaitable | value
+        new = [step_seconds, job_seconds, job_seconds]
+        update: dict[str, str] = {}
+        for name, previous, value in zip(fields, old, new, strict=True):
+            if value is None:
+                continue
+            if previous is not None:
+                value = _EWMA * value + (1 - _EWMA) * float(previous)
+            update[name] = f"{value:.6f}"
+        await self.redis.hset(self.keys.timings, mapping=update)  # type: ignore[misc]  # as above
+
+    async def get(self, *names: str) -> list[float | None]:
+        values = await self.redis.hmget(self.keys.timings, list(names))  # type: ignore[misc]  # as above
+        return [None if v is None else float(v) for v in values]
+
+    async def workers(self) -> int:
+        count = 0
+        async for _ in self.redis.scan_iter(match=self.keys.workers_pattern, count=100):
+            count += 1
+        return count
+
+
+class QueueInspector:
+    """Queue position and ETA of a job, for the API."""
+
+    def __init__(self, redis: ArqRedis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.timings = Timings(redis, queue_name)
+
+    async def position(self, generation_id: str) -> int | None:
+        """Jobs ahead of this one in the queue (0: it is next); None if not queued."""
+        rank = await self.redis.zrank(self.queue_name, job_id(generation_id))
+        return None if rank is None else int(rank)
+
+    async def eta_queued(
+        self, generation_id: str, size: str, steps: int
+    ) -> tuple[int | None, float | None]:
+        """(position, seconds until done) of a queued job; the ETA is None until measured."""
+        position = await self.position(generation_id)
+        step, job, any_job = await self.timings.get(f"step:{size}", f"job:{size}", "job:*")
+        own = job if job is not None else (step * steps if step is not None else any_job)
+        if position is None or own is None or any_job is None:
+            return position, None
+        workers = max(1, await self.timings.workers())
+        return position, round(position * any_job / workers + own, 2)
+
+    async def eta_processing(self, size: str, step: int, total_steps: int) -> float | None:
+        [per_step] = await self.timings.get(f"step:{size}")
+        if per_step is None:
+            return None
+        return round(max(0, total_steps - step) * per_step, 2)

@@ -9,8 +9,12 @@ in the ledger, so a job run twice is charged once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,8 +28,18 @@ from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker, unit_of_work
 from billing.models import Generation
 from billing.service import generations
-from gpu_worker.pipeline import PipelineRunner, RenderJob
-from gpu_worker.queue import RUN_GENERATION, Dispatcher, deserialize, redis_settings, serialize
+from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
+from gpu_worker.queue import (
+    RUN_GENERATION,
+    WORKER_TTL_S,
+    Dispatcher,
+    Keys,
+    Timings,
+    deserialize,
+    redis_settings,
+    serialize,
+    size_key,
+)
 from gpu_worker.storage import LocalStorage, Storage
 from server.settings import Settings, get_settings
 
@@ -63,49 +77,114 @@ async def startup(ctx: dict[str, Any]) -> None:
         storage=LocalStorage(settings.storage_dir, settings.public_base),
         dispatcher=Dispatcher(redis, settings.queue_name),
     )
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
+
+
+async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
+    """Announce this worker (ETAs divide the queue among the live workers)."""
+    key = keys.worker(uuid.uuid4().hex)
+    try:
+        while True:
+            await redis.set(key, b"1", ex=WORKER_TTL_S)
+            await asyncio.sleep(WORKER_TTL_S / 3)
+    finally:
+        await redis.delete(key)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    heartbeat: asyncio.Task[None] | None = ctx.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
     state: WorkerState | None = ctx.get("state")
     if state is not None:
         await state.engine.dispose()
 
 
-class _Progress:
-    """Carries the latest step from the pipeline thread to the loop, which writes it at
-    most every ``interval`` seconds: progress never slows the denoising loop."""
+class _Live:
+    """Between the pipeline thread and the event loop, for one running job.
 
-    def __init__(self, state: WorkerState, generation_id: str) -> None:
+    The pipeline thread only stores the latest step (and preview) and checks a flag; the
+    loop writes progress at most every ``progress_interval_s`` (each write is published
+    to subscribers after commit) and polls the job's cancel flag as often. So progress
+    and cancellation never slow the denoising loop, and a cancel stops the run at the next
+    step boundary.
+    """
+
+    def __init__(self, state: WorkerState, generation: Generation) -> None:
         self.state = state
-        self.generation_id = generation_id
+        self.generation = generation
+        self.size = size_key(generation.version, generation.width, generation.height)
         self.latest: tuple[int, int] | None = None  # set from the pipeline thread
+        self.preview: bytes | None = None
+        self.step_times: list[float] = []
+        self.cancelled = threading.Event()
         self._written: tuple[int, int] | None = None
+        self._previous_per_step: float | None = None
 
-    def on_step(self, step: int, total: int) -> None:
+    def on_step(self, step: int, total: int, preview: bytes | None) -> None:
+        if self.cancelled.is_set():
+            raise Interrupted
+        self.step_times.append(time.perf_counter())
+        if preview is not None:
+            self.preview = preview
         self.latest = (step, total)  # a single reference assignment: atomic under the GIL
 
+    def seconds_per_step(self) -> float | None:
+        times = self.step_times
+        if len(times) >= 2:
+            return (times[-1] - times[0]) / (len(times) - 1)
+        return self._previous_per_step
+
     async def run(self) -> None:
+        redis = self.state.dispatcher.pool
+        cancel_key = self.state.dispatcher.keys.cancel(self.generation.id)
+        [self._previous_per_step] = await Timings(redis, self.state.settings.queue_name).get(
+            f"step:{self.size}"
+        )
         while True:
             await asyncio.sleep(self.state.settings.progress_interval_s)
+            if await redis.exists(cancel_key):
+                self.cancelled.set()
+                return
             await self.flush()
 
     async def flush(self) -> None:
         latest = self.latest
         if latest is None or latest == self._written:
             return
+        step, total = latest
+        live: dict[str, Any] = {}
+        per_step = self.seconds_per_step()
+        if per_step is not None:
+            live["eta_seconds"] = round((total - step) * per_step, 2)
+        if self.preview is not None:
+            live["preview"] = "data:image/png;base64," + base64.b64encode(self.preview).decode()
         async with unit_of_work(self.state.sessions) as uow:
-            await generations.record_progress(uow.session, self.generation_id, *latest)
+            still = await generations.record_progress(uow, self.generation.id, step, total, live)
+        await self.state.dispatcher.dispatch(uow.events)
+        if still is None:
+            # No longer processing: cancelled (or settled elsewhere). Stop at the next step.
+            self.cancelled.set()
         self._written = latest
 
 
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     state: WorkerState = ctx["state"]
+    started = time.perf_counter()
     async with unit_of_work(state.sessions) as uow:
         generation = await generations.begin_processing(uow, generation_id)
+    await state.dispatcher.dispatch(uow.events)
     if generation is None:
         return "skipped: already finished"
+    live = _Live(state, generation)
     try:
-        key, metadata = await _render(state, generation)
+        key, metadata = await _render(state, generation, live)
+    except Interrupted:
+        # The API already marked it cancelled and released the credits.
+        log.info("generation %s cancelled while processing", generation_id)
+        return "cancelled"
     except Exception:
         log.exception("generation %s failed", generation_id)
         async with unit_of_work(state.sessions) as uow:
@@ -115,13 +194,21 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     async with unit_of_work(state.sessions) as uow:
         done = await generations.complete(uow, generation_id, image_key=key, metadata=metadata)
     await state.dispatcher.dispatch(uow.events)
-    return "completed" if done is not None else "skipped: no longer processing"
+    if done is None:
+        return "skipped: no longer processing"
+    await Timings(state.dispatcher.pool, state.settings.queue_name).record(
+        live.size,
+        step_seconds=live.seconds_per_step(),
+        job_seconds=time.perf_counter() - started,
+    )
+    return "completed"
 
 
-async def _render(state: WorkerState, generation: Generation) -> tuple[str, dict[str, Any]]:
+async def _render(
+    state: WorkerState, generation: Generation, live: _Live
+) -> tuple[str, dict[str, Any]]:
     entry = state.catalog.resolve(generation.provider, generation.version)
-    progress = _Progress(state, generation.id)
-    ticker = asyncio.create_task(progress.run())
+    ticker = asyncio.create_task(live.run())
     try:
         job = RenderJob(
             entry=entry,
@@ -131,8 +218,9 @@ async def _render(state: WorkerState, generation: Generation) -> tuple[str, dict
             steps=generation.steps,
             guidance=generation.guidance,
             seed=generation.seed,
+            preview=generation.preview,
         )
-        rendered = await state.runner.render(job, progress.on_step)
+        rendered = await state.runner.render(job, live.on_step)
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from schema.errors import ErrorMapping, stamp_document_errors
-from schema.resolvers import Mutation, Query
+from schema.resolvers import Mutation, Query, Subscription
 from schema.scalars import SCALARS
 
 
@@ -26,6 +26,7 @@ class FluxgateSchema(strawberry.Schema):
 schema = FluxgateSchema(
     query=Query,
     mutation=Mutation,
+    subscription=Subscription,
     extensions=[
         ErrorMapping,
         lambda: ParserCache(maxsize=256),

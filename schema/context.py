@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,7 +14,8 @@ from billing.db import UnitOfWork, unit_of_work
 from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
-from gpu_worker.queue import Dispatcher
+from gpu_worker.events import Broker
+from gpu_worker.queue import Dispatcher, QueueInspector
 from gpu_worker.storage import Storage
 
 
@@ -27,7 +29,23 @@ class Services:
     limits: Limits
     storage: Storage
     dispatcher: Dispatcher
+    queue: QueueInspector
+    broker: Broker
     pepper: bytes
+
+
+def key_from_params(params: dict[str, Any] | None) -> str | None:
+    """The API key in a websocket's connection_init payload — browsers cannot set headers
+    on a websocket. Accepts {"Authorization": "Bearer <key>"}, {"X-API-Key": "<key>"} and
+    {"apiKey": "<key>"}, in any case."""
+    if not params:
+        return None
+    lowered = {str(k).lower(): v for k, v in params.items() if isinstance(v, str)}
+    authorization = lowered.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return lowered.get("x-api-key") or lowered.get("apikey") or lowered.get("api_key")
 
 
 @dataclass
@@ -35,15 +53,19 @@ class Context:
     services: Services
     api_key: str | None
     idempotency_key: str | None = None
+    # Set by strawberry from a websocket's connection_init payload.
+    connection_params: dict[str, Any] | None = None
     _caller: accounts.Caller | None = field(default=None, repr=False)
 
     async def caller(self) -> accounts.Caller:
-        """The authenticated caller, looked up once per request; raises UNAUTHENTICATED."""
+        """The authenticated caller, looked up once per request (or websocket connection);
+        raises UNAUTHENTICATED."""
         if self._caller is None:
             async with self.services.sessions() as session:
                 self._caller = await accounts.authenticate(
-                    session, self.api_key, self.services.pepper
-                )
+                    session, self.api_key or key_from_params(self.connection_params),
+                    self.services.pepper,
+                )  # fmt: skip
         return self._caller
 
     @asynccontextmanager

@@ -20,6 +20,9 @@ class GenerateOptionsInput:
     version: str | None = strawberry.field(default=None, description="e.g. flux-pro-1.1")
     quality: str | None = strawberry.field(default=None, description="standard | high")
     seed: int | None = strawberry.field(default=None, description="0..2147483647")
+    preview: bool = strawberry.field(
+        default=False, description="Send small preview images with progress updates."
+    )
 
 
 @strawberry.input(description="Input of `generate` (seed 001, first form).")
@@ -42,6 +45,7 @@ class GenerateInput:
             seed=options.seed,
             webhook_url=self.webhook_url,
             type=self.type.value,
+            preview=options.preview,
         )
 
 
@@ -55,6 +59,9 @@ class ImageGenerationInput:
     quality: str | None = None
     seed: int | None = None
     webhook_url: str | None = None
+    preview: bool = strawberry.field(
+        default=False, description="Send small preview images with progress updates."
+    )
 
     def to_raw(self) -> RawImageRequest:
         return RawImageRequest(
@@ -66,4 +73,5 @@ class ImageGenerationInput:
             quality=self.quality,
             seed=self.seed,
             webhook_url=self.webhook_url,
+            preview=self.preview,
         )

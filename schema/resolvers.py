@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import strawberry
 from strawberry.types import Info
@@ -11,6 +11,7 @@ from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawIma
 from billing.service import accounts, generations, ledger
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput
+from schema.live import follow, follow_account, present
 from schema.types import Account, Generation, GenerationPage, PriceQuote
 
 Ctx = Info[Context, None]
@@ -32,7 +33,7 @@ async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str])
             request=request,
             idempotency_key=ctx.idempotency_key,
         )
-    return Generation.from_model(generation, ctx.services.storage)
+    return await present(ctx, generation)
 
 
 @strawberry.type
@@ -48,7 +49,7 @@ class Query:
         caller = await info.context.caller()
         async with info.context.read() as session:
             g = await generations.get(session, caller.account.id, str(id))
-        return Generation.from_model(g, info.context.services.storage)
+        return await present(info.context, g)
 
     @strawberry.field(description="The caller's generations, newest first.")
     async def generations(
@@ -85,3 +86,34 @@ class Mutation:
     @strawberry.mutation(description="Queue an image generation (seed 001, second form).")
     async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation:
         return await _submit(info.context, input.to_raw(), IMAGE_FIELDS)
+
+    @strawberry.mutation(
+        description="Cancel a queued or processing generation; its credits are released in "
+        "full. CONFLICT if it already finished, NOT_FOUND if it is not the caller's."
+    )
+    async def cancel_generation(self, info: Ctx, id: strawberry.ID) -> Generation:
+        caller = await info.context.caller()
+        async with info.context.transaction() as uow:
+            g = await generations.cancel(uow, caller.account.id, str(id))
+        return await present(info.context, g)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every state of one generation: queued (queuePosition, etaSeconds) → "
+        "processing (progress, step, totalSteps, etaSeconds, preview) → completed, failed "
+        "or cancelled; then the stream ends. Starts with the current state."
+    )
+    async def generation_updated(
+        self, info: Ctx, id: strawberry.ID
+    ) -> AsyncGenerator[Generation, None]:
+        caller = await info.context.caller()
+        async for g in follow(info.context, caller.account.id, str(id)):
+            yield g
+
+    @strawberry.subscription(description="Every change of any of the caller's generations.")
+    async def generations_updated(self, info: Ctx) -> AsyncGenerator[Generation, None]:
+        caller = await info.context.caller()
+        async for g in follow_account(info.context, caller.account.id):
+            yield g

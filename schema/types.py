@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -42,13 +43,26 @@ class Generation:
     step: int
     total_steps: int
     duration: float | None = strawberry.field(description="Seconds spent rendering.")
+    queue_position: int | None = strawberry.field(
+        description="While queued: jobs ahead of this one (0: next)."
+    )
+    eta_seconds: float | None = strawberry.field(
+        description="While queued or processing: estimated seconds until done, from recently "
+        "measured step times; null until measured."
+    )
+    preview: str | None = strawberry.field(
+        description="While processing with preview: a small PNG data URL of the current latents."
+    )
     error: str | None
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     completed_at: UtcDateTime | None
 
     @classmethod
-    def from_model(cls, g: models.Generation, storage: Storage) -> Generation:
+    def from_model(
+        cls, g: models.Generation, storage: Storage, live: dict[str, Any] | None = None
+    ) -> Generation:
+        live = live or {}
         done = g.status == models.GenerationStatus.COMPLETED.value and g.image_key
         duration = g.meta.get("duration")
         return cls(
@@ -71,6 +85,9 @@ class Generation:
             step=g.step,
             total_steps=g.total_steps,
             duration=float(duration) if duration is not None else None,
+            queue_position=live.get("queue_position"),
+            eta_seconds=live.get("eta_seconds"),
+            preview=live.get("preview"),
             error=g.error,
             created_at=UtcDateTime(g.created_at),
             started_at=UtcDateTime(g.started_at) if g.started_at else None,

@@ -18,6 +18,7 @@ from billing.db import make_engine, make_sessionmaker
 from billing.pricing import default_price_table
 from billing.requests import Limits
 from gpu_worker import queue
+from gpu_worker.events import Broker
 from gpu_worker.storage import LocalStorage
 from schema import schema
 from schema.context import Services
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_overflow=settings.db_max_overflow,
         )
         pool = await queue.connect(settings.redis_url, settings.queue_name)
+        broker = Broker(pool, queue.Keys(settings.queue_name).events)
+        await broker.start()
         app.state.services = Services(
             sessions=make_sessionmaker(engine),
             catalog=Catalog.load(settings.models),
@@ -72,11 +75,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             storage=LocalStorage(settings.storage_dir, settings.public_base),
             dispatcher=queue.Dispatcher(pool, settings.queue_name),
+            queue=queue.QueueInspector(pool, settings.queue_name),
+            broker=broker,
             pepper=settings.secret_key.get_secret_value().encode(),
         )
         try:
             yield
         finally:
+            await broker.stop()
             await pool.aclose(close_connection_pool=True)
             await engine.dispose()
 
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         WebSocketRoute("/graphql", graphql),
         Route("/v1/text_to_image", rest.text_to_image, methods=["POST"]),
         Route("/v1/text_to_image/{id}", rest.get_text_to_image, methods=["GET"]),
+        Route("/v1/text_to_image/{id}/cancel", rest.cancel_text_to_image, methods=["POST"]),
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/healthz", health, methods=["GET"]),
     ]

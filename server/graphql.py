@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
 
+from billing.errors import Unauthenticated
 from schema.context import Context, Services
 from server.auth import api_key_from, idempotency_key_from
 
@@ -30,3 +33,14 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def get_root_value(self, request: Any) -> None:
         return None
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Refuse a websocket whose connection_init carries no valid key (and whose
+        handshake carried none either): graphql-transport-ws closes with 4403, graphql-ws
+        answers connection_error."""
+        try:
+            await context.caller()
+        except Unauthenticated as exc:
+            payload: dict[str, object] = {"message": exc.message, "code": exc.code.value}
+            raise ConnectionRejectionError(payload) from exc
+        return cast(UnsetType, UNSET)

@@ -24,6 +24,7 @@ STATUS_BY_CODE = {
     ErrorCode.INSUFFICIENT_CREDITS.value: 402,
     ErrorCode.FORBIDDEN.value: 403,
     ErrorCode.NOT_FOUND.value: 404,
+    ErrorCode.CONFLICT.value: 409,
     ErrorCode.IDEMPOTENCY_KEY_REUSED.value: 422,
     ErrorCode.RATE_LIMITED.value: 429,
 }
@@ -31,11 +32,15 @@ STATUS_BY_CODE = {
 _FIELDS = """
     id status service provider version quality prompt url width height seed
     webhookUrl creditCost metadata progress step totalSteps duration error
-    createdAt startedAt completedAt
+    queuePosition etaSeconds createdAt startedAt completedAt
 """
 GENERATE_IMAGE = f"""
 mutation GenerateImage($input: ImageGenerationInput!) {{
   generateImage(input: $input) {{ {_FIELDS} }}
+}}"""
+CANCEL_GENERATION = f"""
+mutation Cancel($id: ID!) {{
+  cancelGeneration(id: $id) {{ {_FIELDS} }}
 }}"""
 GET_GENERATION = f"""
 query Generation($id: ID!) {{
@@ -97,3 +102,10 @@ async def get_text_to_image(request: Request) -> JSONResponse:
     if isinstance(context, JSONResponse):
         return context
     return await _execute(context, GET_GENERATION, {"id": request.path_params["id"]})
+
+
+async def cancel_text_to_image(request: Request) -> JSONResponse:
+    context = await _authenticated(request)
+    if isinstance(context, JSONResponse):
+        return context
+    return await _execute(context, CANCEL_GENERATION, {"id": request.path_params["id"]})

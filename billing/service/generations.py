@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
-from billing.db import GenerationAccepted, GenerationFinished, UnitOfWork
-from billing.errors import BadUserInput, IdempotencyKeyReused, NotFound
-from billing.models import Generation, GenerationStatus, utcnow
+from billing.db import GenerationAccepted, GenerationCancelled, GenerationUpdated, UnitOfWork
+from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound
+from billing.models import Generation, GenerationStatus, snapshot, utcnow
 from billing.requests import ImageRequest
 from billing.service import ledger
 
@@ -67,6 +67,7 @@ async def submit(
             "status": GenerationStatus.QUEUED.value,
             "total_steps": request.steps,
             "webhook_url": request.webhook_url,
+            "preview": request.preview,
             "metadata": _metadata(request),
             "idempotency_key": idempotency_key,
             "request_hash": request.request_hash if idempotency_key else None,
@@ -85,6 +86,7 @@ async def submit(
     generation = await repo.get_generation(uow.session, generation_id)
     assert generation is not None
     uow.emit(GenerationAccepted(generation_id))
+    uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
 
 
@@ -162,7 +164,7 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
     A job found ``processing`` is claimed again: its previous worker died mid-run and
     arq is retrying it. Settlement happens once whatever the number of runs.
     """
-    return await repo.transition(
+    generation = await repo.transition(
         uow.session,
         generation_id,
         from_statuses=_ACTIVE,
@@ -174,15 +176,26 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
             "progress": 0,
         },
     )
+    if generation is not None:
+        uow.emit(GenerationUpdated(snapshot(generation)))
+    return generation
 
 
 async def record_progress(
-    session: AsyncSession, generation_id: str, step: int, total_steps: int
-) -> None:
+    uow: UnitOfWork,
+    generation_id: str,
+    step: int,
+    total_steps: int,
+    live: dict[str, Any] | None = None,
+) -> Generation | None:
+    """Store a processing job's step. None when it is no longer processing (cancelled)."""
     progress = min(99, int(100 * step / total_steps)) if total_steps else 0
-    await repo.set_progress(
-        session, generation_id, step=step, total_steps=total_steps, progress=progress
+    generation = await repo.set_progress(
+        uow.session, generation_id, step=step, total_steps=total_steps, progress=progress
     )
+    if generation is not None:
+        uow.emit(GenerationUpdated(snapshot(generation), live or {}))
+    return generation
 
 
 async def complete(
@@ -208,7 +221,7 @@ async def complete(
     await ledger.settle(
         uow.session, generation.account_id, generation.id, generation.credit_cost, capture=True
     )
-    uow.emit(GenerationFinished(generation.id, generation.status))
+    uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
 
 
@@ -229,7 +242,34 @@ async def fail(uow: UnitOfWork, generation_id: str, message: str) -> Generation 
     await ledger.settle(
         uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
     )
-    uow.emit(GenerationFinished(generation.id, generation.status))
+    uow.emit(GenerationUpdated(snapshot(generation)))
+    return generation
+
+
+async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> Generation:
+    """Cancel the caller's queued or processing job and release its hold in full.
+
+    After commit the job is taken off the queue, or the worker running it is told to stop
+    (it checks between denoising steps). Whatever the worker does next, the conditional
+    state changes keep the job cancelled and uncharged.
+    """
+    existing = await get(uow.session, account_id, generation_id)
+    generation = await repo.transition(
+        uow.session,
+        generation_id,
+        from_statuses=_ACTIVE,
+        values={"status": GenerationStatus.CANCELLED.value, "completed_at": utcnow()},
+    )
+    if generation is None:
+        raise Conflict(
+            f"Generation is already {existing.status}; only queued or processing "
+            "generations can be cancelled"
+        )
+    await ledger.settle(
+        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
+    )
+    uow.emit(GenerationCancelled(generation.id))
+    uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
 
 

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
 from billing.catalog import Catalog
-from billing.db import GenerationAccepted, GenerationFinished, unit_of_work
+from billing.db import GenerationAccepted, GenerationUpdated, unit_of_work
 from billing.errors import BadUserInput, ErrorCode, InsufficientCredits
-from billing.models import Generation, GenerationStatus, LedgerEntry, LedgerKind, utcnow
+from billing.models import Generation, GenerationStatus, LedgerEntry, LedgerKind, snapshot, utcnow
 from billing.pricing import default_price_table
 from billing.requests import ImageRequest, Limits, RawImageRequest, validate
 from billing.service import generations, ledger
@@ -77,7 +77,10 @@ async def submit(
             api_key_id=account.api_key_id,
             request=req or request(),
         )
-        assert uow.events == [GenerationAccepted(generation.id)]
+        assert uow.events == [
+            GenerationAccepted(generation.id),
+            GenerationUpdated(snapshot(generation)),
+        ]
     return generation
 
 
@@ -409,7 +412,10 @@ async def test_complete_then_fail_settles_once(sessions: Sessions, settings: Set
     async with unit_of_work(sessions) as uow:
         done = await generations.complete(uow, job.id, image_key="k.png", metadata={"a": 1})
         assert done is not None
-        assert uow.events == [GenerationFinished(job.id, GenerationStatus.COMPLETED.value)]
+        [event] = uow.events
+        assert isinstance(event, GenerationUpdated)
+        assert event.snapshot["status"] == GenerationStatus.COMPLETED.value
+        assert event.snapshot["id"] == job.id
     await assert_balance(sessions, acct.id, 40, 0)
     async with unit_of_work(sessions) as uow:
         assert await generations.fail(uow, job.id, "late failure") is None

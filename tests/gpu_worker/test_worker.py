@@ -40,8 +40,8 @@ class SlowRunner(PipelineRunner):
     """The real pipeline, with each step slowed so progress can be observed."""
 
     def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
-        def slow(step: int, total: int) -> None:
-            on_step(step, total)
+        def slow(step: int, total: int, preview: bytes | None) -> None:
+            on_step(step, total, preview)
             time.sleep(0.3)
 
         return super()._render(job, slow)

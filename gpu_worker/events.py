@@ -1,0 +1,106 @@
+"""The API side of job events: one Redis pub/sub connection per API process, fanned out
+in process to every subscription that follows a job or an account.
+
+Workers and API processes publish committed changes (``Dispatcher``); every API process
+receives every change, so a client connected to one process sees jobs submitted through
+another. A subscription never trusts the stream alone: it reads the job from the database
+when it starts and whenever the stream may have missed something (a reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+RESYNC: dict[str, Any] = {"resync": True}
+
+
+class Broker:
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._by_job: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._by_account: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fluxgate-broker")
+        await asyncio.wait_for(self.ready.wait(), timeout=10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                if self.ready.is_set():
+                    # Reconnected: whatever was published meanwhile is lost to us.
+                    self._broadcast(RESYNC)
+                self.ready.set()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._fan_out(json.loads(message["data"]))
+            except (RedisError, OSError):
+                log.warning("event stream lost; reconnecting", exc_info=True)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    def _fan_out(self, message: dict[str, Any]) -> None:
+        snapshot = message.get("snapshot") or {}
+        targets = self._by_job.get(str(snapshot.get("id")), set()) | self._by_account.get(
+            str(snapshot.get("account_id")), set()
+        )
+        for queue in targets:
+            _put(queue, message)
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for queues in (*self._by_job.values(), *self._by_account.values()):
+            for queue in queues:
+                _put(queue, message)
+
+    @contextlib.contextmanager
+    def listen(
+        self, *, generation_id: str | None = None, account_id: str | None = None
+    ) -> Iterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of the messages about one job or one account, while in the block."""
+        index, key = (
+            (self._by_job, generation_id) if generation_id else (self._by_account, account_id)
+        )
+        assert key, "listen to a job or an account"
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        index.setdefault(key, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            listeners = index.get(key)
+            if listeners is not None:
+                listeners.discard(queue)
+                if not listeners:
+                    del index[key]
+
+
+def _put(queue: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
+    """Never block the fan-out on a slow subscriber: drop its oldest message instead.
+    Messages are whole snapshots, so a dropped one is superseded by a later one."""
+    if queue.full():
+        with contextlib.suppress(asyncio.QueueEmpty):
+            queue.get_nowait()
+    queue.put_nowait(message)
