@@ -22,29 +22,11 @@ from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
 from gpu_worker import queue
-from gpu_worker.pipeline import PipelineRunner, Rendered, RenderJob, StepCallback
+from gpu_worker.pipeline import PipelineRunner
 from gpu_worker.worker import FAILURE_MESSAGE, run_generation, shutdown, startup, sweep_stale
 from server.settings import Settings
 from tests.factories import TestAccount, audit
-
-
-class ExplodingRunner(PipelineRunner):
-    """Failure injection: a pipeline that raises mid-run, as a GPU out of memory would
-    (no GPU here to run out of)."""
-
-    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
-        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-
-class SlowRunner(PipelineRunner):
-    """The real pipeline, with each step slowed so progress can be observed."""
-
-    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
-        def slow(step: int, total: int, preview: bytes | None) -> None:
-            on_step(step, total, preview)
-            time.sleep(0.3)
-
-        return super()._render(job, slow)
+from tests.runners import ExplodingRunner, SlowRunner
 
 
 @pytest.fixture(scope="module")
