@@ -15,13 +15,16 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from arq import cron
 from arq.connections import ArqRedis
-from arq.worker import Function, Worker, func
+from arq.worker import Function, Retry, Worker, func
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
@@ -46,6 +49,12 @@ from server.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 FAILURE_MESSAGE = "Image generation failed; the credits were released"
+TIMEOUT_MESSAGE = "Image generation timed out; the credits were released"
+REQUEUE_AFTER_S = 60
+RETRY_DEFER_S = 5
+# The job gives up on its own this long before arq's timeout, so it can still mark the
+# job failed and release its credits (arq's cancellation would leave them to the sweeper).
+TIMEOUT_MARGIN_S = 5
 
 
 @dataclass
@@ -140,15 +149,20 @@ class _Live:
     async def run(self) -> None:
         redis = self.state.dispatcher.pool
         cancel_key = self.state.dispatcher.keys.cancel(self.generation.id)
-        [self._previous_per_step] = await Timings(redis, self.state.settings.queue_name).get(
-            f"step:{self.size}"
-        )
+        with contextlib.suppress(RedisError, OSError):
+            [self._previous_per_step] = await Timings(redis, self.state.settings.queue_name).get(
+                f"step:{self.size}"
+            )
         while True:
             await asyncio.sleep(self.state.settings.progress_interval_s)
-            if await redis.exists(cancel_key):
-                self.cancelled.set()
-                return
-            await self.flush()
+            try:
+                if await redis.exists(cancel_key):
+                    self.cancelled.set()
+                    return
+                await self.flush()
+            except (SQLAlchemyError, RedisError, OSError):
+                # Progress is best effort: a failed write must not fail the job.
+                log.warning("progress of %s not recorded", self.generation.id, exc_info=True)
 
     async def flush(self) -> None:
         latest = self.latest
@@ -170,38 +184,58 @@ class _Live:
         self._written = latest
 
 
+@contextlib.asynccontextmanager
+async def _retry_on_store_errors() -> AsyncIterator[None]:
+    """A database or Redis error while changing a job's state is arq's to retry (the job
+    is idempotent), not a reason to fail the customer's job."""
+    try:
+        yield
+    except (SQLAlchemyError, RedisError, OSError) as exc:
+        log.warning("store error, retrying the job: %s", exc)
+        raise Retry(defer=RETRY_DEFER_S) from exc
+
+
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     state: WorkerState = ctx["state"]
     started = time.perf_counter()
-    async with unit_of_work(state.sessions) as uow:
+    async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
         generation = await generations.begin_processing(uow, generation_id)
     await state.dispatcher.dispatch(uow.events)
     if generation is None:
         return "skipped: already finished"
     live = _Live(state, generation)
+    render_timeout = max(1, state.settings.job_timeout_s - TIMEOUT_MARGIN_S)
+    message = FAILURE_MESSAGE
     try:
-        key, metadata = await _render(state, generation, live)
+        async with asyncio.timeout(render_timeout):
+            key, metadata = await _render(state, generation, live)
     except Interrupted:
         # The API already marked it cancelled and released the credits.
         log.info("generation %s cancelled while processing", generation_id)
         return "cancelled"
+    except TimeoutError:
+        live.cancelled.set()  # stop the pipeline thread at its next step
+        log.error("generation %s timed out after %ss", generation_id, render_timeout)
+        message = TIMEOUT_MESSAGE
     except Exception:
         log.exception("generation %s failed", generation_id)
-        async with unit_of_work(state.sessions) as uow:
-            await generations.fail(uow, generation_id, FAILURE_MESSAGE)
+    else:
+        async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+            done = await generations.complete(uow, generation_id, image_key=key, metadata=metadata)
         await state.dispatcher.dispatch(uow.events)
-        return "failed"
-    async with unit_of_work(state.sessions) as uow:
-        done = await generations.complete(uow, generation_id, image_key=key, metadata=metadata)
+        if done is None:
+            return "skipped: no longer processing"
+        with contextlib.suppress(RedisError, OSError):  # measurements are best effort
+            await Timings(state.dispatcher.pool, state.settings.queue_name).record(
+                live.size,
+                step_seconds=live.seconds_per_step(),
+                job_seconds=time.perf_counter() - started,
+            )
+        return "completed"
+    async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+        await generations.fail(uow, generation_id, message)
     await state.dispatcher.dispatch(uow.events)
-    if done is None:
-        return "skipped: no longer processing"
-    await Timings(state.dispatcher.pool, state.settings.queue_name).record(
-        live.size,
-        step_seconds=live.seconds_per_step(),
-        job_seconds=time.perf_counter() - started,
-    )
-    return "completed"
+    return "failed"
 
 
 async def _render(
@@ -245,18 +279,32 @@ async def _render(
 
 
 async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
+    """Release the holds of jobs whose worker vanished; re-enqueue jobs never enqueued.
+
+    One transaction per job: a job that a worker settles meanwhile is simply skipped (the
+    state change is conditional), and one error does not undo the other releases.
+    """
     state: WorkerState = ctx["state"]
     settings = state.settings
-    async with unit_of_work(state.sessions) as uow:
-        result = await generations.sweep(
-            uow,
+    async with state.sessions() as session:
+        stale = await generations.find_stale(
+            session,
             stale_after=timedelta(seconds=settings.stale_job_after_s),
-            requeue_after=timedelta(seconds=60),
+            requeue_after=timedelta(seconds=REQUEUE_AFTER_S),
         )
+    failed: list[str] = []
+    for generation_id in stale.processing:
+        async with unit_of_work(state.sessions) as uow:
+            if await generations.fail(uow, generation_id, generations.STALE_MESSAGE):
+                failed.append(generation_id)
+        await state.dispatcher.dispatch(uow.events)
+    async with unit_of_work(state.sessions) as uow:
+        for generation_id in stale.queued:
+            generations.requeue(uow, generation_id)
     await state.dispatcher.dispatch(uow.events)
-    if result.failed or result.requeued:
-        log.warning("sweeper: failed %s, re-enqueued %s", result.failed, result.requeued)
-    return {"failed": result.failed, "requeued": result.requeued}
+    if failed or stale.queued:
+        log.warning("sweeper: failed %s, re-enqueued %s", failed, stale.queued)
+    return {"failed": failed, "requeued": stale.queued}
 
 
 def functions(settings: Settings) -> list[Function]:

@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/fluxgate"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Namespaces every arq/Redis key, so two deployments sharing one Redis database
-    # still cannot pick up each other's jobs.
+    # The arq queue, and the prefix of Fluxgate's own Redis keys (events, cancel flags,
+    # timings). arq's job keys and cron ids are not prefixed: give each deployment its own
+    # Redis database.
     queue_name: str = "fluxgate:queue"
     storage_dir: Path = ROOT / "var" / "storage"
     public_url: str = "http://127.0.0.1:8000"
@@ -51,6 +52,14 @@ class Settings(BaseSettings):
     max_side: int = 2048
     db_pool_size: int = 10
     db_max_overflow: int = 20
+
+    @model_validator(mode="after")
+    def _sweeper_after_arq_retries(self) -> Settings:
+        # arq retries a job whose worker died once its timeout has passed; the sweeper
+        # must not give up on the job before that.
+        if self.stale_job_after_s <= self.job_timeout_s + 60:
+            raise ValueError("FLUXGATE_STALE_JOB_AFTER_S must exceed FLUXGATE_JOB_TIMEOUT_S + 60")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

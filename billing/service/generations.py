@@ -273,32 +273,35 @@ async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> 
     return generation
 
 
+STALE_MESSAGE = "The worker running this job stopped; credits released"
+
+
 @dataclass(frozen=True, slots=True)
-class SweepResult:
-    failed: list[str]
-    requeued: list[str]
+class Stale:
+    processing: list[str]
+    queued: list[str]
 
 
-async def sweep(
-    uow: UnitOfWork, *, stale_after: timedelta, requeue_after: timedelta
-) -> SweepResult:
-    """Release holds of jobs whose worker is gone; re-announce queued jobs never picked up.
+async def find_stale(
+    session: AsyncSession, *, stale_after: timedelta, requeue_after: timedelta
+) -> Stale:
+    """Jobs the sweeper must act on.
 
     A job ``processing`` with no progress for ``stale_after`` has outlived every arq retry
-    (its in-progress key has expired and max_tries is spent): it is failed and released,
-    so no credits stay held forever. A job ``queued`` for ``requeue_after`` may have been
-    committed while Redis was unreachable: it is enqueued again (arq de-duplicates by id).
+    (its in-progress key has expired and max_tries is spent): the sweeper fails it with
+    :func:`fail`, each in its own transaction, so no credits stay held forever. A job
+    ``queued`` for ``requeue_after`` may have been committed while Redis was unreachable:
+    the sweeper enqueues it again (arq de-duplicates by id).
     """
     now = utcnow()
-    stale = await repo.stale_generations(
-        uow.session, processing_before=now - stale_after, queued_before=now - requeue_after
+    rows = await repo.stale_generations(
+        session, processing_before=now - stale_after, queued_before=now - requeue_after
     )
-    result = SweepResult(failed=[], requeued=[])
-    for g in stale:
-        if g.status == GenerationStatus.PROCESSING.value:
-            if await fail(uow, g.id, "The worker running this job stopped; credits released"):
-                result.failed.append(g.id)
-        else:
-            uow.emit(GenerationAccepted(g.id))
-            result.requeued.append(g.id)
-    return result
+    return Stale(
+        processing=[g.id for g in rows if g.status == GenerationStatus.PROCESSING.value],
+        queued=[g.id for g in rows if g.status == GenerationStatus.QUEUED.value],
+    )
+
+
+def requeue(uow: UnitOfWork, generation_id: str) -> None:
+    uow.emit(GenerationAccepted(generation_id))

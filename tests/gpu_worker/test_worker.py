@@ -23,7 +23,15 @@ from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
 from gpu_worker import queue
 from gpu_worker.pipeline import PipelineRunner
-from gpu_worker.worker import FAILURE_MESSAGE, run_generation, shutdown, startup, sweep_stale
+from gpu_worker.worker import (
+    FAILURE_MESSAGE,
+    TIMEOUT_MARGIN_S,
+    TIMEOUT_MESSAGE,
+    run_generation,
+    shutdown,
+    startup,
+    sweep_stale,
+)
 from server.settings import Settings
 from tests.factories import TestAccount, audit
 from tests.runners import ExplodingRunner, SlowRunner
@@ -250,3 +258,25 @@ async def test_sweeper_enqueues_jobs_that_never_reached_the_queue(
         assert time.monotonic() < deadline, "the re-enqueued job did not run"
         await asyncio.sleep(0.1)
     assert await settle_entries(sessions, lost) == ["reserve", "capture"]
+
+
+async def test_a_job_that_runs_too_long_fails_and_releases(
+    settings: Settings,
+    pool: ArqRedis,
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: Catalog,
+    account: TestAccount,
+) -> None:
+    """The job gives up before arq's own timeout, so it can still release the credits."""
+    runner = SlowRunner(catalog, step_seconds=1.0)
+    ctx = await make_ctx(settings, pool, runner, job_timeout_s=TIMEOUT_MARGIN_S + 1)
+    try:
+        g = await submit_unqueued(sessions, catalog, account)
+        started = time.monotonic()
+        assert await run_generation(ctx, g.id) == "failed"
+        assert time.monotonic() - started < 3
+    finally:
+        await shutdown(ctx)
+    failed = await fetch(sessions, g.id)
+    assert (failed.status, failed.error) == ("failed", TIMEOUT_MESSAGE)
+    assert await settle_entries(sessions, g) == ["reserve", "release"]
