@@ -12,15 +12,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from arq.jobs import Job
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
 
 from billing import repository as repo
 from billing.catalog import Catalog
+from gpu_worker import queue
 from server.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, audit, create_account, gql
@@ -234,7 +237,7 @@ async def test_reconnect_mid_job_resumes_from_current_state(
 
 
 async def test_cancel_queued_and_processing(
-    http: httpx.AsyncClient, live_api: str, slow_worker: ThreadedWorker,
+    http: httpx.AsyncClient, live_api: str, slow_worker: ThreadedWorker, live_settings: Settings,
     sessions: async_sessionmaker[AsyncSession], settings: Settings,
 ) -> None:  # fmt: skip
     payer = await create_account(sessions, settings, credits=100)
@@ -255,6 +258,7 @@ async def test_cancel_queued_and_processing(
         assert queued.status_code == 200
         assert queued.json()["data"]["generateImage"]["status"] == "cancelled"
         cancelled_at = time.monotonic()
+        cancel_sent = datetime.now(UTC)
         body = await gql(http, CANCEL, {"id": running}, key=payer.api_key)
         assert body["data"]["cancelGeneration"]["status"] == "cancelled"
         states = [state, *await collect(ws, "generationUpdated")]
@@ -271,6 +275,16 @@ async def test_cancel_queued_and_processing(
         skipped = await repo.get_generation(s, waiting)
     assert stopped is not None and skipped is not None
     assert stopped.status == "cancelled" and stopped.step < stopped.total_steps
+    # The worker's run ended within about one denoising step of the cancel.
+    pool = await queue.connect(live_settings.redis_url, live_settings.queue_name)
+    try:
+        result = await Job(
+            queue.job_id(running), pool, _deserializer=queue.deserialize
+        ).result_info()
+    finally:
+        await pool.aclose(close_connection_pool=True)
+    assert result is not None and result.result == "cancelled"
+    assert (result.finish_time - cancel_sent).total_seconds() < 2 * STEP_SECONDS + 0.5
     assert stopped.image_key is None
     assert skipped.status == "cancelled" and skipped.attempts == 0 and skipped.started_at is None
     assert time.monotonic() - cancelled_at < 30
