@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import (
@@ -56,7 +57,15 @@ class GenerationCancelled:
     generation_id: str
 
 
-Event = GenerationAccepted | GenerationUpdated | GenerationCancelled
+@dataclass(frozen=True, slots=True)
+class WebhookQueued:
+    """A webhook event is due (at ``not_before``, or now): queue its delivery."""
+
+    event_id: str
+    not_before: datetime | None = None
+
+
+Event = GenerationAccepted | GenerationUpdated | GenerationCancelled | WebhookQueued
 
 
 @dataclass

@@ -69,6 +69,10 @@ class Account(SQLModel, table=True):
     email: str = Field(max_length=320, unique=True)
     plan: str = Field(default="free", max_length=32)
     webhook_secret: str = Field(max_length=128)
+    webhook_secret_previous: str | None = Field(
+        default=None, max_length=128, description="Still signs until the grace period ends."
+    )
+    webhook_secret_previous_until: datetime | None = _ts(nullable=True)
     credits_available: int = Field(
         default=0,
         sa_type=BigInteger,
@@ -127,6 +131,11 @@ class Generation(SQLModel, table=True):
     step: int = 0
     total_steps: int = 0
     webhook_url: str | None = Field(default=None, sa_type=Text)
+    webhook_events: list[str] | None = Field(
+        default=None,
+        sa_column=Column(JSONB, nullable=True),
+        description="Events to send to webhook_url; null: the final states.",
+    )
     image_key: str | None = Field(default=None, max_length=255)
     meta: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONB, nullable=False)
@@ -170,3 +179,49 @@ class LedgerEntry(SQLModel, table=True):
     )
     note: str | None = Field(default=None, max_length=500)
     created_at: datetime = _ts()
+
+
+class WebhookEventStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One webhook message (a job event for one URL). Its id is the ``webhook-id`` header,
+    stable across every attempt and redelivery; ``body`` is the exact bytes sent."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("generation_id", "event", name="uq_webhook_events_generation_event"),
+        Index("ix_webhook_events_account_created", "account_id", "created_at"),
+        Index("ix_webhook_events_due", "status", "next_attempt_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id")
+    generation_id: str = Field(foreign_key="generations.id", index=True)
+    event: str = Field(max_length=32, description="started | progress.N | completed | ...")
+    url: str = Field(sa_type=Text)
+    body: str = Field(sa_type=Text, description="The exact JSON body; signatures cover it.")
+    status: str = Field(default=WebhookEventStatus.PENDING.value, max_length=16)
+    attempts: int = Field(default=0, description="Attempts in the current delivery cycle.")
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    locked_until: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One HTTP attempt of a webhook event, for the account owner to debug with."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    event_id: str = Field(foreign_key="webhook_events.id", index=True)
+    attempted_at: datetime = _ts()
+    status_code: int | None = None
+    duration_ms: int = 0
+    response_body: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
+    success: bool = False

@@ -18,6 +18,9 @@ from billing.models import (
     GenerationStatus,
     LedgerEntry,
     LedgerKind,
+    WebhookAttempt,
+    WebhookEvent,
+    WebhookEventStatus,
     utcnow,
 )
 
@@ -25,6 +28,8 @@ _G = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables exp
 _A = Account.__table__.c  # type: ignore[attr-defined]
 _L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
 _K = ApiKey.__table__.c  # type: ignore[attr-defined]
+_W = WebhookEvent.__table__.c  # type: ignore[attr-defined]
+_WA = WebhookAttempt.__table__.c  # type: ignore[attr-defined]
 
 
 # --- accounts and keys -------------------------------------------------------------
@@ -274,3 +279,86 @@ async def stale_generations(
         )
     )
     return result.scalars().all()
+
+
+# --- webhooks ------------------------------------------------------------------------
+
+
+async def insert_webhook_event(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Insert an event; False if this job already has this event (a job run twice)."""
+    result = await session.execute(
+        insert(WebhookEvent)
+        .values(**values)
+        .on_conflict_do_nothing(constraint="uq_webhook_events_generation_event")
+        .returning(_W.id)
+    )
+    return result.first() is not None
+
+
+async def get_webhook_event(session: AsyncSession, event_id: str) -> WebhookEvent | None:
+    return await session.get(WebhookEvent, event_id, populate_existing=True)
+
+
+async def lease_webhook_event(
+    session: AsyncSession, event_id: str, until: datetime
+) -> WebhookEvent | None:
+    """Claim a pending event for one attempt, unless another worker holds a live lease."""
+    now = utcnow()
+    result = await session.execute(
+        update(WebhookEvent)
+        .where(
+            _W.id == event_id,
+            _W.status == WebhookEventStatus.PENDING.value,
+            or_(_W.locked_until.is_(None), _W.locked_until < now),
+        )
+        .values(locked_until=until)
+        .returning(WebhookEvent)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def update_webhook_event(
+    session: AsyncSession, event_id: str, values: dict[str, Any]
+) -> WebhookEvent:
+    result = await session.execute(
+        update(WebhookEvent)
+        .where(_W.id == event_id)
+        .values(**values)
+        .returning(WebhookEvent)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().one()
+
+
+async def list_webhook_events(
+    session: AsyncSession, account_id: uuid.UUID, *, generation_id: str | None, limit: int
+) -> Sequence[WebhookEvent]:
+    query = select(WebhookEvent).where(_W.account_id == account_id)
+    if generation_id is not None:
+        query = query.where(_W.generation_id == generation_id)
+    result = await session.execute(query.order_by(_W.created_at.desc(), _W.id).limit(limit))
+    return result.scalars().all()
+
+
+async def list_webhook_attempts(
+    session: AsyncSession, event_ids: Sequence[str]
+) -> Sequence[WebhookAttempt]:
+    if not event_ids:
+        return []
+    result = await session.execute(
+        select(WebhookAttempt).where(_WA.event_id.in_(event_ids)).order_by(_WA.id)
+    )
+    return result.scalars().all()
+
+
+async def overdue_webhook_events(session: AsyncSession, due_before: datetime) -> list[str]:
+    now = utcnow()
+    result = await session.execute(
+        select(_W.id).where(
+            _W.status == WebhookEventStatus.PENDING.value,
+            _W.next_attempt_at < due_before,
+            or_(_W.locked_until.is_(None), _W.locked_until < now),
+        )
+    )
+    return [row[0] for row in result.all()]

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from billing.catalog import Catalog, ModelEntry
 from billing.errors import BadUserInput
+from billing.netguard import AddressPolicy, validate_webhook_url
 from billing.pricing import PriceTable, Quote
+from billing.service.webhooks import validate_filter
 
 DIMENSION_STEP = 16
 DEFAULT_SIDE = 1024
@@ -45,6 +47,7 @@ class RawImageRequest:
     webhook_url: str | None = None
     type: str = "IMAGE"
     preview: bool = False
+    webhook_events: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class ImageRequest:
     steps: int
     guidance: float
     webhook_url: str | None
+    webhook_events: list[str] | None
     type: str
     preview: bool
     quote: Quote
@@ -73,12 +77,13 @@ class ImageRequest:
 IMAGE_FIELDS: Mapping[str, str] = {
     "provider": "service", "prompt": "prompt", "width": "width", "height": "height",
     "version": "version", "quality": "quality", "seed": "seed", "webhook_url": "webhookUrl",
-    "type": "type",
+    "type": "type", "webhook_events": "webhookEvents",
 }  # fmt: skip
 GENERATE_FIELDS: Mapping[str, str] = {
     "provider": "provider", "prompt": "input.text", "width": "options.width",
     "height": "options.height", "version": "options.version", "quality": "options.quality",
     "seed": "options.seed", "webhook_url": "webhookUrl", "type": "type",
+    "webhook_events": "webhookEvents",
 }  # fmt: skip
 
 
@@ -101,7 +106,7 @@ def _dimension(value: int | None, field: str, limits: Limits) -> int:
     return value
 
 
-def _webhook_url(value: str | None, field: str) -> str | None:
+def _webhook_url(value: str | None, field: str, policy: AddressPolicy) -> str | None:
     if value is None or value == "":
         return None
     if len(value) > MAX_URL_LEN:
@@ -109,6 +114,7 @@ def _webhook_url(value: str | None, field: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadUserInput(field, f"{field} must be an absolute http(s) URL")
+    validate_webhook_url(value, policy, field)
     return value
 
 
@@ -125,6 +131,7 @@ def validate(
     prices: PriceTable,
     limits: Limits,
     fields: Mapping[str, str] = IMAGE_FIELDS,
+    policy: AddressPolicy | None = None,
 ) -> ImageRequest:
     if raw.type != "IMAGE":
         raise BadUserInput(fields["type"], "Only type IMAGE is supported")
@@ -153,7 +160,7 @@ def validate(
         )
     if raw.seed is not None and not 0 <= raw.seed <= MAX_SEED:
         raise BadUserInput(fields["seed"], f"{fields['seed']} must be between 0 and {MAX_SEED}")
-    webhook_url = _webhook_url(raw.webhook_url, fields["webhook_url"])
+    webhook_url = _webhook_url(raw.webhook_url, fields["webhook_url"], policy or AddressPolicy())
     quote = prices.quote(width=width, height=height, version=model.version, quality=quality)
     return ImageRequest(
         provider=model.provider,
@@ -167,6 +174,7 @@ def validate(
         steps=model.high_quality_steps if quality == "high" else model.steps,
         guidance=model.guidance,
         webhook_url=webhook_url,
+        webhook_events=validate_filter(raw.webhook_events, fields["webhook_events"]),
         type=raw.type,
         preview=raw.preview,
         quote=quote,

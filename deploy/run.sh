@@ -14,13 +14,15 @@ key=$("$BIN/python" -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"
 mkdir -p var/log
 "$BIN/fluxgate" worker > var/log/worker.log 2>&1 &
 worker=$!
-trap 'kill $worker 2>/dev/null; wait $worker 2>/dev/null' EXIT INT TERM
+"$BIN/fluxgate" webhook-worker > var/log/webhook-worker.log 2>&1 &
+webhooks=$!
+trap 'kill $worker $webhooks 2>/dev/null; wait $worker $webhooks 2>/dev/null' EXIT INT TERM
 
 cat <<MSG
 
   Fluxgate is starting at $FLUXGATE_PUBLIC_URL  (GraphQL: $FLUXGATE_PUBLIC_URL/graphql)
   Development API key: $key
-  Worker log: var/log/worker.log
+  Worker logs: var/log/worker.log, var/log/webhook-worker.log
 
   Try it:
 

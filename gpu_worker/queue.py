@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,18 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix
 
-from billing.db import Event, GenerationAccepted, GenerationCancelled, GenerationUpdated
+from billing.db import (
+    Event,
+    GenerationAccepted,
+    GenerationCancelled,
+    GenerationUpdated,
+    WebhookQueued,
+)
 
 log = logging.getLogger(__name__)
 
 RUN_GENERATION = "run_generation"
+DELIVER_WEBHOOK = "deliver_webhook"
 CANCEL_TTL_S = 24 * 3600
 WORKER_TTL_S = 30
 _EWMA = 0.3  # weight of the newest measurement
@@ -60,6 +68,12 @@ class Keys:
     """The Redis names of one deployment."""
 
     queue_name: str
+
+    @property
+    def webhooks(self) -> str:
+        """The arq queue of webhook deliveries (its own workers: a slow receiver must
+        never hold up a GPU)."""
+        return f"{self.queue_name}:webhooks"
 
     @property
     def events(self) -> str:
@@ -116,6 +130,16 @@ class Dispatcher:
         elif isinstance(event, GenerationUpdated):
             message = {"snapshot": event.snapshot, "live": event.live}
             await self.pool.publish(self.keys.events, json.dumps(message, separators=(",", ":")))
+        elif isinstance(event, WebhookQueued):
+            # A fresh job id per attempt: a duplicate (sweeper, redelivery) is harmless,
+            # since an attempt first leases the event.
+            await self.pool.enqueue_job(
+                DELIVER_WEBHOOK,
+                event.event_id,
+                _job_id=f"webhook:{event.event_id}:{secrets.token_hex(4)}",
+                _queue_name=self.keys.webhooks,
+                _defer_until=event.not_before,
+            )
         elif isinstance(event, GenerationCancelled):
             jid = job_id(event.generation_id)
             async with self.pool.pipeline(transaction=True) as pipe:

@@ -221,7 +221,13 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         log.exception("generation %s failed", generation_id)
     else:
         async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
-            done = await generations.complete(uow, generation_id, image_key=key, metadata=metadata)
+            done = await generations.complete(
+                uow,
+                generation_id,
+                image_key=key,
+                metadata=metadata,
+                image_url=state.storage.url(key),
+            )
         await state.dispatcher.dispatch(uow.events)
         if done is None:
             return "skipped: no longer processing"

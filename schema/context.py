@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import UnitOfWork, unit_of_work
+from billing.netguard import AddressPolicy
 from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
@@ -32,6 +34,8 @@ class Services:
     queue: QueueInspector
     broker: Broker
     pepper: bytes
+    policy: AddressPolicy
+    webhook_grace: timedelta
 
 
 def key_from_params(params: dict[str, Any] | None) -> str | None:

@@ -7,6 +7,11 @@ import strawberry
 from billing.requests import RawImageRequest
 from schema.types import GenerationType
 
+WEBHOOK_EVENTS = (
+    "Events to POST to webhookUrl: started, progress (at 25/50/75 %), completed, failed, "
+    "cancelled. Default: completed, failed, cancelled."
+)
+
 
 @strawberry.input(description="The content to generate from.")
 class GenerateContentInput:
@@ -32,6 +37,7 @@ class GenerateInput:
     type: GenerationType = GenerationType.IMAGE
     options: GenerateOptionsInput | None = None
     webhook_url: str | None = None
+    webhook_events: list[str] | None = strawberry.field(default=None, description=WEBHOOK_EVENTS)
 
     def to_raw(self) -> RawImageRequest:
         options = self.options or GenerateOptionsInput()
@@ -46,6 +52,7 @@ class GenerateInput:
             webhook_url=self.webhook_url,
             type=self.type.value,
             preview=options.preview,
+            webhook_events=tuple(self.webhook_events) if self.webhook_events is not None else None,
         )
 
 
@@ -59,6 +66,7 @@ class ImageGenerationInput:
     quality: str | None = None
     seed: int | None = None
     webhook_url: str | None = None
+    webhook_events: list[str] | None = strawberry.field(default=None, description=WEBHOOK_EVENTS)
     preview: bool = strawberry.field(
         default=False, description="Send small preview images with progress updates."
     )
@@ -74,4 +82,5 @@ class ImageGenerationInput:
             seed=self.seed,
             webhook_url=self.webhook_url,
             preview=self.preview,
+            webhook_events=tuple(self.webhook_events) if self.webhook_events is not None else None,
         )

@@ -8,18 +8,20 @@ import strawberry
 from strawberry.types import Info
 
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
-from billing.service import accounts, generations, ledger
+from billing.service import accounts, generations, ledger, webhooks
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput
 from schema.live import follow, follow_account, present
-from schema.types import Account, Generation, GenerationPage, PriceQuote
+from schema.types import Account, Generation, GenerationPage, PriceQuote, WebhookDelivery
 
 Ctx = Info[Context, None]
 
 
 def _validate(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> ImageRequest:
     s = ctx.services
-    return validate(raw, catalog=s.catalog, prices=s.prices, limits=s.limits, fields=fields)
+    return validate(
+        raw, catalog=s.catalog, prices=s.prices, limits=s.limits, fields=fields, policy=s.policy
+    )
 
 
 async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> Generation:
@@ -66,6 +68,25 @@ class Query:
             )
         return GenerationPage.from_page(page, info.context.services.storage)
 
+    @strawberry.field(
+        description="Webhook events and their attempts, newest first: the caller's, or one "
+        "generation's."
+    )
+    async def webhook_deliveries(
+        self, info: Ctx, generation_id: strawberry.ID | None = None, first: int = 20
+    ) -> list[WebhookDelivery]:
+        caller = await info.context.caller()
+        async with info.context.read() as session:
+            if generation_id is not None:
+                await generations.get(session, caller.account.id, str(generation_id))
+            found = await webhooks.list_deliveries(
+                session,
+                caller.account.id,
+                generation_id=str(generation_id) if generation_id is not None else None,
+                first=first,
+            )
+        return [WebhookDelivery.from_delivery(d) for d in found]
+
     @strawberry.field(description="Price a generateImage request without running it.")
     async def price(self, info: Ctx, input: ImageGenerationInput) -> PriceQuote:
         caller = await info.context.caller()
@@ -96,6 +117,27 @@ class Mutation:
         async with info.context.transaction() as uow:
             g = await generations.cancel(uow, caller.account.id, str(id))
         return await present(info.context, g)
+
+    @strawberry.mutation(
+        description="Replace the webhook signing secret. The old one keeps signing (as a "
+        "second signature) for the grace period, so receivers can switch without a gap."
+    )
+    async def rotate_webhook_secret(self, info: Ctx) -> Account:
+        caller = await info.context.caller()
+        async with info.context.transaction() as uow:
+            account = await webhooks.rotate_secret(
+                uow, caller.account.id, info.context.services.webhook_grace
+            )
+        return Account.from_model(account)
+
+    @strawberry.mutation(
+        description="Send a webhook event again, with the same webhook-id and body."
+    )
+    async def redeliver_webhook(self, info: Ctx, id: strawberry.ID) -> WebhookDelivery:
+        caller = await info.context.caller()
+        async with info.context.transaction() as uow:
+            event = await webhooks.redeliver(uow, caller.account.id, str(id))
+        return WebhookDelivery.from_delivery(webhooks.Delivery(event=event, attempts=[]))
 
 
 @strawberry.type

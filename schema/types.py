@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Any
 
@@ -11,6 +12,7 @@ from strawberry.scalars import JSON
 from billing import models
 from billing.pricing import Quote
 from billing.service.generations import Page
+from billing.service.webhooks import Delivery
 from gpu_worker.storage import Storage
 from schema.scalars import UtcDateTime
 
@@ -117,6 +119,10 @@ class Account:
     plan: str
     credits_available: int = strawberry.field(description="Spendable credits.")
     credits_reserved: int = strawberry.field(description="Credits held by unfinished jobs.")
+    webhook_secret: str = strawberry.field(
+        description="Signs webhooks (X-Doitong-Signature: HMAC-SHA256 keyed with this "
+        "string; webhook-signature: Standard Webhooks)."
+    )
     created_at: UtcDateTime
 
     @classmethod
@@ -127,6 +133,7 @@ class Account:
             plan=a.plan,
             credits_available=a.credits_available,
             credits_reserved=a.credits_reserved,
+            webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
         )
 
@@ -157,4 +164,55 @@ class PriceQuote:
             quality=q.quality,
             credits_available=available,
             sufficient=available >= q.credits,
+        )
+
+
+@strawberry.type(description="One HTTP attempt to deliver a webhook.")
+class WebhookAttempt:
+    attempted_at: UtcDateTime
+    success: bool
+    status_code: int | None
+    duration_ms: int
+    response_body: str | None = strawberry.field(description="First 1 KiB of the response.")
+    error: str | None
+
+    @classmethod
+    def from_model(cls, a: models.WebhookAttempt) -> WebhookAttempt:
+        return cls(
+            attempted_at=UtcDateTime(a.attempted_at),
+            success=a.success,
+            status_code=a.status_code,
+            duration_ms=a.duration_ms,
+            response_body=a.response_body,
+            error=a.error,
+        )
+
+
+@strawberry.type(description="A webhook event and its delivery attempts.")
+class WebhookDelivery:
+    id: strawberry.ID = strawberry.field(description="The webhook-id header of every attempt.")
+    generation_id: strawberry.ID
+    event: str
+    url: str
+    status: str = strawberry.field(description="pending | delivered | failed")
+    payload: JSON = strawberry.field(description="The body sent.")
+    next_attempt_at: UtcDateTime | None
+    created_at: UtcDateTime
+    delivered_at: UtcDateTime | None
+    attempts: list[WebhookAttempt]
+
+    @classmethod
+    def from_delivery(cls, d: Delivery) -> WebhookDelivery:
+        e = d.event
+        return cls(
+            id=strawberry.ID(e.id),
+            generation_id=strawberry.ID(e.generation_id),
+            event=e.event,
+            url=e.url,
+            status=e.status,
+            payload=JSON(json.loads(e.body)),
+            next_attempt_at=UtcDateTime(e.next_attempt_at) if e.next_attempt_at else None,
+            created_at=UtcDateTime(e.created_at),
+            delivered_at=UtcDateTime(e.delivered_at) if e.delivered_at else None,
+            attempts=[WebhookAttempt.from_model(a) for a in d.attempts],
         )

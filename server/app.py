@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -15,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker
+from billing.netguard import AddressPolicy
 from billing.pricing import default_price_table
 from billing.requests import Limits
 from gpu_worker import queue
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             queue=queue.QueueInspector(pool, settings.queue_name),
             broker=broker,
             pepper=settings.secret_key.get_secret_value().encode(),
+            policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
+            webhook_grace=timedelta(seconds=settings.webhook_secret_grace_s),
         )
         try:
             yield

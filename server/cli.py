@@ -92,6 +92,15 @@ def worker() -> None:
     build_worker().run()
 
 
+@app.command("webhook-worker")
+def webhook_worker() -> None:
+    """Run a webhook delivery worker (its own queue: receivers never hold up a GPU)."""
+    _logging()
+    from gpu_worker.webhooks import build_webhook_worker
+
+    build_webhook_worker().run()
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations (alembic upgrade)."""

@@ -47,11 +47,31 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=0.25, gt=0)
     worker_poll_interval_s: float = Field(default=0.02, gt=0)
 
+    # Webhooks. Allowed hosts: comma-separated names and CIDR ranges that may be reached
+    # although they are not public addresses (everything private is refused otherwise).
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Seconds to wait after each failed attempt; one more attempt per entry. The default
+    # spreads 8 attempts over about 27 hours.
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_secret_grace_s: int = Field(default=86400, ge=0)
+    webhook_concurrency: int = Field(default=50, ge=1)
+
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256
     max_side: int = 2048
     db_pool_size: int = 10
     db_max_overflow: int = 20
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> Settings:
+        try:
+            delays = self.webhook_schedule
+        except ValueError:
+            raise ValueError("FLUXGATE_WEBHOOK_RETRY_SCHEDULE: comma-separated seconds") from None
+        if any(d < 0 for d in delays):
+            raise ValueError("FLUXGATE_WEBHOOK_RETRY_SCHEDULE: delays must not be negative")
+        return self
 
     @model_validator(mode="after")
     def _sweeper_after_arq_retries(self) -> Settings:
@@ -70,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def webhook_schedule(self) -> list[float]:
+        return [float(s) for s in self.webhook_retry_schedule.split(",") if s.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ from billing.db import GenerationAccepted, GenerationCancelled, GenerationUpdate
 from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound
 from billing.models import Generation, GenerationStatus, snapshot, utcnow
 from billing.requests import ImageRequest
-from billing.service import ledger
+from billing.service import ledger, webhooks
 
 MAX_PAGE = 100
 MAX_IDEMPOTENCY_KEY = 255
@@ -67,6 +67,7 @@ async def submit(
             "status": GenerationStatus.QUEUED.value,
             "total_steps": request.steps,
             "webhook_url": request.webhook_url,
+            "webhook_events": request.webhook_events,
             "preview": request.preview,
             "metadata": _metadata(request),
             "idempotency_key": idempotency_key,
@@ -178,6 +179,7 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
     )
     if generation is not None:
         uow.emit(GenerationUpdated(snapshot(generation)))
+        await webhooks.record(uow, generation, "started")
     return generation
 
 
@@ -195,11 +197,18 @@ async def record_progress(
     )
     if generation is not None:
         uow.emit(GenerationUpdated(snapshot(generation), live or {}))
+        for mark in webhooks.progress_marks(0, progress):
+            await webhooks.record(uow, generation, f"progress.{mark}")
     return generation
 
 
 async def complete(
-    uow: UnitOfWork, generation_id: str, *, image_key: str, metadata: dict[str, Any]
+    uow: UnitOfWork,
+    generation_id: str,
+    *,
+    image_key: str,
+    metadata: dict[str, Any],
+    image_url: str | None = None,
 ) -> Generation | None:
     """Mark done and capture the hold. None if the job was no longer processing."""
     now = utcnow()
@@ -222,6 +231,7 @@ async def complete(
         uow.session, generation.account_id, generation.id, generation.credit_cost, capture=True
     )
     uow.emit(GenerationUpdated(snapshot(generation)))
+    await webhooks.record(uow, generation, "completed", image_url=image_url)
     return generation
 
 
@@ -243,6 +253,7 @@ async def fail(uow: UnitOfWork, generation_id: str, message: str) -> Generation 
         uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
     )
     uow.emit(GenerationUpdated(snapshot(generation)))
+    await webhooks.record(uow, generation, "failed")
     return generation
 
 
@@ -270,6 +281,7 @@ async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> 
     )
     uow.emit(GenerationCancelled(generation.id))
     uow.emit(GenerationUpdated(snapshot(generation)))
+    await webhooks.record(uow, generation, "cancelled")
     return generation
 
 

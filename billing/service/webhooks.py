@@ -1,0 +1,257 @@
+"""Webhook events: an outbox written in the same transaction as the job's state change,
+delivered at least once by the webhook worker, every attempt recorded.
+
+An event's id is its ``webhook-id``: the same across retries and redeliveries, so a
+receiver can de-duplicate. Its body is built once and stored, so every attempt sends the
+same bytes and the ``X-Doitong-Signature`` over them is stable.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing import keys
+from billing import repository as repo
+from billing.db import UnitOfWork, WebhookQueued
+from billing.errors import BadUserInput, NotFound
+from billing.models import (
+    Account,
+    Generation,
+    WebhookAttempt,
+    WebhookEvent,
+    WebhookEventStatus,
+    utcnow,
+)
+
+EVENT_TYPES = ("started", "progress", "completed", "failed", "cancelled")
+FINAL_EVENTS = ("completed", "failed", "cancelled")
+PROGRESS_MARKS = (25, 50, 75)
+MAX_RESPONSE_BODY = 1024
+
+
+def validate_filter(events: Sequence[str] | None, field: str) -> list[str] | None:
+    if events is None:
+        return None
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if unknown:
+        raise BadUserInput(field, f"unknown webhook events {unknown}; use {list(EVENT_TYPES)}")
+    if not events:
+        raise BadUserInput(field, f"{field} must name at least one event")
+    return sorted(set(events), key=EVENT_TYPES.index)
+
+
+def _wants(generation: Generation, event: str) -> bool:
+    wanted = generation.webhook_events or FINAL_EVENTS
+    return event.split(".", 1)[0] in wanted
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def payload(generation: Generation, event: str, image_url: str | None) -> dict[str, Any]:
+    """Seed 001's payload (id, status, url, service, createdAt, completedAt, metadata with
+    duration, width, height), plus the event name and a few more facts."""
+    meta = generation.meta or {}
+    return {
+        "id": generation.id,
+        "event": event,
+        "status": generation.status,
+        "url": image_url,
+        "service": generation.provider,
+        "version": generation.version,
+        "createdAt": _iso(generation.created_at),
+        "completedAt": _iso(generation.completed_at),
+        "progress": generation.progress,
+        "error": generation.error,
+        "metadata": {
+            "duration": meta.get("duration"),
+            "width": generation.width,
+            "height": generation.height,
+            "seed": generation.seed,
+            "steps": generation.steps,
+        },
+    }
+
+
+async def record(
+    uow: UnitOfWork, generation: Generation, event: str, *, image_url: str | None = None
+) -> None:
+    """Queue ``event`` of ``generation`` for its webhook, if it has one and wants it.
+    At most once per job and event, however often the job runs."""
+    if not generation.webhook_url or not _wants(generation, event):
+        return
+    event_id = "msg_" + secrets.token_hex(12)
+    body = json.dumps(payload(generation, event, image_url), separators=(",", ":"))
+    inserted = await repo.insert_webhook_event(
+        uow.session,
+        {
+            "id": event_id,
+            "account_id": generation.account_id,
+            "generation_id": generation.id,
+            "event": event,
+            "url": generation.webhook_url,
+            "body": body,
+            "status": WebhookEventStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": utcnow(),
+            "created_at": utcnow(),
+        },
+    )
+    if inserted:
+        uow.emit(WebhookQueued(event_id))
+
+
+def progress_marks(before: int, after: int) -> list[int]:
+    """The progress marks (25/50/75 %) crossed going from ``before`` to ``after``."""
+    return [m for m in PROGRESS_MARKS if before < m <= after]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    event: WebhookEvent
+    secrets: list[str]  # the current signing secret first, then one in its grace period
+
+
+async def claim(uow: UnitOfWork, event_id: str, lease: timedelta) -> Claim | None:
+    """Take a pending event for one attempt. None if it is delivered, failed, or another
+    worker holds it (arq may run a delivery job twice; only one sends)."""
+    event = await repo.lease_webhook_event(uow.session, event_id, utcnow() + lease)
+    if event is None:
+        return None
+    account = await repo.get_account(uow.session, event.account_id)
+    assert account is not None
+    return Claim(event=event, secrets=signing_secrets(account))
+
+
+def signing_secrets(account: Account) -> list[str]:
+    now = utcnow()
+    found = [account.webhook_secret]
+    if (
+        account.webhook_secret_previous
+        and account.webhook_secret_previous_until
+        and account.webhook_secret_previous_until > now
+    ):
+        found.append(account.webhook_secret_previous)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one HTTP attempt did."""
+
+    success: bool
+    retryable: bool
+    duration_ms: int
+    status_code: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds, from a 429/503's Retry-After
+
+
+async def record_attempt(
+    uow: UnitOfWork, event: WebhookEvent, outcome: Outcome, schedule: Sequence[float]
+) -> WebhookEvent:
+    """Log the attempt and decide what comes next: delivered, another attempt later (with
+    exponential backoff and ±20 % jitter, or the receiver's Retry-After if longer), or
+    failed for good when the schedule is spent or the receiver refused for good."""
+    now = utcnow()
+    await repo.add(
+        uow.session,
+        WebhookAttempt(
+            event_id=event.id,
+            attempted_at=now,
+            status_code=outcome.status_code,
+            duration_ms=outcome.duration_ms,
+            response_body=(outcome.response_body or "")[:MAX_RESPONSE_BODY] or None,
+            error=outcome.error,
+            success=outcome.success,
+        ),
+    )
+    attempts = event.attempts + 1
+    values: dict[str, Any] = {"attempts": attempts, "locked_until": None}
+    if outcome.success:
+        values |= {"status": WebhookEventStatus.DELIVERED.value, "delivered_at": now,
+                   "next_attempt_at": None}  # fmt: skip
+    elif outcome.retryable and attempts <= len(schedule):
+        delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)
+        if outcome.retry_after is not None:
+            delay = max(delay, min(outcome.retry_after, 86400.0))
+        values |= {"next_attempt_at": now + timedelta(seconds=delay)}
+    else:
+        values |= {"status": WebhookEventStatus.FAILED.value, "next_attempt_at": None}
+    updated = await repo.update_webhook_event(uow.session, event.id, values)
+    if updated.status == WebhookEventStatus.PENDING.value:
+        uow.emit(WebhookQueued(event.id, not_before=updated.next_attempt_at))
+    return updated
+
+
+async def redeliver(uow: UnitOfWork, account_id: uuid.UUID, event_id: str) -> WebhookEvent:
+    """Send an event again (same webhook-id, same body), with a fresh retry schedule."""
+    event = await repo.get_webhook_event(uow.session, event_id)
+    if event is None or event.account_id != account_id:
+        raise NotFound("Webhook event")
+    updated = await repo.update_webhook_event(
+        uow.session,
+        event_id,
+        {"status": WebhookEventStatus.PENDING.value, "attempts": 0, "locked_until": None,
+         "next_attempt_at": utcnow()},
+    )  # fmt: skip
+    uow.emit(WebhookQueued(event_id))
+    return updated
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    event: WebhookEvent
+    attempts: list[WebhookAttempt]
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    generation_id: str | None,
+    first: int,
+) -> list[Delivery]:
+    if not 1 <= first <= 100:
+        raise BadUserInput("first", "first must be between 1 and 100")
+    events = await repo.list_webhook_events(
+        session, account_id, generation_id=generation_id, limit=first
+    )
+    attempts = await repo.list_webhook_attempts(session, [e.id for e in events])
+    by_event: dict[str, list[WebhookAttempt]] = {}
+    for a in attempts:
+        by_event.setdefault(a.event_id, []).append(a)
+    return [Delivery(event=e, attempts=by_event.get(e.id, [])) for e in events]
+
+
+async def rotate_secret(uow: UnitOfWork, account_id: uuid.UUID, grace: timedelta) -> Account:
+    """A new signing secret; the old one keeps signing (as a second signature) for
+    ``grace``, so receivers can switch without missing a delivery."""
+    account = await repo.get_account(uow.session, account_id)
+    if account is None:
+        raise NotFound("Account")
+    account.webhook_secret_previous = account.webhook_secret
+    account.webhook_secret_previous_until = utcnow() + grace
+    account.webhook_secret = keys.generate_webhook_secret()
+    await repo.add(uow.session, account)
+    return account
+
+
+def requeue(uow: UnitOfWork, event_id: str) -> None:
+    uow.emit(WebhookQueued(event_id))
+
+
+async def overdue(session: AsyncSession, *, older_than: timedelta) -> list[str]:
+    """Pending events whose attempt is overdue and unclaimed: their queued job was lost."""
+    return await repo.overdue_webhook_events(session, utcnow() - older_than)

@@ -1,0 +1,247 @@
+"""Webhook delivery: its own arq worker and queue, so a slow or dead receiver never holds
+up a GPU worker.
+
+Each attempt leases the event, connects only to a public address (resolved here, then
+pinned, so DNS rebinding cannot redirect it), follows no redirects, and is recorded. The
+next attempt is a deferred arq job, kept in Redis, so a worker restart loses nothing; a
+cron job re-enqueues events whose job was lost anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from arq import cron
+from arq.worker import Worker, func
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
+from billing.service import webhooks
+from billing.service.webhooks import Outcome
+from gpu_worker.queue import (
+    DELIVER_WEBHOOK,
+    Dispatcher,
+    Keys,
+    deserialize,
+    redis_settings,
+    serialize,
+)
+from server.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Fluxgate-Webhooks/1.0"
+LEASE_MARGIN_S = 30
+OVERDUE_AFTER = timedelta(minutes=2)
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``X-Doitong-Signature``: HMAC-SHA256 of the exact body, keyed with the secret string."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(
+    event_id: str, body: str, secrets: list[str], now: datetime | None = None
+) -> dict[str, str]:
+    """Headers of one attempt. ``secrets``: the current signing secret first, then one in
+    its grace period after a rotation (it signs too, so receivers can switch over)."""
+    now = now or datetime.now(UTC)
+    raw = body.encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Doitong-Signature": signature(secrets[0], raw),
+        # Standard Webhooks: the id is stable across retries, the timestamp is this
+        # attempt's, and each secret adds a space-separated signature.
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": " ".join(Webhook(s).sign(event_id, now, body) for s in secrets),
+    }
+    if len(secrets) > 1:
+        headers["X-Doitong-Signature-Previous"] = signature(secrets[1], raw)
+    return headers
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    return None
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    literal = literal_address(host)
+    if literal is not None:
+        return [literal]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IPAddress] = []
+    for info in infos:
+        address = literal_address(str(info[4][0]))
+        if address is not None and address not in found:
+            found.append(address)
+    return found
+
+
+def _pinned_url(url: str, address: IPAddress, port: int) -> str:
+    parts = urlsplit(url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+
+
+async def send(
+    url: str, body: str, headers: dict[str, str], policy: AddressPolicy, timeout_s: float
+) -> Outcome:
+    """One attempt. Refused addresses and redirects are final; network errors, timeouts,
+    408, 429 and 5xx are worth another attempt; other 4xx are final."""
+    started = time.perf_counter()
+
+    def outcome(**kwargs: Any) -> Outcome:
+        return Outcome(duration_ms=int((time.perf_counter() - started) * 1000), **kwargs)
+
+    try:
+        scheme, host, port = policy.check_url(url)
+        addresses = await _resolve(host, port)
+        policy.check_resolved(host, addresses)
+    except Refused as exc:
+        return outcome(success=False, retryable=False, error=f"refused: {exc}")
+    except OSError as exc:
+        return outcome(success=False, retryable=True, error=f"DNS lookup failed: {exc}")
+    parts = urlsplit(url)
+    request_headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    try:
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=timeout_s, trust_env=False
+        ) as client:
+            response = await client.post(
+                _pinned_url(url, addresses[0], port),
+                content=body.encode(),
+                headers=request_headers,
+                extensions=extensions,
+            )
+    except httpx.TimeoutException:
+        return outcome(success=False, retryable=True, error=f"timed out after {timeout_s:g}s")
+    except httpx.HTTPError as exc:
+        return outcome(success=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
+    code = response.status_code
+    text = response.text[: webhooks.MAX_RESPONSE_BODY]
+    if 200 <= code < 300:
+        return outcome(success=True, retryable=False, status_code=code, response_body=text)
+    if 300 <= code < 400:
+        return outcome(success=False, retryable=False, status_code=code, response_body=text,
+                       error="redirects are not followed")  # fmt: skip
+    retryable = code in (408, 429) or code >= 500
+    return outcome(
+        success=False,
+        retryable=retryable,
+        status_code=code,
+        response_body=text,
+        error=None if retryable else f"the receiver answered {code}: not retried",
+        retry_after=_retry_after(response.headers.get("retry-after")) if retryable else None,
+    )
+
+
+@dataclass
+class WebhookState:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    dispatcher: Dispatcher
+    policy: AddressPolicy
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    engine = make_engine(settings.database_url, pool_size=5, max_overflow=10)
+    ctx["webhook_state"] = WebhookState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        dispatcher=Dispatcher(ctx["redis"], settings.queue_name),
+        policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    state: WebhookState | None = ctx.get("webhook_state")
+    if state is not None:
+        await state.engine.dispose()
+
+
+async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
+    state: WebhookState = ctx["webhook_state"]
+    settings = state.settings
+    lease = timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)
+    async with unit_of_work(state.sessions) as uow:
+        claim = await webhooks.claim(uow, event_id, lease)
+    if claim is None:
+        return "skipped: delivered, failed or in flight"
+    event = claim.event
+    headers = signed_headers(event.id, event.body, claim.secrets)
+    result = await send(event.url, event.body, headers, state.policy, settings.webhook_timeout_s)
+    async with unit_of_work(state.sessions) as uow:
+        updated = await webhooks.record_attempt(uow, event, result, settings.webhook_schedule)
+    await state.dispatcher.dispatch(uow.events)
+    log.info(
+        "webhook %s (%s) attempt %s: %s %s",
+        event.id, event.event, updated.attempts, result.status_code, result.error or "",
+    )  # fmt: skip
+    return updated.status
+
+
+async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
+    """Re-enqueue pending events whose delivery job was lost (e.g. Redis restarted)."""
+    state: WebhookState = ctx["webhook_state"]
+    async with unit_of_work(state.sessions) as uow:
+        overdue = await webhooks.overdue(uow.session, older_than=OVERDUE_AFTER)
+        for event_id in overdue:
+            webhooks.requeue(uow, event_id)
+    await state.dispatcher.dispatch(uow.events)
+    return overdue
+
+
+def build_webhook_worker(
+    settings: Settings | None = None, *, handle_signals: bool = True, **overrides: Any
+) -> Worker:
+    settings = settings or get_settings()
+    options: dict[str, Any] = {
+        "functions": [
+            # The job's own timeout covers one attempt; retries are new deferred jobs.
+            func(
+                deliver_webhook,
+                name=DELIVER_WEBHOOK,
+                timeout=settings.webhook_timeout_s + LEASE_MARGIN_S,
+                max_tries=3,
+            ),
+        ],
+        "cron_jobs": [cron(requeue_overdue, second=30, run_at_startup=True, unique=True)],
+        "redis_settings": redis_settings(settings.redis_url),
+        "queue_name": Keys(settings.queue_name).webhooks,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.webhook_concurrency,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "handle_signals": handle_signals,
+        "poll_delay": settings.worker_poll_interval_s,
+        "ctx": {"settings": settings},
+    }
+    options.update(overrides)
+    return Worker(**options)
