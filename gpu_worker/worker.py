@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 FAILURE_MESSAGE = "Image generation failed; the credits were released"
 TIMEOUT_MESSAGE = "Image generation timed out; the credits were released"
+STOPPED = "stopped: cancelled or finished elsewhere"
 REQUEUE_AFTER_S = 60
 RETRY_DEFER_S = 5
 # The job gives up on its own this long before arq's timeout, so it can still mark the
@@ -210,9 +211,9 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         async with asyncio.timeout(render_timeout):
             key, metadata = await _render(state, generation, live)
     except Interrupted:
-        # The API already marked it cancelled and released the credits.
-        log.info("generation %s cancelled while processing", generation_id)
-        return "cancelled"
+        # Cancelled (the API released the credits), or finished by a duplicate run.
+        log.info("generation %s stopped: no longer processing", generation_id)
+        return STOPPED
     except TimeoutError:
         live.cancelled.set()  # stop the pipeline thread at its next step
         log.error("generation %s timed out after %ss", generation_id, render_timeout)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,11 @@ def api(settings: Settings, database: str, api_port: int) -> Iterator[str]:
 class ThreadedWorker:
     """A real arq worker (the one `fluxgate worker` runs) in a thread with its own loop."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, build: Callable[..., Any] | None = None, **kwargs: Any
+    ) -> None:
         self.settings = settings
+        self.build = build
         self.kwargs = kwargs
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +150,8 @@ class ThreadedWorker:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         try:
-            worker = build_worker(self.settings, handle_signals=False, **self.kwargs)
+            build = self.build or build_worker
+            worker = build(self.settings, handle_signals=False, **self.kwargs)
             self.worker = worker
             self.loop.call_soon(self.ready.set)
             worker.run()

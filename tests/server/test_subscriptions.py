@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from billing import repository as repo
 from billing.catalog import Catalog
 from gpu_worker import queue
+from gpu_worker.worker import STOPPED
 from server.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, audit, create_account, gql
@@ -283,7 +284,7 @@ async def test_cancel_queued_and_processing(
         ).result_info()
     finally:
         await pool.aclose(close_connection_pool=True)
-    assert result is not None and result.result == "cancelled"
+    assert result is not None and result.result == STOPPED
     assert (result.finish_time - cancel_sent).total_seconds() < 2 * STEP_SECONDS + 0.5
     assert stopped.image_key is None
     assert skipped.status == "cancelled" and skipped.attempts == 0 and skipped.started_at is None
