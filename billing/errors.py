@@ -78,6 +78,15 @@ class InsufficientCredits(FluxgateError):
         self.available = available
 
 
+class RateLimited(FluxgateError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, limit: str, retry_after: int, message: str) -> None:
+        super().__init__(message, retryAfter=retry_after, limit=limit)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class IdempotencyKeyReused(FluxgateError):
     code = ErrorCode.IDEMPOTENCY_KEY_REUSED
 

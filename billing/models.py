@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -68,6 +77,16 @@ class Account(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     plan: str = Field(default="free", max_length=32)
+    limit_overrides: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSONB, nullable=True),
+        description="Per-account limits replacing the plan's (null value: unlimited).",
+    )
+    is_admin: bool = Field(
+        default=False,
+        sa_column_kwargs={"server_default": false()},
+        description="May change other accounts' plans.",
+    )
     webhook_secret: str = Field(max_length=128)
     webhook_secret_previous: str | None = Field(
         default=None, max_length=128, description="Still signs until the grace period ends."

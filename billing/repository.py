@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
@@ -44,6 +44,45 @@ async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account |
     return await session.get(Account, account_id)
 
 
+async def lock_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
+    """The account row, locked until commit (SELECT … FOR UPDATE).
+
+    Serializes one account's submissions: the concurrency and daily caps are counted and
+    the new job inserted while no other submission of the account can do the same, so
+    racing requests cannot overshoot either cap. Other accounts are not blocked.
+    """
+    result = await session.execute(
+        select(Account)
+        .where(_A.id == account_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().one()
+
+
+async def count_active_generations(session: AsyncSession, account_id: uuid.UUID) -> int:
+    result = await session.execute(
+        select(func.count())
+        .select_from(Generation)
+        .where(
+            _G.account_id == account_id,
+            _G.status.in_([GenerationStatus.QUEUED.value, GenerationStatus.PROCESSING.value]),
+        )
+    )
+    return int(result.scalar_one())
+
+
+async def count_generations_since(
+    session: AsyncSession, account_id: uuid.UUID, since: datetime
+) -> int:
+    result = await session.execute(
+        select(func.count())
+        .select_from(Generation)
+        .where(_G.account_id == account_id, _G.created_at >= since)
+    )
+    return int(result.scalar_one())
+
+
 async def get_account_by_email(session: AsyncSession, email: str) -> Account | None:
     result = await session.execute(select(Account).where(_A.email == email))
     return result.scalars().first()
@@ -59,14 +98,38 @@ async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey
     return None if row is None else (row[0], row[1])
 
 
-async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> bool:
+async def revoke_key(
+    session: AsyncSession, key_id: uuid.UUID, *, account_id: uuid.UUID | None
+) -> ApiKey | None:
+    query = update(ApiKey).where(_K.id == key_id, _K.revoked_at.is_(None))
+    if account_id is not None:
+        query = query.where(_K.account_id == account_id)
     result = await session.execute(
-        update(ApiKey)
-        .where(_K.id == key_id, _K.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .returning(_K.id)
+        query.values(revoked_at=utcnow())
+        .returning(ApiKey)
+        .execution_options(populate_existing=True)
     )
-    return result.first() is not None
+    return result.scalars().first()
+
+
+async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(_K.account_id == account_id).order_by(_K.created_at)
+    )
+    return result.scalars().all()
+
+
+async def touch_key(
+    session: AsyncSession, key_id: uuid.UUID, now: datetime, *, min_interval: timedelta
+) -> None:
+    await session.execute(
+        update(ApiKey)
+        .where(
+            _K.id == key_id,
+            or_(_K.last_used_at.is_(None), _K.last_used_at < now - min_interval),
+        )
+        .values(last_used_at=now)
+    )
 
 
 # --- ledger --------------------------------------------------------------------------

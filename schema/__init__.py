@@ -3,13 +3,25 @@ exported SDL; a test fails when it is stale (`make schema` rewrites it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from schema.errors import ErrorMapping, stamp_document_errors
+from schema.errors import ErrorMapping, map_errors_in_place
+from schema.ratelimit import RequestRateLimit
 from schema.resolvers import Mutation, Query, Subscription
 from schema.scalars import SCALARS
 
@@ -20,17 +32,40 @@ class FluxgateSchema(strawberry.Schema):
     ) -> None:
         # Client mistakes are not server errors: they are answered, not logged as ERROR.
         # Unexpected errors are logged by ErrorMapping when it masks them.
-        stamp_document_errors(errors)
+        map_errors_in_place(errors)
 
 
-schema = FluxgateSchema(
-    query=Query,
-    mutation=Mutation,
-    subscription=Subscription,
-    extensions=[
+@dataclass(frozen=True, slots=True)
+class Hardening:
+    """Limits on what one document may ask (FLUXGATE_GRAPHQL_* settings)."""
+
+    introspection: bool = True
+    max_depth: int = 10
+    max_aliases: int = 30
+    max_tokens: int = 2000
+
+
+def build_schema(hardening: Hardening = Hardening()) -> FluxgateSchema:  # frozen
+    extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         ErrorMapping,
+        # The token limit stops a huge document while it is parsed; depth and alias
+        # limits stop deep or wide ones (circular fragments included) in validation.
+        lambda: MaxTokensLimiter(max_token_count=hardening.max_tokens),
         lambda: ParserCache(maxsize=256),
+        lambda: QueryDepthLimiter(max_depth=hardening.max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=hardening.max_aliases),
         lambda: ValidationCache(maxsize=256),
-    ],
-    config=StrawberryConfig(scalar_map=SCALARS),
-)
+        RequestRateLimit,
+    ]
+    if not hardening.introspection:
+        extensions.append(DisableIntrospection)
+    return FluxgateSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map=SCALARS),
+    )
+
+
+schema = build_schema()

@@ -13,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing.catalog import Catalog
 from billing.db import UnitOfWork, unit_of_work
 from billing.netguard import AddressPolicy
+from billing.plans import PlanBook
 from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
 from gpu_worker.events import Broker
 from gpu_worker.queue import Dispatcher, QueueInspector
 from gpu_worker.storage import Storage
+from schema.ratelimit import RateStatus, RequestLimiter
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Services:
     pepper: bytes
     policy: AddressPolicy
     webhook_grace: timedelta
+    plans: PlanBook
+    limiter: RequestLimiter
 
 
 def key_from_params(params: dict[str, Any] | None) -> str | None:
@@ -59,6 +63,8 @@ class Context:
     idempotency_key: str | None = None
     # Set by strawberry from a websocket's connection_init payload.
     connection_params: dict[str, Any] | None = None
+    # Where the X-RateLimit-* headers of an HTTP response are read from (request.state).
+    state: Any = None
     _caller: accounts.Caller | None = field(default=None, repr=False)
 
     async def caller(self) -> accounts.Caller:
@@ -66,11 +72,28 @@ class Context:
         raises UNAUTHENTICATED."""
         if self._caller is None:
             async with self.services.sessions() as session:
-                self._caller = await accounts.authenticate(
+                caller = await accounts.authenticate(
                     session, self.api_key or key_from_params(self.connection_params),
                     self.services.pepper,
                 )  # fmt: skip
+                await accounts.touch_key(session, caller.api_key_id)
+                await session.commit()
+            self._caller = caller
+            if self.state is not None:
+                limits = self.services.plans.limits(
+                    caller.account.plan, caller.account.limit_overrides
+                )
+                self.state.fluxgate_caller = (caller.account.id, limits.requests_per_minute)
         return self._caller
+
+    @property
+    def rate(self) -> RateStatus | None:
+        return getattr(self.state, "fluxgate_rate", None) if self.state is not None else None
+
+    @rate.setter
+    def rate(self, status: RateStatus) -> None:
+        if self.state is not None:
+            self.state.fluxgate_rate = status
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

@@ -59,39 +59,43 @@ def document_error_code(error: GraphQLError) -> str:
     return "GRAPHQL_VALIDATION_FAILED"
 
 
-def stamp_document_errors(errors: list[GraphQLError]) -> None:
-    """Give parse and validation errors a code. Strawberry returns those before the
-    operation hook sees a result, so :class:`ErrorMapping` cannot reach them."""
+INTERNAL_MESSAGE = "Internal server error"
+
+
+def map_error(error: GraphQLError) -> GraphQLError:
+    """The client-facing version of an error (see the module docstring)."""
+    original = error.original_error
+    if isinstance(original, FluxgateError):
+        return _with(error, original.message, original.extensions)
+    if original is None or isinstance(original, GraphQLError):
+        if error.extensions and "code" in error.extensions:
+            return error
+        field = _coercion_field(error.message)
+        if field is not None:
+            return _with(
+                error, error.message, {"code": ErrorCode.BAD_USER_INPUT.value, "field": field}
+            )
+        return _with(error, error.message, {"code": document_error_code(error)})
+    log.error("unexpected error in %s", error.path, exc_info=original)
+    return _with(error, INTERNAL_MESSAGE, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})
+
+
+def map_errors_in_place(errors: list[GraphQLError]) -> None:
+    """For errors strawberry returns without running the operation hook (parse and
+    validation errors, and anything raised by an extension before execution, such as the
+    rate limit or a database failure while authenticating): the same mapping, applied to
+    the error objects themselves."""
     for error in errors:
-        if (
-            error.original_error is None
-            and not error.path
-            and "code" not in (error.extensions or {})
-        ):
-            error.extensions = {**(error.extensions or {}), "code": document_error_code(error)}
+        mapped = map_error(error)
+        if mapped is not error:
+            error.message = mapped.message
+            error.extensions = mapped.extensions
+            error.original_error = None
 
 
 class ErrorMapping(MaskErrors):
     def __init__(self) -> None:
-        super().__init__(error_message="Internal server error")
+        super().__init__(error_message=INTERNAL_MESSAGE)
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        return [self._map(e) for e in errors]
-
-    def _map(self, error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        if isinstance(original, FluxgateError):
-            return _with(error, original.message, original.extensions)
-        if original is None or isinstance(original, GraphQLError):
-            if error.extensions and "code" in error.extensions:
-                return error
-            field = _coercion_field(error.message)
-            if field is not None:
-                return _with(
-                    error,
-                    error.message,
-                    {"code": ErrorCode.BAD_USER_INPUT.value, "field": field},
-                )
-            return _with(error, error.message, {"code": document_error_code(error)})
-        log.error("unexpected error in %s", error.path, exc_info=original)
-        return _with(error, self.error_message, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})
+        return [map_error(e) for e in errors]

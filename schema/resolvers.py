@@ -34,6 +34,7 @@ async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str])
             api_key_id=caller.api_key_id,
             request=request,
             idempotency_key=ctx.idempotency_key,
+            plans=ctx.services.plans,
         )
     return await present(ctx, generation)
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -17,15 +18,18 @@ from starlette.routing import Route, WebSocketRoute
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker
 from billing.netguard import AddressPolicy
+from billing.plans import default_plan_book
 from billing.pricing import default_price_table
 from billing.requests import Limits
 from gpu_worker import queue
 from gpu_worker.events import Broker
 from gpu_worker.storage import LocalStorage
-from schema import schema
+from schema import Hardening, build_schema
 from schema.context import Services
+from schema.ratelimit import RequestLimiter
 from server import rest
 from server.graphql import GraphQLApp
+from server.middleware import BodySizeLimit, RateLimitHeaders
 from server.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             pepper=settings.secret_key.get_secret_value().encode(),
             policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
             webhook_grace=timedelta(seconds=settings.webhook_secret_grace_s),
+            plans=default_plan_book(),
+            limiter=RequestLimiter(pool, settings.queue_name),
         )
         try:
             yield
@@ -90,7 +96,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await pool.aclose(close_connection_pool=True)
             await engine.dispose()
 
-    graphql = GraphQLApp(schema)
+    schema = build_schema(
+        Hardening(
+            introspection=settings.graphql_introspection,
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_tokens=settings.graphql_max_tokens,
+        )
+    )
+    graphql = GraphQLApp(schema, multipart_uploads_enabled=False)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
@@ -100,6 +114,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/healthz", health, methods=["GET"]),
     ]
-    return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error}
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: internal_error},
+        middleware=[
+            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+            Middleware(RateLimitHeaders),
+        ],
     )
+    app.state.schema = schema
+    return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -21,6 +22,7 @@ def build_context(conn: Request | WebSocket, services: Services) -> Context:
         services=services,
         api_key=api_key_from(conn),
         idempotency_key=idempotency_key_from(conn),
+        state=conn.state if isinstance(conn, Request) else None,
     )
 
 
@@ -29,7 +31,14 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket | None
     ) -> Context:
         services: Services = request.app.state.services
-        return build_context(request, services)
+        context = build_context(request, services)
+        if context.api_key is not None and isinstance(request, Request):
+            # Authenticate now, so even a request refused before execution (a syntax
+            # error) is answered with the caller's X-RateLimit-* headers. Any failure is
+            # left to the resolvers, which report it in the GraphQL way.
+            with contextlib.suppress(Exception):
+                await context.caller()
+        return context
 
     async def get_root_value(self, request: Any) -> None:
         return None

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from billing.errors import ErrorCode, Unauthenticated
-from schema import schema
 from schema.context import Context
 from server.graphql import build_context
 
@@ -66,12 +65,21 @@ async def _authenticated(request: Request) -> Context | JSONResponse:
     return context
 
 
-async def _execute(context: Context, document: str, variables: dict[str, Any]) -> JSONResponse:
+async def _execute(
+    request: Request, context: Context, document: str, variables: dict[str, Any]
+) -> JSONResponse:
+    schema = request.app.state.schema
     result = await schema.execute(document, variable_values=variables, context_value=context)
     if result.errors:
         errors = [_format(e) for e in result.errors]
-        code = errors[0].get("extensions", {}).get("code", "")
-        return JSONResponse({"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500))
+        extensions = errors[0].get("extensions", {})
+        code = extensions.get("code", "")
+        headers = {}
+        if code == ErrorCode.RATE_LIMITED.value:
+            headers["Retry-After"] = str(extensions["retryAfter"])
+        return JSONResponse(
+            {"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500), headers=headers
+        )
     data = result.data or {}
     # Seed 001 shows both the accepted and the completed job under "generateImage".
     return JSONResponse({"data": {"generateImage": next(iter(data.values()))}})
@@ -94,18 +102,18 @@ async def text_to_image(request: Request) -> JSONResponse:
         return error_response(400, "BAD_USER_INPUT", "Malformed JSON body", field="body")
     if not isinstance(body, dict):
         return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
-    return await _execute(context, GENERATE_IMAGE, {"input": body})
+    return await _execute(request, context, GENERATE_IMAGE, {"input": body})
 
 
 async def get_text_to_image(request: Request) -> JSONResponse:
     context = await _authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await _execute(context, GET_GENERATION, {"id": request.path_params["id"]})
+    return await _execute(request, context, GET_GENERATION, {"id": request.path_params["id"]})
 
 
 async def cancel_text_to_image(request: Request) -> JSONResponse:
     context = await _authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await _execute(context, CANCEL_GENERATION, {"id": request.path_params["id"]})
+    return await _execute(request, context, CANCEL_GENERATION, {"id": request.path_params["id"]})

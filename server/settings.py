@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     webhook_secret_grace_s: int = Field(default=86400, ge=0)
     webhook_concurrency: int = Field(default=50, ge=1)
 
+    # GraphQL hardening.
+    graphql_introspection: bool = True
+    graphql_max_depth: int = Field(default=10, ge=2)
+    graphql_max_aliases: int = Field(default=30, ge=1)
+    graphql_max_tokens: int = Field(default=2000, ge=50)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256
     max_side: int = 2048

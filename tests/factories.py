@@ -34,7 +34,8 @@ async def create_account(
     settings: Settings,
     *,
     credits: int = 1000,
-    plan: str = "pro",
+    # Enterprise: the suite polls faster than a smaller plan's requests per minute allow.
+    plan: str = "enterprise",
 ) -> TestAccount:
     async with sessions() as session:
         account, key = await accounts.create_account(

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys
 from billing import repository as repo
 from billing.errors import BadUserInput, NotFound, Unauthenticated
-from billing.models import Account, ApiKey
+from billing.models import Account, ApiKey, utcnow
+from billing.plans import PlanBook, default_plan_book, validate_overrides
 from billing.service import ledger
-
-PLANS = ("free", "starter", "pro", "enterprise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +53,19 @@ async def create_account(
     plan: str,
     credits: int,
     pepper: bytes,
+    is_admin: bool = False,
 ) -> tuple[Account, NewKey]:
     email = email.strip().lower()
     if "@" not in email:
         raise BadUserInput("email", "email must be an email address")
-    if plan not in PLANS:
-        raise BadUserInput("plan", f"plan must be one of {', '.join(PLANS)}")
+    default_plan_book().check_plan(plan)
     if credits < 0:
         raise BadUserInput("credits", "credits must not be negative")
     if await repo.get_account_by_email(session, email) is not None:
         raise BadUserInput("email", f"an account with email {email} already exists")
-    account = Account(email=email, plan=plan, webhook_secret=keys.generate_webhook_secret())
+    account = Account(
+        email=email, plan=plan, is_admin=is_admin, webhook_secret=keys.generate_webhook_secret()
+    )
     await repo.add(session, account)
     if credits:
         await ledger.grant(
@@ -82,9 +86,43 @@ async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes)
     return Caller(account=account, api_key_id=api_key.id)
 
 
-async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> None:
-    if not await repo.revoke_key(session, key_id):
+async def revoke_key(
+    session: AsyncSession, key_id: uuid.UUID, *, account_id: uuid.UUID | None = None
+) -> ApiKey:
+    """Revoke a key (of ``account_id`` only, when given). Every API process checks keys
+    against the database on each request, so it stops working at once everywhere."""
+    key = await repo.revoke_key(session, key_id, account_id=account_id)
+    if key is None:
         raise NotFound("API key")
+    return key
+
+
+async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[ApiKey]:
+    return await repo.list_keys(session, account_id)
+
+
+async def touch_key(session: AsyncSession, key_id: uuid.UUID) -> None:
+    """Record that a key was used, at most once a minute (a write per request would cost
+    more than the information is worth)."""
+    await repo.touch_key(session, key_id, utcnow(), min_interval=timedelta(minutes=1))
+
+
+async def set_plan(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    plan: str | None,
+    overrides: dict[str, Any] | None,
+    plans: PlanBook,
+) -> Account:
+    """Change an account's plan and/or its limit overrides (an empty dict clears them)."""
+    account = await get_account(session, account_id)
+    if plan is not None:
+        account.plan = plans.check_plan(plan)
+    if overrides is not None:
+        account.limit_overrides = validate_overrides(overrides) or None
+    await repo.add(session, account)
+    return account
 
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:

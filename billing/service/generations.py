@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
 from billing.db import GenerationAccepted, GenerationCancelled, GenerationUpdated, UnitOfWork
-from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound
+from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound, RateLimited
 from billing.models import Generation, GenerationStatus, snapshot, utcnow
+from billing.plans import PlanBook, PlanLimits, default_plan_book
 from billing.requests import ImageRequest
 from billing.service import ledger, webhooks
 
@@ -37,16 +39,29 @@ async def submit(
     api_key_id: uuid.UUID | None,
     request: ImageRequest,
     idempotency_key: str | None = None,
+    plans: PlanBook | None = None,
+    now: datetime | None = None,
 ) -> Generation:
-    """Accept a job: the row and the credit hold are written in one transaction.
+    """Accept a job: the caps are checked, and the row and the credit hold written, in one
+    transaction under the account's row lock.
 
     With an idempotency key, a retry with the same body returns the first job and charges
-    nothing; the same key with a different body is refused.
+    nothing (and is not subject to the caps); the same key with a different body is
+    refused. ``now`` is injectable so tests can stand at a day's boundary.
     """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadUserInput("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters")
+    now = now or utcnow()
+    account = await repo.lock_account(uow.session, account_id)
+    if idempotency_key is not None:
+        existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
+        if existing is not None:
+            if existing.request_hash != request.request_hash:
+                raise IdempotencyKeyReused()
+            return existing
+    limits = (plans or default_plan_book()).limits(account.plan, account.limit_overrides)
+    await _check_caps(uow.session, account_id, limits, now)
     generation_id = new_generation_id()
-    now = utcnow()
     inserted = await repo.insert_generation(
         uow.session,
         {
@@ -89,6 +104,33 @@ async def submit(
     uow.emit(GenerationAccepted(generation_id))
     uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
+
+
+CONCURRENCY_RETRY_AFTER_S = 5
+
+
+async def _check_caps(
+    session: AsyncSession, account_id: uuid.UUID, limits: PlanLimits, now: datetime
+) -> None:
+    if limits.concurrent_jobs is not None:
+        active = await repo.count_active_generations(session, account_id)
+        if active >= limits.concurrent_jobs:
+            raise RateLimited(
+                "concurrency",
+                CONCURRENCY_RETRY_AFTER_S,
+                f"Concurrent job limit reached ({limits.concurrent_jobs} queued or "
+                "processing); retry when one finishes",
+            )
+    if limits.jobs_per_day is not None:
+        day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        today = await repo.count_generations_since(session, account_id, day_start)
+        if today >= limits.jobs_per_day:
+            tomorrow = day_start + timedelta(days=1)
+            raise RateLimited(
+                "daily",
+                max(1, math.ceil((tomorrow - now).total_seconds())),
+                f"Daily job limit reached ({limits.jobs_per_day} per UTC day)",
+            )
 
 
 def _metadata(request: ImageRequest) -> dict[str, Any]:

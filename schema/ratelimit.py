@@ -1,0 +1,148 @@
+"""Requests per minute, per account, in Redis (the ``limits`` library's moving window), so
+the limit holds across every API process.
+
+What counts: each authenticated GraphQL operation or REST call counts 1; an operation
+with work-creating fields (``generate``, ``generateImage``) counts 1 per such field,
+aliases included, so aliasing cannot multiply the work of one request. An operation that
+would exceed the limit is refused whole, before any field runs, and costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionSetNode,
+)
+from graphql.utilities import get_operation_ast
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import Redis
+from strawberry.extensions import SchemaExtension
+
+from billing.errors import FluxgateError, RateLimited
+
+WORK_FIELDS = frozenset({"generate", "generateImage"})
+
+
+@dataclass(frozen=True, slots=True)
+class RateStatus:
+    """What the X-RateLimit-* headers say."""
+
+    limit: int
+    remaining: int
+    reset: int  # Unix seconds when the window has room again
+    allowed: bool = True
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+
+
+class RequestLimiter:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        # The app's Redis connection pool: closed with it at shutdown.
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=f"{prefix}:limits",
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]  # limits types options as scalars
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    async def hit(self, account_id: uuid.UUID, per_minute: int | None, cost: int) -> RateStatus:
+        if per_minute is None:  # unlimited
+            return RateStatus(limit=0, remaining=0, reset=0)
+        item = RateLimitItemPerMinute(per_minute)
+        allowed = cost <= per_minute and await self._limiter.hit(item, str(account_id), cost=cost)
+        return await self._status(item, account_id, allowed)
+
+    async def peek(self, account_id: uuid.UUID, per_minute: int | None) -> RateStatus | None:
+        if per_minute is None:
+            return None
+        item = RateLimitItemPerMinute(per_minute)
+        return await self._status(item, account_id, True)
+
+    async def _status(
+        self, item: RateLimitItemPerMinute, account_id: uuid.UUID, allowed: bool
+    ) -> RateStatus:
+        stats = await self._limiter.get_window_stats(item, str(account_id))
+        return RateStatus(
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset=math.ceil(stats.reset_time),
+            allowed=allowed,
+        )
+
+
+def work_fields(document: DocumentNode, operation_name: str | None) -> int:
+    """How many work-creating fields the operation selects at its root, through aliases,
+    inline fragments and fragment spreads (each fragment visited once)."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return 0
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    seen: set[str] = set()
+
+    def count(selection_set: SelectionSetNode) -> int:
+        total = 0
+        for node in selection_set.selections:
+            if isinstance(node, FieldNode):
+                total += node.name.value in WORK_FIELDS
+            elif isinstance(node, InlineFragmentNode):
+                total += count(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
+                seen.add(node.name.value)
+                fragment = fragments.get(node.name.value)
+                if fragment is not None:
+                    total += count(fragment.selection_set)
+        return total
+
+    return count(operation.selection_set)
+
+
+class RequestRateLimit(SchemaExtension):
+    async def on_execute(self) -> AsyncIterator[None]:
+        from schema.context import Context
+
+        context = self.execution_context.context
+        assert isinstance(context, Context)
+        try:
+            caller = await context.caller()
+        except FluxgateError:
+            yield  # unauthenticated: the resolvers answer UNAUTHENTICATED
+            return
+        document = self.execution_context.graphql_document
+        cost = 1
+        if document is not None:
+            cost = max(1, work_fields(document, self.execution_context.operation_name))
+        limits = context.services.plans.limits(caller.account.plan, caller.account.limit_overrides)
+        status = await context.services.limiter.hit(
+            caller.account.id, limits.requests_per_minute, cost
+        )
+        context.rate = status
+        if not status.allowed:
+            retry_after = max(1, status.reset - int(time.time()))
+            raise RateLimited(
+                "rate",
+                retry_after,
+                f"Rate limit of {status.limit} requests per minute reached"
+                + (f" (this operation counts {cost})" if cost > 1 else ""),
+            )
+        yield

@@ -1,0 +1,116 @@
+"""ASGI middleware: the X-RateLimit-* headers on every authenticated response, and the
+request body size limit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schema.context import Services
+from schema.ratelimit import RateStatus
+
+
+class RateLimitHeaders:
+    """Adds the caller's rate-limit window to the response. The request itself was
+    counted (or refused) by the GraphQL extension; other authenticated requests only
+    read the window."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = await self._status(scope)
+                if status is not None:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in status.headers.items():
+                        headers[name] = value
+                    if not status.allowed:
+                        headers["Retry-After"] = str(max(1, status.reset - int(time.time())))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _status(self, scope: Scope) -> RateStatus | None:
+        state = scope.get("state") or {}
+        status: RateStatus | None = state.get("fluxgate_rate")
+        if status is not None:
+            return status
+        caller = state.get("fluxgate_caller")
+        if caller is None:
+            return None
+        services: Services = scope["app"].state.services
+        return await services.limiter.peek(*caller)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, by Content-Length or while
+    reading a streamed body, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "errors": [
+                    {
+                        "message": f"Request body larger than {self.max_bytes} bytes",
+                        "extensions": {"code": "BAD_USER_INPUT", "field": "body"},
+                    }
+                ]
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())],
+            }
+        )  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
