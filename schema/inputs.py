@@ -84,3 +84,21 @@ class ImageGenerationInput:
             preview=self.preview,
             webhook_events=tuple(self.webhook_events) if self.webhook_events is not None else None,
         )
+
+
+@strawberry.input(description="Limits replacing the plan's; null: unlimited, absent: the plan's.")
+class LimitOverridesInput:
+    requests_per_minute: int | None = strawberry.UNSET
+    concurrent_jobs: int | None = strawberry.UNSET
+    jobs_per_day: int | None = strawberry.UNSET
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {
+            name: value
+            for name, value in (
+                ("requests_per_minute", self.requests_per_minute),
+                ("concurrent_jobs", self.concurrent_jobs),
+                ("jobs_per_day", self.jobs_per_day),
+            )
+            if value is not strawberry.UNSET
+        }

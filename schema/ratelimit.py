@@ -41,8 +41,16 @@ class RateStatus:
 
     limit: int
     remaining: int
-    reset: int  # Unix seconds when the window has room again
+    reset_at: float  # Unix time when the window has room again
     allowed: bool = True
+
+    @property
+    def reset(self) -> int:
+        return math.ceil(self.reset_at)
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -64,9 +72,12 @@ class RequestLimiter:
         )
         self._limiter = MovingWindowRateLimiter(storage)
 
-    async def hit(self, account_id: uuid.UUID, per_minute: int | None, cost: int) -> RateStatus:
-        if per_minute is None:  # unlimited
-            return RateStatus(limit=0, remaining=0, reset=0)
+    async def hit(
+        self, account_id: uuid.UUID, per_minute: int | None, cost: int
+    ) -> RateStatus | None:
+        """Count ``cost`` requests if they fit; None when the account is unmetered."""
+        if per_minute is None:
+            return None
         item = RateLimitItemPerMinute(per_minute)
         allowed = cost <= per_minute and await self._limiter.hit(item, str(account_id), cost=cost)
         return await self._status(item, account_id, allowed)
@@ -84,7 +95,7 @@ class RequestLimiter:
         return RateStatus(
             limit=item.amount,
             remaining=max(0, stats.remaining),
-            reset=math.ceil(stats.reset_time),
+            reset_at=stats.reset_time,
             allowed=allowed,
         )
 
@@ -136,12 +147,14 @@ class RequestRateLimit(SchemaExtension):
         status = await context.services.limiter.hit(
             caller.account.id, limits.requests_per_minute, cost
         )
+        if status is None:
+            yield
+            return
         context.rate = status
         if not status.allowed:
-            retry_after = max(1, status.reset - int(time.time()))
             raise RateLimited(
                 "rate",
-                retry_after,
+                status.retry_after,
                 f"Rate limit of {status.limit} requests per minute reached"
                 + (f" (this operation counts {cost})" if cost > 1 else ""),
             )

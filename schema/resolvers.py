@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 
 import strawberry
 from strawberry.types import Info
 
+from billing import models
+from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
 from billing.service import accounts, generations, ledger, webhooks
 from schema.context import Context
-from schema.inputs import GenerateInput, ImageGenerationInput
+from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
 from schema.live import follow, follow_account, present
-from schema.types import Account, Generation, GenerationPage, PriceQuote, WebhookDelivery
+from schema.types import (
+    Account,
+    ApiKey,
+    Generation,
+    GenerationPage,
+    NewApiKey,
+    PriceQuote,
+    WebhookDelivery,
+)
 
 Ctx = Info[Context, None]
 
@@ -39,13 +50,34 @@ async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str])
     return await present(ctx, generation)
 
 
+def _account(ctx: Context, account: models.Account) -> Account:
+    return Account.from_model(
+        account, ctx.services.plans.limits(account.plan, account.limit_overrides)
+    )
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound("API key" if field == "id" else "Account") from None
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(description="The caller's account and credit balance.")
+    @strawberry.field(description="The caller's account, balance and limits.")
     async def me(self, info: Ctx) -> Account:
         caller = await info.context.caller()
         async with info.context.read() as session:
-            return Account.from_model(await accounts.get_account(session, caller.account.id))
+            account = await accounts.get_account(session, caller.account.id)
+        return _account(info.context, account)
+
+    @strawberry.field(description="The caller's API keys, revoked ones included.")
+    async def api_keys(self, info: Ctx) -> list[ApiKey]:
+        caller = await info.context.caller()
+        async with info.context.read() as session:
+            found = await accounts.list_keys(session, caller.account.id)
+        return [ApiKey.from_model(k) for k in found]
 
     @strawberry.field(description="One of the caller's generations (NOT_FOUND otherwise).")
     async def generation(self, info: Ctx, id: strawberry.ID) -> Generation:
@@ -101,12 +133,14 @@ class Query:
 
 @strawberry.type
 class Mutation:
+    # Nullable results: when one of several aliased mutations fails, the others' jobs
+    # (already accepted and charged) are still returned instead of nulling the whole data.
     @strawberry.mutation(description="Queue a generation (seed 001, first form).")
-    async def generate(self, info: Ctx, input: GenerateInput) -> Generation:
+    async def generate(self, info: Ctx, input: GenerateInput) -> Generation | None:
         return await _submit(info.context, input.to_raw(), GENERATE_FIELDS)
 
     @strawberry.mutation(description="Queue an image generation (seed 001, second form).")
-    async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation:
+    async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation | None:
         return await _submit(info.context, input.to_raw(), IMAGE_FIELDS)
 
     @strawberry.mutation(
@@ -119,6 +153,52 @@ class Mutation:
             g = await generations.cancel(uow, caller.account.id, str(id))
         return await present(info.context, g)
 
+    @strawberry.mutation(description="Create an API key; its secret is returned only now.")
+    async def create_api_key(self, info: Ctx, name: str = "default") -> NewApiKey:
+        caller = await info.context.caller()
+        if not 0 < len(name) <= 100:
+            raise BadUserInput("name", "name must be 1 to 100 characters")
+        async with info.context.transaction() as uow:
+            new = await accounts.create_key(
+                uow.session, caller.account.id, info.context.services.pepper, name=name
+            )
+        return NewApiKey(key=ApiKey.from_model(new.key), secret=new.secret)
+
+    @strawberry.mutation(
+        description="Revoke one of the caller's keys; it stops working at once, on every "
+        "API process. The caller's other keys keep working."
+    )
+    async def revoke_api_key(self, info: Ctx, id: strawberry.ID) -> ApiKey:
+        caller = await info.context.caller()
+        key_id = _uuid(id, "id")
+        async with info.context.transaction() as uow:
+            key = await accounts.revoke_key(uow.session, key_id, account_id=caller.account.id)
+        return ApiKey.from_model(key)
+
+    @strawberry.mutation(
+        description="Admin only: change an account's plan and limit overrides (an empty "
+        "overrides object clears them). FORBIDDEN for other callers."
+    )
+    async def set_account_plan(
+        self,
+        info: Ctx,
+        account_id: strawberry.ID,
+        plan: str | None = None,
+        overrides: LimitOverridesInput | None = None,
+    ) -> Account:
+        caller = await info.context.caller()
+        if not caller.account.is_admin:
+            raise Forbidden("Only an admin account may change plans")
+        async with info.context.transaction() as uow:
+            account = await accounts.set_plan(
+                uow.session,
+                _uuid(account_id, "accountId"),
+                plan=plan,
+                overrides=overrides.to_dict() if overrides is not None else None,
+                plans=info.context.services.plans,
+            )
+        return _account(info.context, account)
+
     @strawberry.mutation(
         description="Replace the webhook signing secret. The old one keeps signing (as a "
         "second signature) for the grace period, so receivers can switch without a gap."
@@ -129,7 +209,7 @@ class Mutation:
             account = await webhooks.rotate_secret(
                 uow, caller.account.id, info.context.services.webhook_grace
             )
-        return Account.from_model(account)
+        return _account(info.context, account)
 
     @strawberry.mutation(
         description="Send a webhook event again, with the same webhook-id and body."

@@ -10,6 +10,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from billing import models
+from billing.plans import PlanLimits
 from billing.pricing import Quote
 from billing.service.generations import Page
 from billing.service.webhooks import Delivery
@@ -119,6 +120,7 @@ class Account:
     plan: str
     credits_available: int = strawberry.field(description="Spendable credits.")
     credits_reserved: int = strawberry.field(description="Credits held by unfinished jobs.")
+    limits: Limits = strawberry.field(description="From the plan and any overrides.")
     webhook_secret: str = strawberry.field(
         description="Signs webhooks (X-Doitong-Signature: HMAC-SHA256 keyed with this "
         "string; webhook-signature: Standard Webhooks)."
@@ -126,16 +128,57 @@ class Account:
     created_at: UtcDateTime
 
     @classmethod
-    def from_model(cls, a: models.Account) -> Account:
+    def from_model(cls, a: models.Account, limits: PlanLimits) -> Account:
         return cls(
             id=strawberry.ID(str(a.id)),
             email=a.email,
             plan=a.plan,
             credits_available=a.credits_available,
             credits_reserved=a.credits_reserved,
+            limits=Limits(
+                requests_per_minute=limits.requests_per_minute,
+                concurrent_jobs=limits.concurrent_jobs,
+                jobs_per_day=limits.jobs_per_day,
+            ),
             webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
         )
+
+
+@strawberry.type(description="An account's limits; null means unlimited.")
+class Limits:
+    requests_per_minute: int | None
+    concurrent_jobs: int | None
+    jobs_per_day: int | None
+
+
+@strawberry.type(description="An API key (the secret itself is shown only at creation).")
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    prefix: str = strawberry.field(description="The key's first characters, to recognise it.")
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None = strawberry.field(
+        description="Updated at most once a minute."
+    )
+    revoked_at: UtcDateTime | None
+
+    @classmethod
+    def from_model(cls, k: models.ApiKey) -> ApiKey:
+        return cls(
+            id=strawberry.ID(str(k.id)),
+            name=k.name,
+            prefix=k.prefix,
+            created_at=UtcDateTime(k.created_at),
+            last_used_at=UtcDateTime(k.last_used_at) if k.last_used_at else None,
+            revoked_at=UtcDateTime(k.revoked_at) if k.revoked_at else None,
+        )
+
+
+@strawberry.type(description="A new API key and its secret, shown this once.")
+class NewApiKey:
+    key: ApiKey
+    secret: str
 
 
 @strawberry.type(description="What a request would cost, without running it.")

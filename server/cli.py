@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -127,6 +128,7 @@ def account_create(
     email: Annotated[str, typer.Option(help="Owner's email")],
     plan: Annotated[str, typer.Option(help="free | starter | pro | enterprise")] = "free",
     credits: Annotated[int, typer.Option(help="Starting credits")] = 0,
+    admin: Annotated[bool, typer.Option("--admin", help="May change plans via GraphQL")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Create an account and print its API key (shown once)."""
@@ -135,7 +137,7 @@ def account_create(
 
     async def create(session: Any) -> dict[str, Any]:
         account, key = await accounts.create_account(
-            session, email=email, plan=plan, credits=credits, pepper=_pepper()
+            session, email=email, plan=plan, credits=credits, pepper=_pepper(), is_admin=admin
         )
         return _account_json(account, key)
 
@@ -164,6 +166,60 @@ def _resolve_account(session: Any, account: str) -> Awaitable[Any]:
         return found
 
     return find()
+
+
+def _limit_option(value: str | None, name: str) -> dict[str, int | None]:
+    if value is None:
+        return {}
+    if value == "unlimited":
+        return {name: None}
+    if not value.isdigit():
+        raise _fail(f"--{name.replace('_', '-')} takes a number or 'unlimited'")
+    return {name: int(value)}
+
+
+@account_app.command("set-plan")
+def account_set_plan(
+    account: Annotated[str, typer.Option(help="Account id or email")],
+    plan: Annotated[str | None, typer.Option(help="free | starter | pro | enterprise")] = None,
+    requests_per_minute: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    concurrent_jobs: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    jobs_per_day: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    clear_overrides: Annotated[bool, typer.Option(help="Back to the plan's limits")] = False,
+) -> None:
+    """Change an account's plan and per-account limit overrides."""
+    from billing.errors import FluxgateError
+    from billing.plans import default_plan_book
+    from billing.service import accounts
+
+    given = {
+        **_limit_option(requests_per_minute, "requests_per_minute"),
+        **_limit_option(concurrent_jobs, "concurrent_jobs"),
+        **_limit_option(jobs_per_day, "jobs_per_day"),
+    }
+
+    async def change(session: Any) -> dict[str, Any]:
+        found = await _resolve_account(session, account)
+        merged = {} if clear_overrides else dict(found.limit_overrides or {})
+        merged.update(given)
+        updated = await accounts.set_plan(
+            session,
+            found.id,
+            plan=plan,
+            overrides=merged if (given or clear_overrides) else None,
+            plans=default_plan_book(),
+        )
+        limits = default_plan_book().limits(updated.plan, updated.limit_overrides)
+        return {
+            "plan": updated.plan,
+            "overrides": updated.limit_overrides,
+            "limits": dataclasses.asdict(limits),
+        }
+
+    try:
+        typer.echo(json.dumps(_with_session(change)))
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
 
 
 @credits_app.command("grant")

@@ -4,7 +4,6 @@ request body size limit."""
 from __future__ import annotations
 
 import json
-import time
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,7 +33,7 @@ class RateLimitHeaders:
                     for name, value in status.headers.items():
                         headers[name] = value
                     if not status.allowed:
-                        headers["Retry-After"] = str(max(1, status.reset - int(time.time())))
+                        headers["Retry-After"] = str(status.retry_after)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

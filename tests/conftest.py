@@ -11,8 +11,11 @@ rows; Redis uses its own database and queue name, flushed at the start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -202,3 +205,44 @@ async def client(api: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def account(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> TestAccount:
     return await create_account(sessions, settings, credits=1000)
+
+
+@contextlib.contextmanager
+def spawn_api(settings: Settings) -> Iterator[str]:
+    """A second API *process*: `fluxgate serve` in a subprocess, configured like
+    ``settings`` (same database, Redis, queue and key pepper)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLUXGATE_DATABASE_URL": settings.database_url,
+        "FLUXGATE_REDIS_URL": settings.redis_url,
+        "FLUXGATE_QUEUE_NAME": settings.queue_name,
+        "FLUXGATE_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "FLUXGATE_STORAGE_DIR": str(settings.storage_dir),
+        "FLUXGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "FLUXGATE_WEBHOOK_ALLOWED_HOSTS": settings.webhook_allowed_hosts,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the second API process did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -278,7 +278,11 @@ async def test_delivery_survives_a_worker_restart(
     with webhook_worker(slow_schedule):
         job = await submit(http, account, receiver.url)
         deadline = time.monotonic() + 30
-        while not receiver.requests:
+        while True:  # until the first attempt is recorded and the retry scheduled
+            body = await gql(http, DELIVERIES, {"id": job}, key=account.api_key)
+            found = body["data"]["webhookDeliveries"]
+            if found and found[0]["attempts"] and found[0]["nextAttemptAt"]:
+                break
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
     # The first worker is gone; the retry waits in Redis for the next one.

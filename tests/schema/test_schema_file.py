@@ -17,8 +17,8 @@ def test_committed_schema_matches_code() -> None:
 def test_seed_operations_exist_with_seed_field_names() -> None:
     sdl = schema.as_str()
     for fragment in (
-        "generate(input: GenerateInput!): Generation!",
-        "generateImage(input: ImageGenerationInput!): Generation!",
+        "generate(input: GenerateInput!): Generation",
+        "generateImage(input: ImageGenerationInput!): Generation",
         "generation(id: ID!): Generation!",
         "price(input: ImageGenerationInput!): PriceQuote!",
         "creditCost: Int!",
