@@ -207,6 +207,24 @@ async def account(sessions: async_sessionmaker[AsyncSession], settings: Settings
     return await create_account(sessions, settings, credits=1000)
 
 
+def wait_healthy(url: str, procs: list[subprocess.Popen[Any]], timeout: float = 60) -> None:
+    """Wait until the API at ``url`` answers /healthz, failing early if a process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        for proc in procs:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"{proc.args!r} exited: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def spawn_api(settings: Settings) -> Iterator[str]:
     """A second API *process*: `fluxgate serve` in a subprocess, configured like
@@ -228,16 +246,7 @@ def spawn_api(settings: Settings) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the second API process did not start")
-            time.sleep(0.2)
+        wait_healthy(url, [proc])
         yield url
     finally:
         proc.terminate()

@@ -22,7 +22,7 @@ import redis
 
 from billing.migrate import drop_database
 from server.settings import ROOT, Settings
-from tests.conftest import TEST_DATABASE_URL, free_port
+from tests.conftest import TEST_DATABASE_URL, free_port, wait_healthy
 from tests.server.test_seed_examples import SEED_CURL_BODY
 
 FLUXGATE = [sys.executable, "-m", "server.cli"]
@@ -53,17 +53,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            for p in procs:
-                assert p.poll() is None, p.stderr.read().decode() if p.stderr else ""
-            assert time.monotonic() < deadline, "fluxgate serve did not come up"
-            time.sleep(0.2)
+        wait_healthy(url, procs)
         yield {"env": env, "url": url, "db_url": db_url}
     finally:
         for p in procs:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +22,8 @@ from billing import repository as repo
 from billing.catalog import Catalog
 from gpu_worker import queue
 from gpu_worker.worker import STOPPED
-from server.settings import ROOT, Settings
-from tests.conftest import ThreadedServer, ThreadedWorker, free_port
+from server.settings import Settings
+from tests.conftest import ThreadedServer, ThreadedWorker, free_port, spawn_api
 from tests.factories import TestAccount, audit, create_account, gql
 from tests.runners import SlowRunner
 from tests.wsclient import (
@@ -144,35 +141,10 @@ async def test_eta_reflects_measured_step_time(
 
 
 async def test_two_api_processes(
-    live_settings: Settings, slow_worker: ThreadedWorker, live_api: str, account: TestAccount,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:  # fmt: skip
+    live_settings: Settings, slow_worker: ThreadedWorker, live_api: str, account: TestAccount
+) -> None:
     """Subscribe on one API process, submit through another (a real `fluxgate serve`)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLUXGATE_DATABASE_URL": live_settings.database_url,
-        "FLUXGATE_REDIS_URL": live_settings.redis_url,
-        "FLUXGATE_QUEUE_NAME": live_settings.queue_name,
-        "FLUXGATE_SECRET_KEY": live_settings.secret_key.get_secret_value(),
-        "FLUXGATE_STORAGE_DIR": str(live_settings.storage_dir),
-        "FLUXGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-    }
-    other = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        other_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{other_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert other.poll() is None and time.monotonic() < deadline
-            await asyncio.sleep(0.2)
+    with spawn_api(live_settings) as other_url:
         async with GraphQLWebSocket(live_api, TRANSPORT_WS, params(account)) as ws:
             await ws.subscribe(FOLLOW_ALL)
             await asyncio.sleep(0.3)  # let the subscription register before submitting
@@ -187,9 +159,6 @@ async def test_two_api_processes(
                 seen.append(update)
         assert seen[0]["status"] == "queued"
         assert "processing" in [s["status"] for s in seen]
-    finally:
-        other.terminate()
-        other.wait(timeout=20)
 
 
 async def test_late_join_and_join_after_the_end(
