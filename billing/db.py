@@ -59,10 +59,10 @@ class GenerationCancelled:
 
 @dataclass(frozen=True, slots=True)
 class WebhookQueued:
-    """A webhook event is due (at ``not_before``, or now): queue its delivery."""
+    """A webhook event is due at ``due``: queue its delivery for then."""
 
     event_id: str
-    not_before: datetime | None = None
+    due: datetime
 
 
 Event = GenerationAccepted | GenerationUpdated | GenerationCancelled | WebhookQueued

@@ -42,11 +42,25 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
+# IPv6 ranges that carry an IPv4 address (NAT64, 6to4, IPv4-compatible, IPv4-translated)
+# or are deprecated site-local: Python counts several as global, but through them a
+# request can reach any IPv4 address, private ones included.
+_V6_REFUSED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "::ffff:0:0:0/96",
+              "fec0::/10")
+)  # fmt: skip
+
+
 def is_public(address: IPAddress) -> bool:
     """Public unicast: not private, loopback, link-local (cloud metadata lives there),
-    multicast, reserved, unspecified or any other special-purpose range."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    multicast, reserved, unspecified, an IPv4 address in IPv6 clothing, or any other
+    special-purpose range."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif any(address in network for network in _V6_REFUSED):
+            return False
     return address.is_global and not address.is_multicast
 
 
@@ -107,7 +121,9 @@ class AddressPolicy:
             raise Refused(f"{host} did not resolve")
         for address in addresses:
             if not self.address_allowed(address):
-                raise Refused(f"{host} resolves to {address}, which is not a public address")
+                # Which address is not said: the delivery log is the customer's to read,
+                # and must not become a way to map internal DNS names.
+                raise Refused(f"{host} does not resolve to a public address")
 
 
 def validate_webhook_url(url: str, policy: AddressPolicy, field_name: str) -> None:

@@ -372,6 +372,8 @@ async def lease_webhook_event(
         .where(
             _W.id == event_id,
             _W.status == WebhookEventStatus.PENDING.value,
+            # An early duplicate job does not jump the backoff (2 s of slack for clocks).
+            _W.next_attempt_at <= now + timedelta(seconds=2),
             or_(_W.locked_until.is_(None), _W.locked_until < now),
         )
         .values(locked_until=until)
@@ -415,13 +417,15 @@ async def list_webhook_attempts(
     return result.scalars().all()
 
 
-async def overdue_webhook_events(session: AsyncSession, due_before: datetime) -> list[str]:
+async def overdue_webhook_events(
+    session: AsyncSession, due_before: datetime
+) -> list[tuple[str, datetime]]:
     now = utcnow()
     result = await session.execute(
-        select(_W.id).where(
+        select(_W.id, _W.next_attempt_at).where(
             _W.status == WebhookEventStatus.PENDING.value,
             _W.next_attempt_at < due_before,
             or_(_W.locked_until.is_(None), _W.locked_until < now),
         )
     )
-    return [row[0] for row in result.all()]
+    return [(row[0], row[1]) for row in result.all()]

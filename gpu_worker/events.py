@@ -13,15 +13,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+PING_S = 10.0
+DEAD_S = 30.0
 RESYNC: dict[str, Any] = {"resync": True}
 
 
@@ -45,6 +47,9 @@ class Broker:
                 await self._task
 
     async def _run(self) -> None:
+        """Listen until stopped, whatever happens: a lost or half-open connection is
+        replaced (pinged every PING_S; silence for DEAD_S means dead), a bad message is
+        dropped, and subscribers re-read the database after a reconnect."""
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -53,15 +58,33 @@ class Broker:
                     # Reconnected: whatever was published meanwhile is lost to us.
                     self._broadcast(RESYNC)
                 self.ready.set()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._fan_out(json.loads(message["data"]))
-            except (RedisError, OSError):
+                heard = pinged = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            self._deliver(message["data"])
+                    if now - heard > DEAD_S:
+                        raise ConnectionError("no answer to pings: reconnecting")
+                    if now - pinged > PING_S:
+                        await pubsub.ping()
+                        pinged = now
+            except asyncio.CancelledError:
+                raise
+            except Exception:
                 log.warning("event stream lost; reconnecting", exc_info=True)
                 await asyncio.sleep(1)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+    def _deliver(self, data: bytes | str) -> None:
+        try:
+            self._fan_out(json.loads(data))
+        except Exception:
+            log.exception("dropped a malformed event message")
 
     def _fan_out(self, message: dict[str, Any]) -> None:
         snapshot = message.get("snapshot") or {}

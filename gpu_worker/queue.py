@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -87,12 +87,10 @@ class Keys:
     def timings(self) -> str:
         return f"{self.queue_name}:timings"
 
-    def worker(self, worker_id: str) -> str:
-        return f"{self.queue_name}:worker:{worker_id}"
-
     @property
-    def workers_pattern(self) -> str:
-        return f"{self.queue_name}:worker:*"
+    def workers(self) -> str:
+        """Sorted set: worker id → last heartbeat (Unix seconds)."""
+        return f"{self.queue_name}:workers"
 
 
 def size_key(version: str, width: int, height: int) -> str:
@@ -131,14 +129,14 @@ class Dispatcher:
             message = {"snapshot": event.snapshot, "live": event.live}
             await self.pool.publish(self.keys.events, json.dumps(message, separators=(",", ":")))
         elif isinstance(event, WebhookQueued):
-            # A fresh job id per attempt: a duplicate (sweeper, redelivery) is harmless,
-            # since an attempt first leases the event.
+            # One job per event and due time: a duplicate enqueue of the same attempt
+            # collapses; the attempt itself leases the event, so even two jobs send once.
             await self.pool.enqueue_job(
                 DELIVER_WEBHOOK,
                 event.event_id,
-                _job_id=f"webhook:{event.event_id}:{secrets.token_hex(4)}",
+                _job_id=f"webhook:{event.event_id}:{int(event.due.timestamp() * 1000)}",
                 _queue_name=self.keys.webhooks,
-                _defer_until=event.not_before,
+                _defer_until=event.due,
             )
         elif isinstance(event, GenerationCancelled):
             jid = job_id(event.generation_id)
@@ -177,10 +175,8 @@ class Timings:
         return [None if v is None else float(v) for v in values]
 
     async def workers(self) -> int:
-        count = 0
-        async for _ in self.redis.scan_iter(match=self.keys.workers_pattern, count=100):
-            count += 1
-        return count
+        """Workers that sent a heartbeat within the last WORKER_TTL_S."""
+        return int(await self.redis.zcount(self.keys.workers, time.time() - WORKER_TTL_S, "+inf"))
 
 
 class QueueInspector:

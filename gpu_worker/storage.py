@@ -24,6 +24,8 @@ def check_key(key: str) -> str:
 class Storage(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    async def delete(self, key: str) -> None: ...
+
     def url(self, key: str) -> str: ...
 
     def local_path(self, key: str) -> Path | None:
@@ -51,6 +53,9 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread((self.root / check_key(key)).unlink, missing_ok=True)
 
     def url(self, key: str) -> str:
         return f"{self.public_base}/files/{check_key(key)}"

@@ -127,21 +127,30 @@ async def send(
     request_headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
     extensions = {"sni_hostname": host} if scheme == "https" else {}
     try:
-        async with httpx.AsyncClient(
-            follow_redirects=False, timeout=timeout_s, trust_env=False
-        ) as client:
-            response = await client.post(
+        # One deadline for the whole exchange (httpx's timeouts are per read: a receiver
+        # dripping bytes would never trip them), and at most 1 KiB of the answer is read.
+        async with (
+            asyncio.timeout(timeout_s),
+            httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False) as client,
+            client.stream(
+                "POST",
                 _pinned_url(url, addresses[0], port),
                 content=body.encode(),
                 headers=request_headers,
                 extensions=extensions,
-            )
-    except httpx.TimeoutException:
+            ) as response,
+        ):
+            head = b""
+            async for chunk in response.aiter_raw():
+                head += chunk
+                if len(head) >= webhooks.MAX_RESPONSE_BODY:
+                    break
+    except (TimeoutError, httpx.TimeoutException):
         return outcome(success=False, retryable=True, error=f"timed out after {timeout_s:g}s")
     except httpx.HTTPError as exc:
         return outcome(success=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
     code = response.status_code
-    text = response.text[: webhooks.MAX_RESPONSE_BODY]
+    text = head[: webhooks.MAX_RESPONSE_BODY].decode("utf-8", errors="replace")
     if 200 <= code < 300:
         return outcome(success=True, retryable=False, status_code=code, response_body=text)
     if 300 <= code < 400:
@@ -210,9 +219,7 @@ async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
     """Re-enqueue pending events whose delivery job was lost (e.g. Redis restarted)."""
     state: WebhookState = ctx["webhook_state"]
     async with unit_of_work(state.sessions) as uow:
-        overdue = await webhooks.overdue(uow.session, older_than=OVERDUE_AFTER)
-        for event_id in overdue:
-            webhooks.requeue(uow, event_id)
+        overdue = await webhooks.requeue_overdue(uow, older_than=OVERDUE_AFTER)
     await state.dispatcher.dispatch(uow.events)
     return overdue
 

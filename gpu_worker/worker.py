@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -92,13 +93,18 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
     """Announce this worker (ETAs divide the queue among the live workers)."""
-    key = keys.worker(uuid.uuid4().hex)
+    worker_id = uuid.uuid4().hex
     try:
         while True:
-            await redis.set(key, b"1", ex=WORKER_TTL_S)
+            now = time.time()
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(keys.workers, {worker_id: now})
+                pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * WORKER_TTL_S)
+                await pipe.execute()
             await asyncio.sleep(WORKER_TTL_S / 3)
     finally:
-        await redis.delete(key)
+        with contextlib.suppress(RedisError, OSError):
+            await redis.zrem(keys.workers, worker_id)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -221,16 +227,21 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     except Exception:
         log.exception("generation %s failed", generation_id)
     else:
-        async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
-            done = await generations.complete(
-                uow,
-                generation_id,
-                image_key=key,
-                metadata=metadata,
-                image_url=state.storage.url(key),
-            )
+        try:
+            async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+                done = await generations.complete(
+                    uow,
+                    generation_id,
+                    image_key=key,
+                    metadata=metadata,
+                    image_url=state.storage.url(key),
+                )
+        except BaseException:
+            await state.storage.delete(key)
+            raise
         await state.dispatcher.dispatch(uow.events)
         if done is None:
+            await state.storage.delete(key)
             return "skipped: no longer processing"
         with contextlib.suppress(RedisError, OSError):  # measurements are best effort
             await Timings(state.dispatcher.pool, state.settings.queue_name).record(
@@ -266,8 +277,12 @@ async def _render(
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-    # The key is the job id: a second run overwrites the same file.
-    key = f"{generation.id}.png"
+    if live.cancelled.is_set():
+        raise Interrupted  # cancelled after the last step: nothing is stored
+    # An unguessable name per run, made public (written to the job) only by complete():
+    # a run that does not complete the job deletes its file, so a job cancelled or failed
+    # while its image was being encoded never leaves a free image behind.
+    key = f"{generation.id}-{secrets.token_hex(8)}.png"
     await state.storage.put(key, rendered.png, "image/png")
     metadata = {
         **generation.meta,

@@ -65,12 +65,15 @@ class Context:
     connection_params: dict[str, Any] | None = None
     # Where the X-RateLimit-* headers of an HTTP response are read from (request.state).
     state: Any = None
+    # A websocket's context lives as long as the connection: its key is checked again on
+    # every operation, so a revoked key stops working on open sockets too.
+    websocket: bool = False
     _caller: accounts.Caller | None = field(default=None, repr=False)
 
     async def caller(self) -> accounts.Caller:
         """The authenticated caller, looked up once per request (or websocket connection);
         raises UNAUTHENTICATED."""
-        if self._caller is None:
+        if self._caller is None or self.websocket:
             async with self.services.sessions() as session:
                 caller = await accounts.authenticate(
                     session, self.api_key or key_from_params(self.connection_params),

@@ -15,8 +15,9 @@ from schema.types import Generation
 
 # While queued, a job's position moves without any event of its own: recheck this often.
 QUEUED_RECHECK_S = 1.0
-# Otherwise, re-read the job this often in case an event was lost.
-IDLE_RECHECK_S = 15.0
+# Otherwise, re-read the job (and re-check the caller's key) this often, in case an event
+# was lost or the key was revoked.
+IDLE_RECHECK_S = 5.0
 
 
 async def present(
@@ -59,6 +60,7 @@ async def follow(
                 message = None
             if message is None or "snapshot" not in message:
                 # A recheck, or the stream reconnected: the database has the truth.
+                await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
                 async with ctx.read() as session:
                     latest = await generations.get(session, account_id, generation_id)
                 live: dict[str, Any] = {}
@@ -87,7 +89,11 @@ async def follow_account(ctx: Context, account_id: uuid.UUID) -> AsyncIterator[G
     revisions: dict[str, int] = {}
     with ctx.services.broker.listen(account_id=str(account_id)) as events:
         while True:
-            message = await events.get()
+            try:
+                message = await asyncio.wait_for(events.get(), IDLE_RECHECK_S)
+            except TimeoutError:
+                await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
+                continue
             if "snapshot" not in message:
                 continue  # a reconnect: nothing to re-read for a whole account
             g = models.from_snapshot(message["snapshot"])

@@ -1,10 +1,10 @@
 """Requests per minute, per account, in Redis (the ``limits`` library's moving window), so
 the limit holds across every API process.
 
-What counts: each authenticated GraphQL operation or REST call counts 1; an operation
-with work-creating fields (``generate``, ``generateImage``) counts 1 per such field,
-aliases included, so aliasing cannot multiply the work of one request. An operation that
-would exceed the limit is refused whole, before any field runs, and costs nothing.
+What counts: each authenticated GraphQL query, subscription or REST call counts 1; a
+mutation counts 1 per root field, aliases included, so aliasing cannot multiply the work
+of one request. An operation that would exceed the limit is refused whole, before any
+field runs, and costs nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     InlineFragmentNode,
+    OperationType,
     SelectionSetNode,
 )
 from graphql.utilities import get_operation_ast
@@ -31,8 +32,6 @@ from redis.asyncio import Redis
 from strawberry.extensions import SchemaExtension
 
 from billing.errors import FluxgateError, RateLimited
-
-WORK_FIELDS = frozenset({"generate", "generateImage"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +99,12 @@ class RequestLimiter:
         )
 
 
-def work_fields(document: DocumentNode, operation_name: str | None) -> int:
-    """How many work-creating fields the operation selects at its root, through aliases,
-    inline fragments and fragment spreads (each fragment visited once)."""
+def operation_cost(document: DocumentNode, operation_name: str | None) -> int:
+    """1 for a query or subscription; for a mutation, the number of root fields it selects
+    through aliases, inline fragments and fragment spreads (each fragment counted once)."""
     operation = get_operation_ast(document, operation_name)
-    if operation is None:
-        return 0
+    if operation is None or operation.operation != OperationType.MUTATION:
+        return 1
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
@@ -115,7 +114,7 @@ def work_fields(document: DocumentNode, operation_name: str | None) -> int:
         total = 0
         for node in selection_set.selections:
             if isinstance(node, FieldNode):
-                total += node.name.value in WORK_FIELDS
+                total += not node.name.value.startswith("__")
             elif isinstance(node, InlineFragmentNode):
                 total += count(node.selection_set)
             elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
@@ -125,7 +124,7 @@ def work_fields(document: DocumentNode, operation_name: str | None) -> int:
                     total += count(fragment.selection_set)
         return total
 
-    return count(operation.selection_set)
+    return max(1, count(operation.selection_set))
 
 
 class RequestRateLimit(SchemaExtension):
@@ -142,7 +141,7 @@ class RequestRateLimit(SchemaExtension):
         document = self.execution_context.graphql_document
         cost = 1
         if document is not None:
-            cost = max(1, work_fields(document, self.execution_context.operation_name))
+            cost = operation_cost(document, self.execution_context.operation_name)
         limits = context.services.plans.limits(caller.account.plan, caller.account.limit_overrides)
         status = await context.services.limiter.hit(
             caller.account.id, limits.requests_per_minute, cost
@@ -152,10 +151,14 @@ class RequestRateLimit(SchemaExtension):
             return
         context.rate = status
         if not status.allowed:
-            raise RateLimited(
-                "rate",
-                status.retry_after,
-                f"Rate limit of {status.limit} requests per minute reached"
-                + (f" (this operation counts {cost})" if cost > 1 else ""),
-            )
+            if cost > status.limit:
+                message = (
+                    f"This operation counts {cost} requests and can never fit in the limit "
+                    f"of {status.limit} per minute; send fewer fields at a time"
+                )
+            else:
+                message = f"Rate limit of {status.limit} requests per minute reached" + (
+                    f" (this operation counts {cost})" if cost > 1 else ""
+                )
+            raise RateLimited("rate", status.retry_after, message)
         yield

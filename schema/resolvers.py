@@ -17,6 +17,7 @@ from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInp
 from schema.live import follow, follow_account, present
 from schema.types import (
     Account,
+    AccountPlan,
     ApiKey,
     Generation,
     GenerationPage,
@@ -185,7 +186,8 @@ class Mutation:
         account_id: strawberry.ID,
         plan: str | None = None,
         overrides: LimitOverridesInput | None = None,
-    ) -> Account:
+    ) -> AccountPlan:
+        # Not an Account: an admin changes plans, and sees no other account's secrets.
         caller = await info.context.caller()
         if not caller.account.is_admin:
             raise Forbidden("Only an admin account may change plans")
@@ -197,7 +199,10 @@ class Mutation:
                 overrides=overrides.to_dict() if overrides is not None else None,
                 plans=info.context.services.plans,
             )
-        return _account(info.context, account)
+        limits = _account(info.context, account).limits
+        return AccountPlan(
+            account_id=strawberry.ID(str(account.id)), plan=account.plan, limits=limits
+        )
 
     @strawberry.mutation(
         description="Replace the webhook signing secret. The old one keeps signing (as a "

@@ -152,6 +152,13 @@ class Limits:
     jobs_per_day: int | None
 
 
+@strawberry.type(description="An account's plan and limits, as an admin sees them.")
+class AccountPlan:
+    account_id: strawberry.ID
+    plan: str
+    limits: Limits
+
+
 @strawberry.type(description="An API key (the secret itself is shown only at creation).")
 class ApiKey:
     id: strawberry.ID

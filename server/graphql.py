@@ -18,12 +18,16 @@ from server.auth import api_key_from, idempotency_key_from
 
 
 def build_context(conn: Request | WebSocket, services: Services) -> Context:
-    return Context(
-        services=services,
-        api_key=api_key_from(conn),
-        idempotency_key=idempotency_key_from(conn),
-        state=conn.state if isinstance(conn, Request) else None,
-    )
+    if isinstance(conn, Request):
+        return Context(
+            services=services,
+            api_key=api_key_from(conn),
+            idempotency_key=idempotency_key_from(conn),
+            state=conn.state,
+        )
+    # A websocket's handshake headers would apply to every operation on it: an
+    # Idempotency-Key there would make every generate on the socket the same job.
+    return Context(services=services, api_key=api_key_from(conn), websocket=True)
 
 
 class GraphQLApp(GraphQL[Context, None]):

@@ -81,6 +81,8 @@ async def _execute(
             {"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500), headers=headers
         )
     data = result.data or {}
+    if "cancelGeneration" in data:
+        return JSONResponse({"data": data})
     # Seed 001 shows both the accepted and the completed job under "generateImage".
     return JSONResponse({"data": {"generateImage": next(iter(data.values()))}})
 

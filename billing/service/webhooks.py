@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing import keys
 from billing import repository as repo
 from billing.db import UnitOfWork, WebhookQueued
-from billing.errors import BadUserInput, NotFound
+from billing.errors import BadUserInput, Conflict, NotFound
 from billing.models import (
     Account,
     Generation,
@@ -92,6 +92,7 @@ async def record(
         return
     event_id = "msg_" + secrets.token_hex(12)
     body = json.dumps(payload(generation, event, image_url), separators=(",", ":"))
+    now = utcnow()
     inserted = await repo.insert_webhook_event(
         uow.session,
         {
@@ -103,12 +104,12 @@ async def record(
             "body": body,
             "status": WebhookEventStatus.PENDING.value,
             "attempts": 0,
-            "next_attempt_at": utcnow(),
-            "created_at": utcnow(),
+            "next_attempt_at": now,
+            "created_at": now,
         },
     )
     if inserted:
-        uow.emit(WebhookQueued(event_id))
+        uow.emit(WebhookQueued(event_id, due=now))
 
 
 def progress_marks(before: int, after: int) -> list[int]:
@@ -190,8 +191,8 @@ async def record_attempt(
     else:
         values |= {"status": WebhookEventStatus.FAILED.value, "next_attempt_at": None}
     updated = await repo.update_webhook_event(uow.session, event.id, values)
-    if updated.status == WebhookEventStatus.PENDING.value:
-        uow.emit(WebhookQueued(event.id, not_before=updated.next_attempt_at))
+    if updated.status == WebhookEventStatus.PENDING.value and updated.next_attempt_at:
+        uow.emit(WebhookQueued(event.id, due=updated.next_attempt_at))
     return updated
 
 
@@ -200,13 +201,17 @@ async def redeliver(uow: UnitOfWork, account_id: uuid.UUID, event_id: str) -> We
     event = await repo.get_webhook_event(uow.session, event_id)
     if event is None or event.account_id != account_id:
         raise NotFound("Webhook event")
+    now = utcnow()
+    if event.locked_until is not None and event.locked_until > now:
+        # An attempt is in flight; it would overwrite the redelivery's state.
+        raise Conflict("This event is being delivered right now; retry in a minute")
     updated = await repo.update_webhook_event(
         uow.session,
         event_id,
         {"status": WebhookEventStatus.PENDING.value, "attempts": 0, "locked_until": None,
-         "next_attempt_at": utcnow()},
+         "next_attempt_at": now},
     )  # fmt: skip
-    uow.emit(WebhookQueued(event_id))
+    uow.emit(WebhookQueued(event_id, due=now))
     return updated
 
 
@@ -248,10 +253,11 @@ async def rotate_secret(uow: UnitOfWork, account_id: uuid.UUID, grace: timedelta
     return account
 
 
-def requeue(uow: UnitOfWork, event_id: str) -> None:
-    uow.emit(WebhookQueued(event_id))
-
-
-async def overdue(session: AsyncSession, *, older_than: timedelta) -> list[str]:
-    """Pending events whose attempt is overdue and unclaimed: their queued job was lost."""
-    return await repo.overdue_webhook_events(session, utcnow() - older_than)
+async def requeue_overdue(uow: UnitOfWork, *, older_than: timedelta) -> list[str]:
+    """Queue again the pending events whose attempt is overdue and unclaimed: their job
+    was lost. The job id is derived from the due time, so where the job still exists the
+    new one collapses into it."""
+    overdue = await repo.overdue_webhook_events(uow.session, utcnow() - older_than)
+    for event_id, due in overdue:
+        uow.emit(WebhookQueued(event_id, due=due))
+    return [event_id for event_id, _ in overdue]

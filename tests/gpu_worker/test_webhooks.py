@@ -4,6 +4,7 @@ GPU worker and webhook worker, real Redis and Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -55,6 +56,17 @@ class Receiver:
                 if step[0] == "hang":
                     time.sleep(step[1])
                     step = (200, {}, b"late")
+                if step[0] == "drip":  # headers at once, then one byte every 0.2 s
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    deadline = time.monotonic() + step[1]
+                    with contextlib.suppress(OSError):
+                        while time.monotonic() < deadline:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    return
                 status, headers, payload = step
                 self.send_response(status)
                 for name, value in headers.items():
@@ -242,6 +254,19 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
     assert second["success"]
 
 
+async def test_one_deadline_for_the_whole_exchange(receiver: Receiver) -> None:
+    """A receiver that answers at once but drips its body never trips a per-read timeout;
+    the attempt still ends at the deadline, and a huge answer is not read past 1 KiB."""
+    receiver.plan = [("drip", 4), (200, {}, b"y" * 5_000_000)]
+    policy = AddressPolicy.parse("127.0.0.1")
+    started = time.monotonic()
+    dripping = await send(receiver.url, "{}", {}, policy, 1.0)
+    assert dripping.error == "timed out after 1s" and dripping.retryable
+    assert time.monotonic() - started < 2
+    huge = await send(receiver.url, "{}", {}, policy, 5.0)
+    assert huge.success and huge.response_body == "y" * 1024
+
+
 async def test_gone_stops_and_429_honours_retry_after(
     http: httpx.AsyncClient, gpu: ThreadedWorker, hook_settings: Settings,
     account: TestAccount, receiver: Receiver,
@@ -421,7 +446,11 @@ async def test_ssrf_guard_refuses_private_targets(
             [delivery] = await deliveries(client, account, job, until="failed")
         assert final["status"] == "completed"
         [attempt] = delivery["attempts"]
-        assert "refused" in attempt["error"] and "not a public address" in attempt["error"]
+        assert (
+            "refused" in attempt["error"]
+            and "does not resolve to a public address" in attempt["error"]
+        )
+        assert "127.0.0.1" not in attempt["error"]  # no map of internal names
         outcome = await send(url, "{}", {}, AddressPolicy(), 1.0)
         assert outcome.error and outcome.error.startswith("refused")
         await asyncio.sleep(0.3)

@@ -143,8 +143,10 @@ async def test_job_run_twice_is_charged_once(
     assert third == "skipped: already finished"
     done = await fetch(sessions, g.id)
     assert done.status == "completed"
-    assert done.image_key == f"{g.id}.png"
+    assert done.image_key is not None and done.image_key.startswith(f"{g.id}-")
     assert (settings.storage_dir / done.image_key).stat().st_size > 0
+    # The losing run left no second image behind.
+    assert [p.name for p in settings.storage_dir.glob(f"{g.id}-*")] == [done.image_key]
     assert await settle_entries(sessions, g) == ["reserve", "capture"]
     cached, summed = await audit(sessions, account.id)
     assert cached == summed

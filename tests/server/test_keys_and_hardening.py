@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -177,3 +178,28 @@ async def test_introspection_can_be_switched_off(settings: Settings, account: Te
         assert any("introspection" in e["message"].lower() for e in errors)
         ok, _ = timed(c, {"query": "{ me { id } }"}, account.api_key)
         assert "errors" not in ok.json()
+
+
+async def test_a_revoked_key_ends_open_subscriptions(api: str, account: TestAccount) -> None:
+    from tests.wsclient import TRANSPORT_WS, GraphQLWebSocket, SubscriptionError
+
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        new = (await gql(client, CREATE, {"name": "ws"}, key=account.api_key))["data"]
+        secret, key_id = new["createApiKey"]["secret"], new["createApiKey"]["key"]["id"]
+        async with GraphQLWebSocket(api, TRANSPORT_WS, {"apiKey": secret}) as ws:
+            await ws.subscribe("subscription { generationsUpdated { id } }")
+            await asyncio.sleep(0.3)
+            await gql(client, REVOKE, {"id": key_id}, key=account.api_key)
+            started = time.monotonic()
+            try:
+                await ws.next(timeout=15)
+                raise AssertionError("the subscription went on after the revocation")
+            except SubscriptionError as ended:
+                assert ended.payload[0]["extensions"]["code"] == "UNAUTHENTICATED"
+            assert time.monotonic() - started < 8
+            # And nothing new runs on that socket either.
+            second = await ws.subscribe("subscription { generationsUpdated { id } }")
+            while (message := await ws.receive(timeout=5))["id"] != second:
+                assert message["type"] == "complete"  # the first operation's end
+            [error] = message["payload"]["errors"]
+            assert error["extensions"]["code"] == "UNAUTHENTICATED"

@@ -226,7 +226,7 @@ async def test_cancel_queued_and_processing(
             f"/v1/text_to_image/{waiting}/cancel", headers={"X-API-Key": payer.api_key}
         )
         assert queued.status_code == 200
-        assert queued.json()["data"]["generateImage"]["status"] == "cancelled"
+        assert queued.json()["data"]["cancelGeneration"]["status"] == "cancelled"
         cancelled_at = time.monotonic()
         cancel_sent = datetime.now(UTC)
         body = await gql(http, CANCEL, {"id": running}, key=payer.api_key)
@@ -256,6 +256,7 @@ async def test_cancel_queued_and_processing(
     assert result is not None and result.result == STOPPED
     assert (result.finish_time - cancel_sent).total_seconds() < 2 * STEP_SECONDS + 0.5
     assert stopped.image_key is None
+    assert not list(live_settings.storage_dir.glob(f"{running}*"))  # no image to fetch
     assert skipped.status == "cancelled" and skipped.attempts == 0 and skipped.started_at is None
     assert time.monotonic() - cancelled_at < 30
 
