@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from billing.catalog import Catalog  # noqa: E402
 from billing.db import make_engine, make_sessionmaker  # noqa: E402
 from billing.migrate import drop_database, upgrade  # noqa: E402
+from billing.plans import default_plan_book  # noqa: E402
 from billing.service import accounts  # noqa: E402
 from gpu_worker.pipeline import PipelineRunner, RenderJob  # noqa: E402
 
@@ -63,12 +64,17 @@ async def reset_database() -> None:
 async def make_key(credits: int) -> str:
     engine = make_engine(DB_URL, pool_size=1, max_overflow=0)
     async with make_sessionmaker(engine)() as session:
-        _, key = await accounts.create_account(
+        account, key = await accounts.create_account(
             session,
             email=f"bench-{time.time_ns()}@example.com",
             plan="enterprise",
             credits=credits,
             pepper=SECRET.encode(),
+        )
+        # Unmetered: the benchmark measures the server, not the plan's limits.
+        unlimited = {"requests_per_minute": None, "concurrent_jobs": None, "jobs_per_day": None}
+        await accounts.set_plan(
+            session, account.id, plan=None, overrides=unlimited, plans=default_plan_book()
         )
         await session.commit()
     await engine.dispose()
