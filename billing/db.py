@@ -65,7 +65,17 @@ class WebhookQueued:
     due: datetime
 
 
-Event = GenerationAccepted | GenerationUpdated | GenerationCancelled | WebhookQueued
+@dataclass(frozen=True, slots=True)
+class StripeEventReceived:
+    """A verified Stripe event was stored: apply it in a job."""
+
+    event_id: str
+
+
+Event = (
+    GenerationAccepted | GenerationUpdated | GenerationCancelled | WebhookQueued
+    | StripeEventReceived
+)  # fmt: skip
 
 
 @dataclass

@@ -63,6 +63,7 @@ class LedgerKind(StrEnum):
     RESERVE = "reserve"
     CAPTURE = "capture"
     RELEASE = "release"
+    REVERSAL = "reversal"
 
 
 class Account(SQLModel, table=True):
@@ -244,3 +245,36 @@ class WebhookAttempt(SQLModel, table=True):
     response_body: str | None = Field(default=None, sa_type=Text)
     error: str | None = Field(default=None, sa_type=Text)
     success: bool = False
+
+
+class StripeEvent(SQLModel, table=True):
+    """The inbox of verified Stripe webhook events: stored once by id, applied by a job."""
+
+    __tablename__ = "stripe_events"
+
+    id: str = Field(primary_key=True, max_length=255, description="Stripe's event id.")
+    type: str = Field(max_length=100)
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    received_at: datetime = _ts()
+    handled_at: datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, sa_type=Text)
+
+
+class Payment(SQLModel, table=True):
+    """A paid Checkout Session and what it bought; refunds are reversed against it."""
+
+    __tablename__ = "payments"
+
+    checkout_session_id: str = Field(primary_key=True, max_length=255)
+    payment_intent: str | None = Field(default=None, max_length=255, index=True)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", index=True)
+    pack: str = Field(max_length=64)
+    credits: int = Field(description="Credits granted for this payment.")
+    amount: int = Field(description="Amount paid, in the currency's smallest unit.")
+    currency: str = Field(max_length=8)
+    refunded_amount: int = 0
+    credits_reversed: int = 0
+    reversal_shortfall: int = Field(
+        default=0, description="Refunded credits that were already spent (not reversible)."
+    )
+    created_at: datetime = _ts()

@@ -18,6 +18,8 @@ from billing.models import (
     GenerationStatus,
     LedgerEntry,
     LedgerKind,
+    Payment,
+    StripeEvent,
     WebhookAttempt,
     WebhookEvent,
     WebhookEventStatus,
@@ -429,3 +431,56 @@ async def overdue_webhook_events(
         )
     )
     return [(row[0], row[1]) for row in result.all()]
+
+
+# --- payments ------------------------------------------------------------------------
+
+
+async def lock_available(session: AsyncSession, account_id: uuid.UUID) -> int:
+    """The available balance, with the account row locked until commit."""
+    result = await session.execute(
+        select(_A.credits_available).where(_A.id == account_id).with_for_update()
+    )
+    return int(result.scalar_one())
+
+
+async def insert_stripe_event(
+    session: AsyncSession, *, event_id: str, type: str, payload: dict[str, Any]
+) -> bool:
+    result = await session.execute(
+        insert(StripeEvent)
+        .values(id=event_id, type=type, payload=payload, received_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(StripeEvent.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    return result.first() is not None
+
+
+async def lock_stripe_event(session: AsyncSession, event_id: str) -> StripeEvent | None:
+    result = await session.execute(
+        select(StripeEvent)
+        .where(StripeEvent.__table__.c.id == event_id)  # type: ignore[attr-defined]
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def insert_payment(session: AsyncSession, payment: Payment) -> None:
+    values = payment.model_dump()
+    await session.execute(
+        insert(Payment)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["checkout_session_id"])
+    )
+
+
+async def lock_payment_by_intent(session: AsyncSession, intent: str) -> Payment | None:
+    table = Payment.__table__.c  # type: ignore[attr-defined]
+    result = await session.execute(
+        select(Payment)
+        .where(table.payment_intent == intent)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()

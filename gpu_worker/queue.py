@@ -23,6 +23,7 @@ from billing.db import (
     GenerationAccepted,
     GenerationCancelled,
     GenerationUpdated,
+    StripeEventReceived,
     WebhookQueued,
 )
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RUN_GENERATION = "run_generation"
 DELIVER_WEBHOOK = "deliver_webhook"
+APPLY_STRIPE_EVENT = "apply_stripe_event"
 CANCEL_TTL_S = 24 * 3600
 WORKER_TTL_S = 30
 _EWMA = 0.3  # weight of the newest measurement
@@ -137,6 +139,13 @@ class Dispatcher:
                 _job_id=f"webhook:{event.event_id}:{int(event.due.timestamp() * 1000)}",
                 _queue_name=self.keys.webhooks,
                 _defer_until=event.due,
+            )
+        elif isinstance(event, StripeEventReceived):
+            await self.pool.enqueue_job(
+                APPLY_STRIPE_EVENT,
+                event.event_id,
+                _job_id=f"stripe:{event.event_id}",
+                _queue_name=self.keys.webhooks,
             )
         elif isinstance(event, GenerationCancelled):
             jid = job_id(event.generation_id)

@@ -30,9 +30,11 @@ from standardwebhooks.webhooks import Webhook
 
 from billing.db import make_engine, make_sessionmaker, unit_of_work
 from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
-from billing.service import webhooks
+from billing.packs import default_packs
+from billing.service import payments, webhooks
 from billing.service.webhooks import Outcome
 from gpu_worker.queue import (
+    APPLY_STRIPE_EVENT,
     DELIVER_WEBHOOK,
     Dispatcher,
     Keys,
@@ -215,6 +217,13 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
     return updated.status
 
 
+async def apply_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
+    """Apply a stored Stripe event (the inbox's job; at least once, applied once)."""
+    state: WebhookState = ctx["webhook_state"]
+    async with unit_of_work(state.sessions) as uow:
+        return await payments.apply(uow, event_id, default_packs())
+
+
 async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
     """Re-enqueue pending events whose delivery job was lost (e.g. Redis restarted)."""
     state: WebhookState = ctx["webhook_state"]
@@ -237,6 +246,7 @@ def build_webhook_worker(
                 timeout=settings.webhook_timeout_s + LEASE_MARGIN_S,
                 max_tries=3,
             ),
+            func(apply_stripe_event, name=APPLY_STRIPE_EVENT, timeout=60, max_tries=10),
         ],
         "cron_jobs": [cron(requeue_overdue, second=30, run_at_startup=True, unique=True)],
         "redis_settings": redis_settings(settings.redis_url),

@@ -13,14 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing.catalog import Catalog
 from billing.db import UnitOfWork, unit_of_work
 from billing.netguard import AddressPolicy
+from billing.packs import PackList
 from billing.plans import PlanBook
 from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
+from billing.stripe_client import StripeGateway
 from gpu_worker.events import Broker
 from gpu_worker.queue import Dispatcher, QueueInspector
 from gpu_worker.storage import Storage
 from schema.ratelimit import RateStatus, RequestLimiter
+
+
+@dataclass(frozen=True)
+class Payments:
+    """Stripe, when configured (``gateway`` is None when purchases are off)."""
+
+    gateway: StripeGateway | None
+    webhook_secrets: list[str]
+    success_url: str
+    cancel_url: str
 
 
 @dataclass
@@ -40,6 +52,8 @@ class Services:
     webhook_grace: timedelta
     plans: PlanBook
     limiter: RequestLimiter
+    packs: PackList
+    payments: Payments
 
 
 def key_from_params(params: dict[str, Any] | None) -> str | None:

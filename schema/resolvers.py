@@ -19,6 +19,8 @@ from schema.types import (
     Account,
     AccountPlan,
     ApiKey,
+    CheckoutSession,
+    CreditPack,
     Generation,
     GenerationPage,
     NewApiKey,
@@ -72,6 +74,17 @@ class Query:
         async with info.context.read() as session:
             account = await accounts.get_account(session, caller.account.id)
         return _account(info.context, account)
+
+    @strawberry.field(description="Credit packs for sale (empty list: purchases are off).")
+    async def credit_packs(self, info: Ctx) -> list[CreditPack]:
+        await info.context.caller()
+        if info.context.services.payments.gateway is None:
+            return []
+        return [
+            CreditPack(id=strawberry.ID(p.id), name=p.name, credits=p.credits, price=p.price,
+                       currency=p.currency)
+            for p in info.context.services.packs.packs
+        ]  # fmt: skip
 
     @strawberry.field(description="The caller's API keys, revoked ones included.")
     async def api_keys(self, info: Ctx) -> list[ApiKey]:
@@ -153,6 +166,26 @@ class Mutation:
         async with info.context.transaction() as uow:
             g = await generations.cancel(uow, caller.account.id, str(id))
         return await present(info.context, g)
+
+    @strawberry.mutation(
+        description="Start buying a credit pack: a Stripe Checkout Session to send the buyer "
+        "to. The credits are granted when Stripe reports the payment."
+    )
+    async def create_checkout_session(self, info: Ctx, pack_id: strawberry.ID) -> CheckoutSession:
+        caller = await info.context.caller()
+        payments = info.context.services.payments
+        if payments.gateway is None:
+            raise Forbidden("Purchases are off: this deployment has no Stripe account")
+        pack = info.context.services.packs.get(str(pack_id))
+        key = info.context.idempotency_key or uuid.uuid4().hex
+        session = await payments.gateway.create_checkout(
+            account_id=caller.account.id,
+            pack=pack,
+            success_url=payments.success_url,
+            cancel_url=payments.cancel_url,
+            idempotency_key=f"checkout:{caller.account.id}:{pack.id}:{key}",
+        )
+        return CheckoutSession(id=strawberry.ID(session.id), url=session.url)
 
     @strawberry.mutation(description="Create an API key; its secret is returned only now.")
     async def create_api_key(self, info: Ctx, name: str = "default") -> NewApiKey:

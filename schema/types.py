@@ -152,6 +152,21 @@ class Limits:
     jobs_per_day: int | None
 
 
+@strawberry.type(description="Credits for sale through Stripe Checkout.")
+class CreditPack:
+    id: strawberry.ID
+    name: str
+    credits: int
+    price: int = strawberry.field(description="In the currency's smallest unit (cents).")
+    currency: str
+
+
+@strawberry.type(description="A Stripe Checkout Session: send the buyer to `url`.")
+class CheckoutSession:
+    id: strawberry.ID
+    url: str
+
+
 @strawberry.type(description="An account's plan and limits, as an admin sees them.")
 class AccountPlan:
     account_id: strawberry.ID

@@ -16,16 +16,19 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from billing.catalog import Catalog
-from billing.db import make_engine, make_sessionmaker
+from billing.db import make_engine, make_sessionmaker, unit_of_work
 from billing.netguard import AddressPolicy
+from billing.packs import default_packs
 from billing.plans import default_plan_book
 from billing.pricing import default_price_table
 from billing.requests import Limits
+from billing.service import payments
+from billing.stripe_client import StripeGateway
 from gpu_worker import queue
 from gpu_worker.events import Broker
 from gpu_worker.storage import LocalStorage
 from schema import Hardening, build_schema
-from schema.context import Services
+from schema.context import Payments, Services
 from schema.ratelimit import RequestLimiter
 from server import rest
 from server.graphql import GraphQLApp
@@ -42,6 +45,23 @@ async def files(request: Request) -> Response:
         return JSONResponse({"errors": [{"message": "Not found"}]}, status_code=404)
     # Keys are unguessable job ids and files never change once written.
     return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def stripe_webhook(request: Request) -> JSONResponse:
+    """Verify, store once, acknowledge; a job applies it (billing/service/payments.py)."""
+    services: Services = request.app.state.services
+    try:
+        event = payments.verify(
+            await request.body(),
+            request.headers.get("stripe-signature"),
+            services.payments.webhook_secrets,
+        )
+    except payments.InvalidSignature as exc:
+        return rest.error_response(400, exc.code.value, exc.message, field=exc.field)
+    async with unit_of_work(services.sessions) as uow:
+        new = await payments.receive(uow, event)
+    await services.dispatcher.dispatch(uow.events)
+    return JSONResponse({"received": True, "duplicate": not new})
 
 
 async def health(request: Request) -> JSONResponse:
@@ -88,6 +108,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             webhook_grace=timedelta(seconds=settings.webhook_secret_grace_s),
             plans=default_plan_book(),
             limiter=RequestLimiter(pool, settings.queue_name),
+            packs=default_packs(),
+            payments=Payments(
+                gateway=StripeGateway(
+                    settings.stripe_api_key.get_secret_value(), settings.stripe_api_base
+                )
+                if settings.stripe_api_key
+                else None,
+                webhook_secrets=settings.stripe_webhook_secrets,
+                success_url=settings.checkout_success_url
+                or f"{settings.public_base}/dashboard?checkout=success",
+                cancel_url=settings.checkout_cancel_url
+                or f"{settings.public_base}/dashboard?checkout=cancelled",
+            ),
         )
         try:
             yield
@@ -112,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/text_to_image/{id}", rest.get_text_to_image, methods=["GET"]),
         Route("/v1/text_to_image/{id}/cancel", rest.cancel_text_to_image, methods=["POST"]),
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
+        Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
     ]
     app = Starlette(

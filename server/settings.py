@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     webhook_secret_grace_s: int = Field(default=86400, ge=0)
     webhook_concurrency: int = Field(default=50, ge=1)
 
+    # Stripe. Without an API key purchases are off (the rest works). The webhook secret
+    # may list several, comma-separated, while one is being rolled.
+    stripe_api_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    checkout_success_url: str | None = None
+    checkout_cancel_url: str | None = None
+
     # GraphQL hardening.
     graphql_introspection: bool = True
     graphql_max_depth: int = Field(default=10, ge=2)
@@ -97,6 +105,11 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return self.public_url.rstrip("/")
+
+    @property
+    def stripe_webhook_secrets(self) -> list[str]:
+        raw = self.stripe_webhook_secret.get_secret_value() if self.stripe_webhook_secret else ""
+        return [s.strip() for s in raw.split(",") if s.strip()]
 
     @property
     def webhook_schedule(self) -> list[float]:

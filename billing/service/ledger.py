@@ -3,6 +3,7 @@ updated in the same transaction as each entry (checked by :func:`audit`).
 
 Movement         available   reserved   key
 grant N          +N          0          grant:<external id>
+reversal N       -N          0          reversal:<payment>:<refunded amount>
 reserve job      -cost       +cost      reserve:<job>
 capture job      0           -cost      settle:<job>
 release job      +cost       -cost      settle:<job>
@@ -97,6 +98,33 @@ async def settle(
     if inserted:
         await repo.adjust_balance(session, account_id, available_delta, -cost)
     return inserted
+
+
+async def reverse(
+    session: AsyncSession, account_id: uuid.UUID, credits: int, *, reference: str, note: str
+) -> int:
+    """Take back up to ``credits`` of the available balance (a refund), once per
+    ``reference``. Returns what was taken: never more than is available, since the
+    balance cannot go negative."""
+    if credits <= 0:
+        return 0
+    available = await repo.lock_available(session, account_id)
+    taken = min(credits, available)
+    if taken == 0:
+        return 0
+    inserted = await repo.insert_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.REVERSAL,
+        available_delta=-taken,
+        reserved_delta=0,
+        movement_key=f"reversal:{reference}",
+        note=note,
+    )
+    if not inserted:
+        return 0
+    await repo.adjust_balance(session, account_id, -taken, 0)
+    return taken
 
 
 async def balance(session: AsyncSession, account_id: uuid.UUID) -> Balance:
