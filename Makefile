@@ -12,7 +12,8 @@ setup:
 run: setup
 	@deploy/run.sh
 
-test: setup
+test:
+	@FLUXGATE_SETUP_BROWSER=1 deploy/setup.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

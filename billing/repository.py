@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
@@ -95,6 +95,16 @@ async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey
         select(ApiKey, Account)
         .join(Account, _A.id == _K.account_id)
         .where(_K.key_hash == key_hash, _K.revoked_at.is_(None))
+    )
+    row = result.first()
+    return None if row is None else (row[0], row[1])
+
+
+async def get_active_key(session: AsyncSession, key_id: uuid.UUID) -> tuple[ApiKey, Account] | None:
+    result = await session.execute(
+        select(ApiKey, Account)
+        .join(Account, _A.id == _K.account_id)
+        .where(_K.id == key_id, _K.revoked_at.is_(None))
     )
     row = result.first()
     return None if row is None else (row[0], row[1])
@@ -484,3 +494,51 @@ async def lock_payment_by_intent(session: AsyncSession, intent: str) -> Payment 
         .execution_options(populate_existing=True)
     )
     return result.scalars().first()
+
+
+# --- reports -------------------------------------------------------------------------
+
+
+async def ledger_page(
+    session: AsyncSession, account_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[Sequence[LedgerEntry], int]:
+    """Newest first, and the total count."""
+    total = await session.execute(
+        select(func.count()).select_from(LedgerEntry).where(_L.account_id == account_id)
+    )
+    rows = await session.execute(
+        select(LedgerEntry)
+        .where(_L.account_id == account_id)
+        .order_by(_L.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return rows.scalars().all(), int(total.scalar_one())
+
+
+async def credits_spent_by_day(
+    session: AsyncSession, account_id: uuid.UUID, since: datetime
+) -> dict[date, int]:
+    day = func.date(func.timezone("UTC", _L.created_at))
+    result = await session.execute(
+        select(day, func.sum(-_L.reserved_delta))
+        .where(
+            _L.account_id == account_id,
+            _L.kind == LedgerKind.CAPTURE.value,
+            _L.created_at >= since,
+        )
+        .group_by(day)
+    )
+    return {row[0]: int(row[1]) for row in result.all()}
+
+
+async def jobs_by_day(
+    session: AsyncSession, account_id: uuid.UUID, since: datetime
+) -> dict[date, int]:
+    day = func.date(func.timezone("UTC", _G.created_at))
+    result = await session.execute(
+        select(day, func.count())
+        .where(_G.account_id == account_id, _G.created_at >= since)
+        .group_by(day)
+    )
+    return {row[0]: int(row[1]) for row in result.all()}

@@ -79,6 +79,13 @@ if ! redis_up; then
   redis_up || die "Redis did not come up. Start it (redis-server --daemonize yes) or set FLUXGATE_REDIS_URL."
 fi
 
+# --- browser for the dashboard's tests (make test) -----------------------------------------
+if [ "${FLUXGATE_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  say "installing Debian's chromium for the browser tests"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || die "The browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium"
+fi
+
 # --- 3. database and migrations ----------------------------------------------------------
 if [ "${FLUXGATE_SKIP_MIGRATE:-0}" != 1 ]; then
   "$VENV/bin/fluxgate" db upgrade >/dev/null

@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,7 +31,7 @@ from gpu_worker.storage import LocalStorage
 from schema import Hardening, build_schema
 from schema.context import Payments, Services
 from schema.ratelimit import RequestLimiter
-from server import rest
+from server import dashboard, rest
 from server.graphql import GraphQLApp
 from server.middleware import BodySizeLimit, RateLimitHeaders
 from server.settings import Settings, get_settings
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        *dashboard.routes,
     ]
     app = Starlette(
         routes=routes,
@@ -155,6 +157,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
             Middleware(RateLimitHeaders),
+            Middleware(
+                SessionMiddleware,
+                secret_key=settings.secret_key.get_secret_value(),
+                session_cookie="fluxgate_dashboard",
+                path="/dashboard",
+                same_site="strict",
+                https_only=settings.public_url.startswith("https://"),
+                max_age=8 * 3600,
+            ),
         ],
     )
     app.state.schema = schema

@@ -76,6 +76,15 @@ async def create_account(
     return account, new_key
 
 
+async def resume(session: AsyncSession, account_id: uuid.UUID, key_id: uuid.UUID) -> Caller | None:
+    """A dashboard session's caller, if the key it signed in with is still valid (a revoked
+    key ends its sessions too)."""
+    found = await repo.get_active_key(session, key_id)
+    if found is None or found[1].id != account_id:
+        return None
+    return Caller(account=found[1], api_key_id=found[0].id)
+
+
 async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes) -> Caller:
     if not secret or not keys.is_well_formed(secret):
         raise Unauthenticated()
