@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,37 @@ async def _caller(request: Request) -> accounts.Caller | None:
     return caller
 
 
+SignedIn = Callable[[Request, accounts.Caller], Awaitable[Response]]
+Posted = Callable[[Request, accounts.Caller, dict[str, Any]], Awaitable[Response]]
+
+
+def signed_in(handler: SignedIn) -> Callable[[Request], Awaitable[Response]]:
+    """A page for a signed-in account; others are sent to sign in."""
+
+    async def page(request: Request) -> Response:
+        caller = await _caller(request)
+        if caller is None:
+            return _to_login()
+        return await handler(request, caller)
+
+    return page
+
+
+def posted(handler: Posted) -> Callable[[Request], Awaitable[Response]]:
+    """A state-changing form of a signed-in account, with its CSRF token checked."""
+
+    async def action(request: Request) -> Response:
+        caller = await _caller(request)
+        if caller is None:
+            return _to_login()
+        form = await _form(request)
+        if isinstance(form, Response):
+            return form
+        return await handler(request, caller, form)
+
+    return action
+
+
 def _render(
     request: Request, template: str, caller: accounts.Caller | None, **context: Any
 ) -> Response:
@@ -115,10 +147,8 @@ async def logout(request: Request) -> Response:
     return _to_login()
 
 
-async def overview(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def overview(request: Request, caller: accounts.Caller) -> Response:
     services = _services(request)
     async with services.sessions() as session:
         account = await accounts.get_account(session, caller.account.id)
@@ -136,10 +166,8 @@ async def overview(request: Request) -> Response:
     )  # fmt: skip
 
 
-async def ledger_page(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def ledger_page(request: Request, caller: accounts.Caller) -> Response:
     try:
         page = int(request.query_params.get("page", "1"))
     except ValueError:
@@ -149,10 +177,8 @@ async def ledger_page(request: Request) -> Response:
     return _render(request, "ledger.html", caller, page="ledger", history=history)
 
 
-async def job_page(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def job_page(request: Request, caller: accounts.Caller) -> Response:
     services = _services(request)
     try:
         async with services.sessions() as session:
@@ -163,10 +189,8 @@ async def job_page(request: Request) -> Response:
     return _render(request, "job.html", caller, page="ledger", job=job, url=url)
 
 
-async def billing_page(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def billing_page(request: Request, caller: accounts.Caller) -> Response:
     services = _services(request)
     return _render(
         request, "billing.html", caller, page="billing",
@@ -174,13 +198,8 @@ async def billing_page(request: Request) -> Response:
     )  # fmt: skip
 
 
-async def checkout(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+@posted
+async def checkout(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
     payments = _services(request).payments
     if payments.gateway is None:
         return RedirectResponse(f"{HOME}/billing", status_code=303)
@@ -196,23 +215,16 @@ async def checkout(request: Request) -> Response:
     return RedirectResponse(session.url, status_code=303)
 
 
-async def keys_page(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def keys_page(request: Request, caller: accounts.Caller) -> Response:
     async with _services(request).sessions() as session:
         keys = await accounts.list_keys(session, caller.account.id)
     new_secret = request.session.pop("new_secret", None)
     return _render(request, "keys.html", caller, page="keys", keys=keys, new_secret=new_secret)
 
 
-async def create_key(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+@posted
+async def create_key(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
     name = str(form.get("name", "default")).strip()[:100] or "default"
     services = _services(request)
     async with services.sessions() as session:
@@ -223,13 +235,8 @@ async def create_key(request: Request) -> Response:
     return RedirectResponse(f"{HOME}/keys", status_code=303)
 
 
-async def revoke_key(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+@posted
+async def revoke_key(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
     try:
         key_id = uuid.UUID(request.path_params["key_id"])
         async with _services(request).sessions() as session:
@@ -242,10 +249,8 @@ async def revoke_key(request: Request) -> Response:
     return RedirectResponse(f"{HOME}/keys", status_code=303)
 
 
-async def webhooks_page(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
+@signed_in
+async def webhooks_page(request: Request, caller: accounts.Caller) -> Response:
     async with _services(request).sessions() as session:
         account = await accounts.get_account(session, caller.account.id)
         deliveries = await webhooks.list_deliveries(
@@ -255,13 +260,10 @@ async def webhooks_page(request: Request) -> Response:
                    account=account)  # fmt: skip
 
 
-async def rotate_secret(request: Request) -> Response:
-    caller = await _caller(request)
-    if caller is None:
-        return _to_login()
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+@posted
+async def rotate_secret(
+    request: Request, caller: accounts.Caller, form: dict[str, Any]
+) -> Response:
     from billing.db import unit_of_work
 
     services = _services(request)
