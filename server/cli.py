@@ -153,19 +153,14 @@ def account_create(
         typer.echo(f"API key (shown once): {data['api_key']}")
 
 
-def _resolve_account(session: Any, account: str) -> Awaitable[Any]:
-    from billing import repository as repo
+async def _resolve_account(session: Any, account: str) -> Any:
+    from billing.errors import NotFound
+    from billing.service import accounts
 
-    async def find() -> Any:
-        try:
-            found = await repo.get_account(session, uuid.UUID(account))
-        except ValueError:
-            found = await repo.get_account_by_email(session, account.strip().lower())
-        if found is None:
-            raise _fail(f"no account {account}")
-        return found
-
-    return find()
+    try:
+        return await accounts.find_account(session, account)
+    except NotFound:
+        raise _fail(f"no account {account}") from None
 
 
 def _limit_option(value: str | None, name: str) -> dict[str, int | None]:
@@ -313,8 +308,7 @@ def dev_bootstrap(
     credits: int = 10_000,
 ) -> None:
     """Make sure a development account exists and print its key (for `make run`)."""
-    from billing import repository as repo
-    from billing.errors import Unauthenticated
+    from billing.errors import NotFound, Unauthenticated
     from billing.service import accounts
 
     saved: dict[str, Any] | None = None
@@ -328,13 +322,13 @@ def dev_bootstrap(
                 return saved
             except Unauthenticated:
                 pass  # another database, or the key was revoked: make a new one
-        existing = await repo.get_account_by_email(session, email)
-        if existing is None:
+        try:
+            account = await accounts.find_account(session, email)
+        except NotFound:
             account, key = await accounts.create_account(
                 session, email=email, plan="pro", credits=credits, pepper=_pepper()
             )
         else:
-            account = existing
             key = await accounts.create_key(session, account.id, _pepper(), name="dev")
         return _account_json(account, key)
 

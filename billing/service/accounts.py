@@ -134,6 +134,17 @@ async def set_plan(
     return account
 
 
+async def find_account(session: AsyncSession, id_or_email: str) -> Account:
+    """An account by its id or its email (operator tools)."""
+    try:
+        found = await repo.get_account(session, uuid.UUID(id_or_email))
+    except ValueError:
+        found = await repo.get_account_by_email(session, id_or_email.strip().lower())
+    if found is None:
+        raise NotFound("Account")
+    return found
+
+
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
     account = await repo.get_account(session, account_id)
     if account is None:
