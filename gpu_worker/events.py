@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,8 +32,8 @@ class Broker:
     def __init__(self, redis: Redis, channel: str) -> None:
         self.redis = redis
         self.channel = channel
-        self._by_job: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
-        self._by_account: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._by_job: dict[str, set[Mailbox]] = {}
+        self._by_account: dict[str, set[Mailbox]] = {}
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -92,23 +93,23 @@ class Broker:
             str(snapshot.get("account_id")), set()
         )
         for queue in targets:
-            _put(queue, message)
+            queue.put(message)
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         for queues in (*self._by_job.values(), *self._by_account.values()):
             for queue in queues:
-                _put(queue, message)
+                queue.put(message)
 
     @contextlib.contextmanager
     def listen(
         self, *, generation_id: str | None = None, account_id: str | None = None
-    ) -> Iterator[asyncio.Queue[dict[str, Any]]]:
+    ) -> Iterator[Mailbox]:
         """A queue of the messages about one job or one account, while in the block."""
         index, key = (
             (self._by_job, generation_id) if generation_id else (self._by_account, account_id)
         )
         assert key, "listen to a job or an account"
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        queue = Mailbox()
         index.setdefault(key, set()).add(queue)
         try:
             yield queue
@@ -120,10 +121,35 @@ class Broker:
                     del index[key]
 
 
-def _put(queue: asyncio.Queue[dict[str, Any]], message: dict[str, Any]) -> None:
-    """Never block the fan-out on a slow subscriber: drop its oldest message instead.
-    Messages are whole snapshots, so a dropped one is superseded by a later one."""
-    if queue.full():
-        with contextlib.suppress(asyncio.QueueEmpty):
-            queue.get_nowait()
-    queue.put_nowait(message)
+_FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _is_final(message: dict[str, Any]) -> bool:
+    return (message.get("snapshot") or {}).get("status") in _FINAL
+
+
+class Mailbox:
+    """A subscriber's bounded inbox. The fan-out never blocks on a slow subscriber: when
+    the box is full, the oldest message that is not a final state is dropped (messages are
+    whole snapshots, so a later one supersedes it), and a job's final state is kept."""
+
+    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._items: deque[dict[str, Any]] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, message: dict[str, Any]) -> None:
+        if len(self._items) >= self.maxsize:
+            victim = next((m for m in self._items if not _is_final(m)), self._items[0])
+            self._items.remove(victim)
+        self._items.append(message)
+        self._ready.set()
+
+    async def get(self) -> dict[str, Any]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
