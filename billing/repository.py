@@ -466,6 +466,23 @@ async def insert_stripe_event(
     return result.first() is not None
 
 
+async def stripe_event_handled(session: AsyncSession, event_id: str) -> bool:
+    table = StripeEvent.__table__.c  # type: ignore[attr-defined]
+    result = await session.execute(select(table.handled_at).where(table.id == event_id))
+    return result.scalar_one_or_none() is not None
+
+
+async def unhandled_stripe_events(session: AsyncSession, received_before: datetime) -> list[str]:
+    table = StripeEvent.__table__.c  # type: ignore[attr-defined]
+    result = await session.execute(
+        select(table.id)
+        .where(table.handled_at.is_(None), table.received_at < received_before)
+        .order_by(table.received_at)
+        .limit(1000)
+    )
+    return [row[0] for row in result.all()]
+
+
 async def lock_stripe_event(session: AsyncSession, event_id: str) -> StripeEvent | None:
     result = await session.execute(
         select(StripeEvent)

@@ -40,7 +40,11 @@ class StripeGateway:
         params: SessionCreateParams = {
             "mode": "payment",
             "client_reference_id": str(account_id),
-            "metadata": {"pack": pack.id, "account_id": str(account_id)},
+            "metadata": {
+                "pack": pack.id,
+                "credits": str(pack.credits),
+                "account_id": str(account_id),
+            },
             "line_items": [
                 {
                     "quantity": 1,

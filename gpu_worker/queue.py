@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -141,10 +142,12 @@ class Dispatcher:
                 _defer_until=event.due,
             )
         elif isinstance(event, StripeEventReceived):
+            # A fresh job id each time: arq keeps a finished job's id for an hour, and a
+            # requeue must not be refused. Applying locks the event, so duplicates are no-ops.
             await self.pool.enqueue_job(
                 APPLY_STRIPE_EVENT,
                 event.event_id,
-                _job_id=f"stripe:{event.event_id}",
+                _job_id=f"stripe:{event.event_id}:{secrets.token_hex(4)}",
                 _queue_name=self.keys.webhooks,
             )
         elif isinstance(event, GenerationCancelled):

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from arq import cron
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "Fluxgate-Webhooks/1.0"
 LEASE_MARGIN_S = 30
 OVERDUE_AFTER = timedelta(minutes=2)
+STRIPE_RETRY_S = 10
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -218,10 +220,30 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
 
 
 async def apply_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
-    """Apply a stored Stripe event (the inbox's job; at least once, applied once)."""
+    """Apply a stored Stripe event (the inbox's job; at least once, applied once). What
+    cannot be applied yet, or fails on a passing store error, is retried; the inbox
+    sweeper catches whatever is still unapplied after that."""
+    state: WebhookState = ctx["webhook_state"]
+    try:
+        async with unit_of_work(state.sessions) as uow:
+            return await payments.apply(uow, event_id, default_packs())
+    except payments.NotYet as exc:
+        log.info("stripe event %s: %s; retrying", event_id, exc)
+        raise Retry(defer=STRIPE_RETRY_S) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("stripe event %s: store error, retrying: %s", event_id, exc)
+        raise Retry(defer=STRIPE_RETRY_S) from exc
+
+
+async def requeue_stripe_inbox(ctx: dict[str, Any]) -> list[str]:
+    """Queue again the Stripe events stored but still not applied (their job was lost,
+    or ran out of retries while waiting on a payment)."""
     state: WebhookState = ctx["webhook_state"]
     async with unit_of_work(state.sessions) as uow:
-        return await payments.apply(uow, event_id, default_packs())
+        pending = await payments.unapplied(uow.session, older_than=OVERDUE_AFTER)
+        payments.requeue(uow, pending)
+    await state.dispatcher.dispatch(uow.events)
+    return pending
 
 
 async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
@@ -248,7 +270,10 @@ def build_webhook_worker(
             ),
             func(apply_stripe_event, name=APPLY_STRIPE_EVENT, timeout=60, max_tries=10),
         ],
-        "cron_jobs": [cron(requeue_overdue, second=30, run_at_startup=True, unique=True)],
+        "cron_jobs": [
+            cron(requeue_overdue, second=30, run_at_startup=True, unique=True),
+            cron(requeue_stripe_inbox, second=45, run_at_startup=True, unique=True),
+        ],
         "redis_settings": redis_settings(settings.redis_url),
         "queue_name": Keys(settings.queue_name).webhooks,
         "on_startup": startup,

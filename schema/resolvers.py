@@ -11,7 +11,7 @@ from strawberry.types import Info
 from billing import models
 from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
-from billing.service import accounts, generations, ledger, webhooks
+from billing.service import accounts, generations, ledger, payments, webhooks
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
 from schema.live import follow, follow_account, present
@@ -173,17 +173,15 @@ class Mutation:
     )
     async def create_checkout_session(self, info: Ctx, pack_id: strawberry.ID) -> CheckoutSession:
         caller = await info.context.caller()
-        payments = info.context.services.payments
-        if payments.gateway is None:
-            raise Forbidden("Purchases are off: this deployment has no Stripe account")
-        pack = info.context.services.packs.get(str(pack_id))
-        key = info.context.idempotency_key or uuid.uuid4().hex
-        session = await payments.gateway.create_checkout(
+        stripe = info.context.services.payments
+        session = await payments.create_checkout(
+            stripe.gateway,
+            info.context.services.packs,
             account_id=caller.account.id,
-            pack=pack,
-            success_url=payments.success_url,
-            cancel_url=payments.cancel_url,
-            idempotency_key=f"checkout:{caller.account.id}:{pack.id}:{key}",
+            pack_id=str(pack_id),
+            success_url=stripe.success_url,
+            cancel_url=stripe.cancel_url,
+            nonce=info.context.idempotency_key or uuid.uuid4().hex,
         )
         return CheckoutSession(id=strawberry.ID(session.id), url=session.url)
 

@@ -3,6 +3,8 @@ resource (nothing connects at import time)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,7 +161,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(RateLimitHeaders),
             Middleware(
                 SessionMiddleware,
-                secret_key=settings.secret_key.get_secret_value(),
+                # Its own key, derived: the API-key pepper is never a cookie-signing key.
+                secret_key=hmac.new(
+                    settings.secret_key.get_secret_value().encode(),
+                    b"dashboard-session",
+                    hashlib.sha256,
+                ).hexdigest(),
                 session_cookie="fluxgate_dashboard",
                 path="/dashboard",
                 same_site="strict",

@@ -10,6 +10,7 @@ state-changing form carries the session's CSRF token.
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,10 +24,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from billing.errors import FluxgateError
-from billing.service import accounts, generations, ledger, reports, webhooks
+from billing.service import accounts, generations, ledger, payments, reports, webhooks
 from schema.context import Services
 from server.auth import api_key_from
 
+log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 HOME = "/dashboard"
 
@@ -102,12 +104,15 @@ def _render(
     request: Request, template: str, caller: accounts.Caller | None, **context: Any
 ) -> Response:
     flash = request.session.pop("flash", None)
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request,
         template,
         {"account": caller.account if caller else None, "csrf_token": csrf_token(request),
          "flash": flash, **context},
     )  # fmt: skip
+    # Pages show balances, keys and secrets: never from a cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _to_login() -> Response:
@@ -190,11 +195,24 @@ async def job_page(request: Request, caller: accounts.Caller) -> Response:
 
 
 @signed_in
+async def payment_page(request: Request, caller: accounts.Caller) -> Response:
+    async with _services(request).sessions() as session:
+        try:
+            payment = await payments.get_payment(
+                session, caller.account.id, request.path_params["id"]
+            )
+        except FluxgateError:
+            return Response("Not found", status_code=404)
+    return _render(request, "payment.html", caller, page="ledger", payment=payment)
+
+
+@signed_in
 async def billing_page(request: Request, caller: accounts.Caller) -> Response:
     services = _services(request)
     return _render(
         request, "billing.html", caller, page="billing",
         purchases=services.payments.gateway is not None, packs=services.packs.packs,
+        nonce=secrets.token_hex(12),
     )  # fmt: skip
 
 
@@ -215,12 +233,15 @@ async def checkout(request: Request, caller: accounts.Caller, form: dict[str, An
     return RedirectResponse(session.url, status_code=303)
 
 
-@signed_in
-async def keys_page(request: Request, caller: accounts.Caller) -> Response:
+async def _keys(request: Request, caller: accounts.Caller, new_secret: str | None) -> Response:
     async with _services(request).sessions() as session:
         keys = await accounts.list_keys(session, caller.account.id)
-    new_secret = request.session.pop("new_secret", None)
     return _render(request, "keys.html", caller, page="keys", keys=keys, new_secret=new_secret)
+
+
+@signed_in
+async def keys_page(request: Request, caller: accounts.Caller) -> Response:
+    return await _keys(request, caller, None)
 
 
 @posted
@@ -230,9 +251,8 @@ async def create_key(request: Request, caller: accounts.Caller, form: dict[str, 
     async with services.sessions() as session:
         new = await accounts.create_key(session, caller.account.id, services.pepper, name=name)
         await session.commit()
-    # Shown once, on the next page: kept in the signed session cookie until then.
-    request.session["new_secret"] = new.secret
-    return RedirectResponse(f"{HOME}/keys", status_code=303)
+    # Shown once, in this response only (never stored, never in the cookie).
+    return await _keys(request, caller, new.secret)
 
 
 @posted
@@ -283,6 +303,7 @@ routes: list[BaseRoute] = [
     Route(f"{HOME}/logout", logout, methods=["POST"]),
     Route(f"{HOME}/ledger", ledger_page, methods=["GET"]),
     Route(f"{HOME}/jobs/{{id}}", job_page, methods=["GET"]),
+    Route(f"{HOME}/payments/{{id}}", payment_page, methods=["GET"]),
     Route(f"{HOME}/billing", billing_page, methods=["GET"]),
     Route(f"{HOME}/billing/checkout", checkout, methods=["POST"]),
     Route(f"{HOME}/keys", keys_page, methods=["GET"]),

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = 20
 
     @model_validator(mode="after")
+    def _stripe_needs_its_webhook_secret(self) -> Settings:
+        # Payments without their webhook would be charged and never credited.
+        if self.stripe_api_key and not self.stripe_webhook_secrets:
+            raise ValueError("FLUXGATE_STRIPE_API_KEY needs FLUXGATE_STRIPE_WEBHOOK_SECRET")
+        return self
+
+    @model_validator(mode="after")
     def _valid_schedule(self) -> Settings:
         try:
             delays = self.webhook_schedule

@@ -12,9 +12,12 @@ is recorded on the payment as ``reversal_shortfall`` for the operator to settle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import stripe
@@ -22,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
 from billing.db import StripeEventReceived, UnitOfWork
-from billing.errors import BadUserInput
+from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.models import Payment, utcnow
 from billing.packs import PackList
 from billing.service import ledger
+from billing.stripe_client import CheckoutSession, StripeGateway
 
 SIGNATURE_TOLERANCE_S = 300
 
@@ -55,17 +59,26 @@ def verify(payload: bytes, signature: str | None, secrets: Sequence[str]) -> dic
 
 
 async def receive(uow: UnitOfWork, event: dict[str, Any]) -> bool:
-    """Store a verified event once. True if it is new (and queued to be applied)."""
+    """Store a verified event once and queue it to be applied. True if it is new. A
+    redelivery of an event not yet applied queues it again (its first job may be lost)."""
     inserted = await repo.insert_stripe_event(
         uow.session, event_id=event["id"], type=str(event.get("type", "")), payload=event
     )
-    if inserted:
+    if inserted or not await repo.stripe_event_handled(uow.session, event["id"]):
         uow.emit(StripeEventReceived(event["id"]))
     return inserted
 
 
+class NotYet(Exception):  # a signal to retry later, not an error
+    """The event cannot be applied yet (a refund whose payment is not recorded yet)."""
+
+
 async def apply(uow: UnitOfWork, event_id: str, packs: PackList) -> str:
-    """Apply a stored event once (its row is locked; ``handled_at`` marks it done)."""
+    """Apply a stored event once (its row is locked; ``handled_at`` marks it done).
+
+    Raises :class:`NotYet` when it must be tried again later; the event stays unhandled
+    and the inbox sweeper queues it again.
+    """
     event = await repo.lock_stripe_event(uow.session, event_id)
     if event is None or event.handled_at is not None:
         return "skipped"
@@ -83,13 +96,30 @@ async def apply(uow: UnitOfWork, event_id: str, packs: PackList) -> str:
     return outcome
 
 
+async def unapplied(session: AsyncSession, *, older_than: timedelta) -> list[str]:
+    """Stored events still not applied after ``older_than``: their job was lost or is
+    waiting on something (the inbox sweeper queues them again)."""
+    return await repo.unhandled_stripe_events(session, utcnow() - older_than)
+
+
+def requeue(uow: UnitOfWork, event_ids: Sequence[str]) -> None:
+    for event_id in event_ids:
+        uow.emit(StripeEventReceived(event_id))
+
+
 async def _fulfil(session: AsyncSession, checkout: dict[str, Any], packs: PackList) -> str:
     session_id = str(checkout.get("id") or "")
+    metadata = checkout.get("metadata") or {}
     try:
         account_id = uuid.UUID(str(checkout.get("client_reference_id")))
-        pack = packs.get(str((checkout.get("metadata") or {}).get("pack")), "metadata.pack")
+        pack = packs.get(str(metadata.get("pack")), "metadata.pack")
     except (ValueError, BadUserInput):
         return f"error: checkout session {session_id} names no account or pack"
+    # The credits the session was created for (set by us, signed by Stripe) win over the
+    # current table: a pack edited while a payment was pending does not change the sale.
+    with contextlib.suppress(TypeError, ValueError):
+        if int(metadata.get("credits", 0)) > 0:
+            pack = replace(pack, credits=int(metadata["credits"]))
     if await repo.get_account(session, account_id) is None:
         return f"error: checkout session {session_id} names an unknown account"
     await repo.insert_payment(
@@ -113,9 +143,12 @@ async def _fulfil(session: AsyncSession, checkout: dict[str, Any], packs: PackLi
 
 async def _reverse(session: AsyncSession, charge: dict[str, Any]) -> str:
     intent = charge.get("payment_intent")
-    payment = await repo.lock_payment_by_intent(session, str(intent)) if intent else None
+    if not intent:
+        return "error: refund without a payment intent"
+    payment = await repo.lock_payment_by_intent(session, str(intent))
     if payment is None:
-        return "error: refund of an unknown payment"
+        # Its payment event may not be applied yet (events are applied in parallel).
+        raise NotYet(f"payment {intent} not recorded yet")
     refunded = min(int(charge.get("amount_refunded") or 0), payment.amount)
     if refunded <= payment.refunded_amount:
         return "nothing new refunded"
@@ -133,3 +166,34 @@ async def _reverse(session: AsyncSession, charge: dict[str, Any]) -> str:
     return f"reversed {taken}" + (
         f", {to_reverse - taken} already spent" if taken < to_reverse else ""
     )
+
+
+async def create_checkout(
+    gateway: StripeGateway | None,
+    packs: PackList,
+    *,
+    account_id: uuid.UUID,
+    pack_id: str,
+    success_url: str,
+    cancel_url: str,
+    nonce: str,
+) -> CheckoutSession:
+    """A Checkout Session for a pack, for the GraphQL mutation and the dashboard alike.
+    ``nonce`` identifies the buyer's attempt: retrying it creates one session."""
+    if gateway is None:
+        raise Forbidden("Purchases are off: this deployment has no Stripe account")
+    pack = packs.get(pack_id)
+    return await gateway.create_checkout(
+        account_id=account_id,
+        pack=pack,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        idempotency_key=f"checkout:{account_id}:{pack.id}:{nonce}",
+    )
+
+
+async def get_payment(session: AsyncSession, account_id: uuid.UUID, session_id: str) -> Payment:
+    payment = await session.get(Payment, session_id)
+    if payment is None or payment.account_id != account_id:
+        raise NotFound("Payment")
+    return payment

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -89,8 +90,14 @@ def local_stripe() -> Iterator[LocalStripe]:
     stub.close()
 
 
+@dataclass(frozen=True)
+class Shop:
+    url: str
+    settings: Settings
+
+
 @pytest.fixture(scope="module")
-def shop(settings: Settings, local_stripe: LocalStripe, database: str) -> Iterator[str]:
+def shop(settings: Settings, local_stripe: LocalStripe, database: str) -> Iterator[Shop]:
     port = free_port()
     own = settings.model_copy(
         update={
@@ -103,7 +110,7 @@ def shop(settings: Settings, local_stripe: LocalStripe, database: str) -> Iterat
         }
     )
     with ThreadedServer(own, port) as server, ThreadedWorker(own, build=build_webhook_worker):
-        yield server.url
+        yield Shop(url=server.url, settings=own)
 
 
 def signed(event: dict[str, Any], secret: str = SECRET, at: int | None = None) -> tuple[bytes, str]:
@@ -148,8 +155,8 @@ async def wait_for_available(
 
 
 @pytest.fixture
-async def http(shop: str) -> Any:
-    async with httpx.AsyncClient(base_url=shop, timeout=30) as client:
+async def http(shop: Shop) -> Any:
+    async with httpx.AsyncClient(base_url=shop.url, timeout=30) as client:
         yield client
 
 
@@ -166,6 +173,8 @@ async def test_checkout_goes_through_the_sdk(
     session = first["data"]["createCheckoutSession"]
     assert session["url"].startswith("https://checkout.stripe.test/") and session["id"]
     assert again["data"]["createCheckoutSession"] == session  # one session per retried call
+    keys = [r["headers"]["Idempotency-Key"] for r in local_stripe.requests[-2:]]
+    assert keys[0] == keys[1] and str(account.id) in keys[0]
     request = local_stripe.requests[-1]
     form = request["form"]
     assert form["client_reference_id"] == str(account.id)
@@ -222,6 +231,13 @@ async def test_bad_or_stale_signatures_are_refused(
     assert (await post_event(http, stale_payload, stale_sig)).status_code == 400
     await asyncio.sleep(0.5)
     assert (await audit(sessions, buyer.id))[0].available == 0
+    async with sessions() as s:  # nothing was even stored
+        stored = await s.execute(
+            select(StripeEvent).where(
+                StripeEvent.payload["data"]["object"]["client_reference_id"].astext == str(buyer.id)
+            )
+        )
+        assert stored.scalars().all() == []
 
 
 async def test_async_payments_unknown_events_and_refunds(
@@ -284,3 +300,55 @@ async def test_purchases_are_off_without_stripe(
         "/webhooks/stripe", content=payload, headers={"Stripe-Signature": signature}
     )
     assert response.status_code == 400
+
+
+async def test_a_refund_that_arrives_before_its_payment_waits_for_it(
+    http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    buyer = await create_account(sessions, settings, credits=0)
+    paid = checkout_completed(buyer)
+    session_id = paid["data"]["object"]["id"]
+    refund = {"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded",
+              "data": {"object": {"id": "ch_2", "payment_intent": f"pi_{session_id}",
+                                  "amount_refunded": 100}}}  # fmt: skip
+    await post_event(http, *signed(refund))
+    await asyncio.sleep(1)
+    await post_event(http, *signed(paid))
+    # The payment is applied, then the refund on its retry: 500 - 100 credits.
+    deadline = time.monotonic() + 30
+    while (await audit(sessions, buyer.id))[0].available != 400:
+        assert time.monotonic() < deadline, await audit(sessions, buyer.id)
+        await asyncio.sleep(0.2)
+
+
+async def test_the_inbox_sweeper_applies_events_whose_job_was_lost(
+    shop: Shop, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from billing.models import utcnow
+    from gpu_worker import queue
+    from gpu_worker.webhooks import requeue_stripe_inbox, shutdown, startup
+
+    buyer = await create_account(sessions, settings, credits=0)
+    event = checkout_completed(buyer)
+    async with sessions() as s:  # stored by the endpoint, but its job never ran
+        await repo.insert_stripe_event(s, event_id=event["id"], type=event["type"], payload=event)
+        await s.execute(
+            update(StripeEvent)
+            .where(StripeEvent.id == event["id"])
+            .values(received_at=utcnow() - timedelta(minutes=5))
+        )
+        await s.commit()
+    own = shop.settings
+    pool = await queue.connect(own.redis_url, own.queue_name)
+    ctx: dict[str, Any] = {"settings": own, "redis": pool}
+    await startup(ctx)
+    try:
+        assert event["id"] in await requeue_stripe_inbox(ctx)
+    finally:
+        await shutdown(ctx)
+        await pool.aclose(close_connection_pool=True)
+    await wait_for_available(sessions, buyer, 500)
