@@ -2,8 +2,8 @@
 settles the credits, and sweeps jobs whose worker vanished.
 
 arq runs a job *at least* once. Every step here is safe to repeat: claiming the job is a
-conditional state change, the image key is the job id, and settlement is keyed per job
-in the ledger, so a job run twice is charged once.
+conditional state change, a run that does not complete the job deletes its image, and
+settlement is keyed per job in the ledger, so a job run twice is charged once.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class WorkerState:
     runner: PipelineRunner
     storage: Storage
     dispatcher: Dispatcher
+    timings: Timings
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -87,6 +88,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         runner=runner,
         storage=LocalStorage(settings.storage_dir, settings.public_base),
         dispatcher=Dispatcher(redis, settings.queue_name),
+        timings=Timings(redis, settings.queue_name),
     )
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
 
@@ -157,9 +159,7 @@ class _Live:
         redis = self.state.dispatcher.pool
         cancel_key = self.state.dispatcher.keys.cancel(self.generation.id)
         with contextlib.suppress(RedisError, OSError):
-            [self._previous_per_step] = await Timings(redis, self.state.settings.queue_name).get(
-                f"step:{self.size}"
-            )
+            [self._previous_per_step] = await self.state.timings.get(f"step:{self.size}")
         while True:
             await asyncio.sleep(self.state.settings.progress_interval_s)
             try:
@@ -182,8 +182,11 @@ class _Live:
             live["eta_seconds"] = round((total - step) * per_step, 2)
         if self.preview is not None:
             live["preview"] = "data:image/png;base64," + base64.b64encode(self.preview).decode()
+        previous = self._written[0] if self._written else 0
         async with unit_of_work(self.state.sessions) as uow:
-            still = await generations.record_progress(uow, self.generation.id, step, total, live)
+            still = await generations.record_progress(
+                uow, self.generation.id, step, total, live, previous_step=previous
+            )
         await self.state.dispatcher.dispatch(uow.events)
         if still is None:
             # No longer processing: cancelled (or settled elsewhere). Stop at the next step.
@@ -244,7 +247,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             await state.storage.delete(key)
             return "skipped: no longer processing"
         with contextlib.suppress(RedisError, OSError):  # measurements are best effort
-            await Timings(state.dispatcher.pool, state.settings.queue_name).record(
+            await state.timings.record(
                 live.size,
                 step_seconds=live.seconds_per_step(),
                 job_seconds=time.perf_counter() - started,

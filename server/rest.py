@@ -43,7 +43,7 @@ mutation Cancel($id: ID!) {{
 }}"""
 GET_GENERATION = f"""
 query Generation($id: ID!) {{
-  generation(id: $id) {{ {_FIELDS} }}
+  generateImage: generation(id: $id) {{ {_FIELDS} }}
 }}"""
 
 
@@ -80,11 +80,9 @@ async def _execute(
         return JSONResponse(
             {"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500), headers=headers
         )
-    data = result.data or {}
-    if "cancelGeneration" in data:
-        return JSONResponse({"data": data})
-    # Seed 001 shows both the accepted and the completed job under "generateImage".
-    return JSONResponse({"data": {"generateImage": next(iter(data.values()))}})
+    # The documents name their field as the envelope shows it: seed 001 shows the accepted
+    # and the completed job under "generateImage" (the poll aliases `generation` so).
+    return JSONResponse({"data": result.data})
 
 
 def _format(error: GraphQLError) -> dict[str, Any]:

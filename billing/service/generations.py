@@ -231,17 +231,24 @@ async def record_progress(
     step: int,
     total_steps: int,
     live: dict[str, Any] | None = None,
+    previous_step: int = 0,
 ) -> Generation | None:
-    """Store a processing job's step. None when it is no longer processing (cancelled)."""
-    progress = min(99, int(100 * step / total_steps)) if total_steps else 0
+    """Store a processing job's step (the last one stored was ``previous_step``). None
+    when it is no longer processing (cancelled)."""
+    progress = _progress(step, total_steps)
     generation = await repo.set_progress(
         uow.session, generation_id, step=step, total_steps=total_steps, progress=progress
     )
     if generation is not None:
         uow.emit(GenerationUpdated(snapshot(generation), live or {}))
-        for mark in webhooks.progress_marks(0, progress):
+        # Only the marks crossed since the last write: one insert per mark, not per write.
+        for mark in webhooks.progress_marks(_progress(previous_step, total_steps), progress):
             await webhooks.record(uow, generation, f"progress.{mark}")
     return generation
+
+
+def _progress(step: int, total_steps: int) -> int:
+    return min(99, int(100 * step / total_steps)) if total_steps else 0
 
 
 async def complete(
@@ -269,11 +276,7 @@ async def complete(
     )
     if generation is None:
         return None
-    await ledger.settle(
-        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=True
-    )
-    uow.emit(GenerationUpdated(snapshot(generation)))
-    await webhooks.record(uow, generation, "completed", image_url=image_url)
+    await _settle(uow, generation, capture=True, image_url=image_url)
     return generation
 
 
@@ -291,11 +294,7 @@ async def fail(uow: UnitOfWork, generation_id: str, message: str) -> Generation 
     )
     if generation is None:
         return None
-    await ledger.settle(
-        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
-    )
-    uow.emit(GenerationUpdated(snapshot(generation)))
-    await webhooks.record(uow, generation, "failed")
+    await _settle(uow, generation, capture=False)
     return generation
 
 
@@ -318,13 +317,21 @@ async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> 
             f"Generation is already {existing.status}; only queued or processing "
             "generations can be cancelled"
         )
-    await ledger.settle(
-        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=False
-    )
     uow.emit(GenerationCancelled(generation.id))
-    uow.emit(GenerationUpdated(snapshot(generation)))
-    await webhooks.record(uow, generation, "cancelled")
+    await _settle(uow, generation, capture=False)
     return generation
+
+
+async def _settle(
+    uow: UnitOfWork, generation: Generation, *, capture: bool, image_url: str | None = None
+) -> None:
+    """What every final state does: capture or release the hold (once per job), announce
+    the state to subscribers, and queue its webhook (the event is named by the status)."""
+    await ledger.settle(
+        uow.session, generation.account_id, generation.id, generation.credit_cost, capture=capture
+    )
+    uow.emit(GenerationUpdated(snapshot(generation)))
+    await webhooks.record(uow, generation, generation.status, image_url=image_url)
 
 
 STALE_MESSAGE = "The worker running this job stopped; credits released"
