@@ -30,3 +30,15 @@ def test_readme_graphql_examples_validate_against_the_schema() -> None:
         body = "\n".join(line for line in document.splitlines() if not line.startswith("#"))
         errors = validate(graphql_schema, parse(body))
         assert not errors, (document, errors)
+
+
+def test_readme_states_what_the_service_does() -> None:
+    """The mismatches issue 9 (item 20) found: the image URL form, what `queuePosition`
+    counts, and the progress events' names. The behaviour itself is asserted against the
+    running service in tests/gpu_worker/test_progress_marks.py (URL form, marks) and
+    tests/server/test_queue_position.py (0 = next, running jobs not counted)."""
+    assert "/files/<job id>.png" not in README and "/files/{id}.png" not in README
+    assert "/files/<job id>-<16 hex>.png" in README
+    assert "not counting those already running; 0 = next" in README
+    for mark in ("`progress.25`", "`progress.50`", "`progress.75`"):
+        assert mark in README

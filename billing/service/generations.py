@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import case
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
@@ -259,8 +260,15 @@ async def complete(
     metadata: dict[str, Any],
     image_url: str | None = None,
 ) -> Generation | None:
-    """Mark done and capture the hold. None if the job was no longer processing."""
+    """Mark done and capture the hold. None if the job was no longer processing.
+
+    The worker writes progress at most every ``progress_interval_s``, so a fast job may
+    finish before its last steps (or any) were written: completion records the final
+    step, and queues the progress webhooks of every mark not yet announced (each is
+    recorded at most once per job, so marks already sent are not repeated)."""
     now = utcnow()
+    columns = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
+    total = case((columns.total_steps > 0, columns.total_steps), else_=columns.steps)
     generation = await repo.transition(
         uow.session,
         generation_id,
@@ -270,12 +278,16 @@ async def complete(
             "image_key": image_key,
             "metadata": metadata,
             "progress": 100,
+            "step": total,
+            "total_steps": total,
             "completed_at": now,
             "error": None,
         },
     )
     if generation is None:
         return None
+    for mark in webhooks.PROGRESS_MARKS:
+        await webhooks.record(uow, generation, f"progress.{mark}")
     await _settle(uow, generation, capture=True, image_url=image_url)
     return generation
 

@@ -62,16 +62,23 @@ def payload(generation: Generation, event: str, image_url: str | None) -> dict[s
     """Seed 001's payload (id, status, url, service, createdAt, completedAt, metadata with
     duration, width, height), plus the event name and a few more facts."""
     meta = generation.meta or {}
+    status, progress = generation.status, generation.progress
+    completed_at: datetime | None = generation.completed_at
+    kind, _, mark = event.partition(".")
+    if kind == "progress" and mark.isdigit():
+        # A progress event reports its mark, whenever it was recorded: a job faster than
+        # the progress interval has its marks queued at completion (generations.complete).
+        status, progress, completed_at = "processing", int(mark), None
     return {
         "id": generation.id,
         "event": event,
-        "status": generation.status,
+        "status": status,
         "url": image_url,
         "service": generation.provider,
         "version": generation.version,
         "createdAt": _iso(generation.created_at),
-        "completedAt": _iso(generation.completed_at),
-        "progress": generation.progress,
+        "completedAt": _iso(completed_at),
+        "progress": progress,
         "error": generation.error,
         "metadata": {
             "duration": meta.get("duration"),

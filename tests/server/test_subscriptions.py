@@ -107,7 +107,8 @@ async def test_queued_processing_completed(
     assert set(statuses) == {"queued", "processing", "completed"}
     assert statuses.index("processing") > statuses.index("queued")
     queued = [s for s in states if s["status"] == "queued"]
-    assert queued[0]["queuePosition"] is not None and queued[0]["queuePosition"] >= 1
+    # 0 when `ahead` is already running, 1 while it still waits (test_queue_position.py).
+    assert queued[0]["queuePosition"] in (0, 1)
     assert all(s["url"] is None for s in states[:-1])
     processing = [s for s in states if s["status"] == "processing"]
     progress = [s["progress"] for s in processing]
