@@ -51,6 +51,14 @@ class GenerationUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class GenerationRequeued:
+    """A job whose worker vanished was put back in the queue: drop what is left of the
+    dead run in the queue, then enqueue it again."""
+
+    generation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationCancelled:
     """A job was cancelled: take it off the queue, or interrupt the worker running it."""
 
@@ -72,9 +80,19 @@ class StripeEventReceived:
     event_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyRevoked:
+    """An API key was revoked: end the live subscriptions opened with it, on every API
+    process (new requests are refused by the database check already)."""
+
+    api_key_id: str
+    account_id: str
+
+
 Event = (
-    GenerationAccepted | GenerationUpdated | GenerationCancelled | WebhookQueued
-    | StripeEventReceived
+    GenerationAccepted | GenerationUpdated | GenerationRequeued | GenerationCancelled
+    | WebhookQueued
+    | StripeEventReceived | ApiKeyRevoked
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     RATE_LIMITED = "RATE_LIMITED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -84,6 +85,21 @@ class RateLimited(FluxgateError):
     def __init__(self, limit: str, retry_after: int, message: str) -> None:
         super().__init__(message, retryAfter=retry_after, limit=limit)
         self.limit = limit
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(FluxgateError):
+    """A store the request needs (Redis) is unreachable or too slow: nothing was done or
+    charged, and the same request may be sent again after ``retry_after`` seconds."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str = "The service is temporarily unavailable; retry shortly",
+        retry_after: int = 5,
+    ) -> None:
+        super().__init__(message, retryAfter=retry_after)
         self.retry_after = retry_after
 
 

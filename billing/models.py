@@ -172,6 +172,11 @@ class Generation(SQLModel, table=True):
     updated_at: datetime = _ts()
     started_at: datetime | None = _ts(nullable=True)
     completed_at: datetime | None = _ts(nullable=True)
+    # The lease of the worker running the job, renewed every few seconds (database time):
+    # the sweeper retries or fails a processing job whose lease expired.
+    heartbeat_at: datetime | None = _ts(nullable=True)
+    # When the job last entered the queue (null: created_at): bounds its wait for a worker.
+    queued_at: datetime | None = _ts(nullable=True)
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -257,7 +262,20 @@ class StripeEvent(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     received_at: datetime = _ts()
     handled_at: datetime | None = _ts(nullable=True)
-    error: str | None = Field(default=None, sa_type=Text)
+    error: str | None = Field(
+        default=None, sa_type=Text, description="Why the last attempt failed (or waits)."
+    )
+    attempts: int = Field(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        description="Failed attempts to apply it; it is dead-lettered after the setting's max.",
+    )
+    dead_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+        nullable=True,
+        description="Set when it was given up on (a dead letter for an operator to look at).",
+    )
 
 
 class Payment(SQLModel, table=True):
@@ -269,12 +287,31 @@ class Payment(SQLModel, table=True):
     payment_intent: str | None = Field(default=None, max_length=255, index=True)
     account_id: uuid.UUID = Field(foreign_key="accounts.id", index=True)
     pack: str = Field(max_length=64)
-    credits: int = Field(description="Credits granted for this payment.")
-    amount: int = Field(description="Amount paid, in the currency's smallest unit.")
+    credits: int = Field(sa_type=BigInteger, description="Credits granted for this payment.")
+    amount: int = Field(
+        sa_type=BigInteger, description="Amount paid, in the currency's smallest unit."
+    )
     currency: str = Field(max_length=8)
-    refunded_amount: int = 0
-    credits_reversed: int = 0
+    refunded_amount: int = Field(default=0, sa_type=BigInteger)
+    credits_reversed: int = Field(default=0, sa_type=BigInteger)
     reversal_shortfall: int = Field(
-        default=0, description="Refunded credits that were already spent (not reversible)."
+        default=0,
+        sa_type=BigInteger,
+        description="Refunded credits that were already spent (not reversible).",
     )
     created_at: datetime = _ts()
+
+
+class DashboardSession(SQLModel, table=True):
+    """A signed-in dashboard session. The cookie carries only its id: signing out (or
+    revoking the key it was opened with) ends it on the server, copies of the cookie
+    included."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: str = Field(primary_key=True, max_length=64, description="Random; the cookie's value.")
+    account_id: uuid.UUID = Field(foreign_key="accounts.id", index=True)
+    api_key_id: uuid.UUID = Field(foreign_key="api_keys.id", index=True)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)

@@ -5,6 +5,10 @@ Hosts are read the way a C resolver reads them, so every spelling of an address 
 caught: ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` are all 127.0.0.1,
 and ``[::ffff:127.0.0.1]`` is too. A name is checked by the addresses it resolves to, at
 connection time (see ``gpu_worker/webhooks.py``), so DNS rebinding cannot slip through.
+
+URLs are parsed strictly (:func:`parse_http_url`) before any of that: no spaces or
+control characters, no ``user:password@``, a valid port, and a host that is an address
+or a valid (IDNA) host name.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import idna
+
 from billing.errors import BadUserInput
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _IPV4_LIKE = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
+# Never in a URI (RFC 3986): spaces and control characters, raw or anywhere.
+_NOT_IN_URLS = re.compile(r"[\x00-\x20\x7f-\x9f]")
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -95,24 +103,18 @@ class AddressPolicy:
         return any(address in n or (mapped is not None and mapped in n) for n in self.networks)
 
     def check_url(self, url: str) -> tuple[str, str, int]:
-        """(scheme, host, port) of an http(s) URL whose host is not refused by name or
-        literal address. DNS names are left to :meth:`check_resolved`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Refused("only absolute http(s) URLs are allowed")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise Refused("invalid port") from None
-        host = parts.hostname
+        """(scheme, host, port) of a well-formed http(s) URL whose host is not refused by
+        name or literal address (a DNS name comes back in its ASCII form). DNS names are
+        left to :meth:`check_resolved`."""
+        scheme, host, port = parse_http_url(url)
         if self.host_allowed(host):
-            return parts.scheme, host, port
+            return scheme, host, port
         if host.lower().rstrip(".") in _LOCAL_NAMES or host.lower().endswith(".localhost"):
             raise Refused(f"{host} is a local address")
         address = literal_address(host)
         if address is not None and not self.address_allowed(address):
             raise Refused(f"{address} is not a public address")
-        return parts.scheme, host, port
+        return scheme, host, port
 
     def check_resolved(self, host: str, addresses: list[IPAddress]) -> None:
         if self.host_allowed(host):
@@ -124,6 +126,37 @@ class AddressPolicy:
                 # Which address is not said: the delivery log is the customer's to read,
                 # and must not become a way to map internal DNS names.
                 raise Refused(f"{host} does not resolve to a public address")
+
+
+def parse_http_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an absolute http(s) URL, parsed strictly; :class:`Refused`
+    says what is wrong. The host is an address literal or a valid host name (IDNA, in
+    its ASCII form): ``exa mple.com``, ``ex_ample.com`` or ``a..b`` are refused, and so
+    are credentials, which would otherwise be silently dropped."""
+    if _NOT_IN_URLS.search(url):
+        raise Refused("a URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        explicit_port = parts.port
+    except ValueError as exc:
+        raise Refused(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Refused("only absolute http(s) URLs are allowed")
+    if "@" in parts.netloc:
+        raise Refused("credentials (user:password@) are not allowed in the URL")
+    if explicit_port == 0:
+        raise Refused("invalid port")
+    port = explicit_port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname
+    if literal_address(host) is not None:
+        return parts.scheme, host, port
+    if parts.netloc.startswith("["):
+        raise Refused(f"{host!r} is not a valid IPv6 address")
+    try:
+        ascii_host = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise Refused(f"{host!r} is not a valid host name") from None
+    return parts.scheme, ascii_host, port
 
 
 def validate_webhook_url(url: str, policy: AddressPolicy, field_name: str) -> None:

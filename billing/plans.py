@@ -12,7 +12,7 @@ from typing import Any
 from billing.errors import BadUserInput
 
 PLANS_FILE = Path(__file__).with_name("plans.toml")
-LIMIT_NAMES = ("requests_per_minute", "concurrent_jobs", "jobs_per_day")
+LIMIT_NAMES = ("requests_per_minute", "concurrent_jobs", "jobs_per_day", "max_subscriptions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,8 @@ class PlanLimits:
     requests_per_minute: int | None
     concurrent_jobs: int | None
     jobs_per_day: int | None
+    # Open GraphQL subscriptions at once, over every connection and API process.
+    max_subscriptions: int | None
 
 
 @dataclass(frozen=True, slots=True)

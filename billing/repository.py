@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.models import (
     Account,
     ApiKey,
+    DashboardSession,
     Generation,
     GenerationStatus,
     LedgerEntry,
@@ -338,22 +339,96 @@ async def set_progress(
     return result.scalars().first()
 
 
-async def stale_generations(
-    session: AsyncSession, *, processing_before: datetime, queued_before: datetime
-) -> Sequence[Generation]:
-    """Jobs whose worker is presumed gone, and queued jobs that may never have been enqueued."""
+def _lease_expired(lease: timedelta) -> Any:
+    # Database time on both sides (the worker renews with now() too), so clock skew
+    # between worker machines cannot expire a live lease. Rows from before leases existed
+    # fall back to their last change.
+    return func.coalesce(_G.heartbeat_at, _G.updated_at) < func.now() - lease
+
+
+def _waited(max_wait: timedelta) -> Any:
+    return func.coalesce(_G.queued_at, _G.created_at) < func.now() - max_wait
+
+
+async def renew_lease(session: AsyncSession, generation_id: str, attempt: int) -> bool:
+    """Renew the lease of run number ``attempt`` of a processing job. False when that run
+    no longer owns the job (cancelled, finished, or handed to another run). Not a state
+    change: no revision, no event."""
     result = await session.execute(
-        select(Generation).where(
+        update(Generation)
+        .where(
+            _G.id == generation_id,
+            _G.status == GenerationStatus.PROCESSING.value,
+            _G.attempts == attempt,
+        )
+        .values(heartbeat_at=func.now())
+        .returning(_G.id)
+    )
+    return result.first() is not None
+
+
+async def stale_generations(
+    session: AsyncSession, *, lease: timedelta, queued_before: datetime, max_wait: timedelta
+) -> Sequence[tuple[str, str, bool]]:
+    """(id, status, waited too long) of the jobs the sweeper must look at: processing jobs
+    whose lease expired, and queued jobs not changed since ``queued_before`` (they may
+    never have reached Redis) or waiting longer than ``max_wait``."""
+    queued = _G.status == GenerationStatus.QUEUED.value
+    result = await session.execute(
+        select(_G.id, _G.status, and_(queued, _waited(max_wait))).where(
             or_(
-                and_(
-                    _G.status == GenerationStatus.PROCESSING.value,
-                    _G.updated_at < processing_before,
-                ),
-                and_(_G.status == GenerationStatus.QUEUED.value, _G.updated_at < queued_before),
+                and_(_G.status == GenerationStatus.PROCESSING.value, _lease_expired(lease)),
+                and_(queued, or_(_G.updated_at < queued_before, _waited(max_wait))),
             )
         )
     )
-    return result.scalars().all()
+    return [(row[0], row[1], bool(row[2])) for row in result.all()]
+
+
+async def take_expired(
+    session: AsyncSession,
+    generation_id: str,
+    lease: timedelta,
+    values: dict[str, Any],
+    *,
+    attempts_below: int | None = None,
+) -> Generation | None:
+    """Move a processing job whose lease expired (and, if given, with fewer than
+    ``attempts_below`` runs) to ``values``. None when a run renewed the lease meanwhile,
+    or the job is no longer processing: the conditions are re-checked in the UPDATE."""
+    conditions = [
+        _G.id == generation_id,
+        _G.status == GenerationStatus.PROCESSING.value,
+        _lease_expired(lease),
+    ]
+    if attempts_below is not None:
+        conditions.append(_G.attempts < attempts_below)
+    result = await session.execute(
+        update(Generation)
+        .where(*conditions)
+        .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
+        .returning(Generation)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def take_overdue(
+    session: AsyncSession, generation_id: str, max_wait: timedelta, values: dict[str, Any]
+) -> Generation | None:
+    """Move a job still queued after ``max_wait`` to ``values``; None otherwise."""
+    result = await session.execute(
+        update(Generation)
+        .where(
+            _G.id == generation_id,
+            _G.status == GenerationStatus.QUEUED.value,
+            _waited(max_wait),
+        )
+        .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
+        .returning(Generation)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
 
 
 # --- webhooks ------------------------------------------------------------------------
@@ -476,7 +551,11 @@ async def unhandled_stripe_events(session: AsyncSession, received_before: dateti
     table = StripeEvent.__table__.c  # type: ignore[attr-defined]
     result = await session.execute(
         select(table.id)
-        .where(table.handled_at.is_(None), table.received_at < received_before)
+        .where(
+            table.handled_at.is_(None),
+            table.dead_at.is_(None),
+            table.received_at < received_before,
+        )
         .order_by(table.received_at)
         .limit(1000)
     )
@@ -559,3 +638,129 @@ async def jobs_by_day(
         .group_by(day)
     )
     return {row[0]: int(row[1]) for row in result.all()}
+
+
+# --- Stripe inbox failures (dead letters) --------------------------------------------
+
+_SE = StripeEvent.__table__.c  # type: ignore[attr-defined]
+
+
+async def stripe_event_pending(session: AsyncSession, event_id: str) -> bool:
+    """Neither applied nor given up on."""
+    result = await session.execute(
+        select(_SE.id).where(_SE.id == event_id, _SE.handled_at.is_(None), _SE.dead_at.is_(None))
+    )
+    return result.first() is not None
+
+
+async def record_stripe_failure(
+    session: AsyncSession, event_id: str, error: str, *, max_attempts: int, give_up: bool
+) -> tuple[int, bool] | None:
+    """Count a failed attempt and store its error; dead-letter the event once it has
+    failed ``max_attempts`` times (at once with ``give_up``). (attempts, dead), or None
+    when the event is applied or unknown."""
+    values: dict[str, Any] = {"attempts": _SE.attempts + 1, "error": error[:4000]}
+    if give_up:
+        values["dead_at"] = func.coalesce(_SE.dead_at, utcnow())
+    else:
+        values["dead_at"] = case(
+            (_SE.attempts + 1 >= max_attempts, func.coalesce(_SE.dead_at, utcnow())),
+            else_=_SE.dead_at,
+        )
+    result = await session.execute(
+        update(StripeEvent)
+        .where(_SE.id == event_id, _SE.handled_at.is_(None))
+        .values(**values)
+        .returning(_SE.attempts, _SE.dead_at)
+    )
+    row = result.first()
+    return None if row is None else (int(row[0]), row[1] is not None)
+
+
+async def note_stripe_event(session: AsyncSession, event_id: str, note: str) -> None:
+    """Why an event waits (not a failure: nothing is counted)."""
+    await session.execute(
+        update(StripeEvent)
+        .where(_SE.id == event_id, _SE.handled_at.is_(None))
+        .values(error=note[:4000])
+    )
+
+
+async def dead_stripe_events(session: AsyncSession, *, limit: int = 100) -> Sequence[StripeEvent]:
+    result = await session.execute(
+        select(StripeEvent)
+        .where(_SE.dead_at.is_not(None), _SE.handled_at.is_(None))
+        .order_by(_SE.dead_at.desc())
+        .limit(limit)
+    )
+    return result.scalars().all()
+
+
+async def revive_stripe_event(session: AsyncSession, event_id: str) -> bool:
+    """Give a dead letter a fresh set of attempts (after the cause was fixed)."""
+    result = await session.execute(
+        update(StripeEvent)
+        .where(_SE.id == event_id, _SE.handled_at.is_(None), _SE.dead_at.is_not(None))
+        .values(dead_at=None, attempts=0)
+        .returning(_SE.id)
+    )
+    return result.first() is not None
+
+
+# --- dashboard sessions --------------------------------------------------------------
+
+_DS = DashboardSession.__table__.c  # type: ignore[attr-defined]
+
+
+async def count_active_keys(session: AsyncSession, account_id: uuid.UUID) -> int:
+    result = await session.execute(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(_K.account_id == account_id, _K.revoked_at.is_(None))
+    )
+    return int(result.scalar_one())
+
+
+async def live_dashboard_session(
+    session: AsyncSession, session_id: str, now: datetime
+) -> tuple[DashboardSession, ApiKey, Account] | None:
+    """A session not revoked nor expired, whose key is not revoked either."""
+    result = await session.execute(
+        select(DashboardSession, ApiKey, Account)
+        .join(ApiKey, _K.id == _DS.api_key_id)
+        .join(Account, _A.id == _DS.account_id)
+        .where(
+            _DS.id == session_id,
+            _DS.revoked_at.is_(None),
+            _DS.expires_at > now,
+            _K.revoked_at.is_(None),
+            _K.account_id == _DS.account_id,
+        )
+    )
+    row = result.first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def delete_ended_dashboard_sessions(
+    session: AsyncSession, account_id: uuid.UUID, ended_before: datetime
+) -> None:
+    """Forget an account's sessions that expired or were revoked before ``ended_before``."""
+    await session.execute(
+        delete(DashboardSession).where(
+            _DS.account_id == account_id,
+            or_(_DS.expires_at < ended_before, _DS.revoked_at < ended_before),
+        )
+    )
+
+
+async def revoke_dashboard_sessions(
+    session: AsyncSession, *, session_id: str | None = None, api_key_id: uuid.UUID | None = None
+) -> int:
+    """End one session, or every session opened with a key."""
+    query = update(DashboardSession).where(_DS.revoked_at.is_(None))
+    if session_id is not None:
+        query = query.where(_DS.id == session_id)
+    if api_key_id is not None:
+        query = query.where(_DS.api_key_id == api_key_id)
+    result = await session.execute(query.values(revoked_at=utcnow()))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -11,7 +11,6 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
 
 from billing.catalog import Catalog, ModelEntry
 from billing.errors import BadUserInput
@@ -111,9 +110,9 @@ def _webhook_url(value: str | None, field: str, policy: AddressPolicy) -> str | 
         return None
     if len(value) > MAX_URL_LEN:
         raise BadUserInput(field, f"{field} is longer than {MAX_URL_LEN} characters")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadUserInput(field, f"{field} must be an absolute http(s) URL")
+    # Parsed strictly (billing/netguard.py): a host with a space, credentials, a bad port
+    # or a literal private address are refused now. A host *name* that resolves to a
+    # private address can only be refused at delivery, when it is resolved.
     validate_webhook_url(value, policy, field)
     return value
 

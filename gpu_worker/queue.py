@@ -8,6 +8,7 @@ see each other's events or measurements.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -16,13 +17,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.db import (
+    ApiKeyRevoked,
     Event,
     GenerationAccepted,
     GenerationCancelled,
+    GenerationRequeued,
     GenerationUpdated,
     StripeEventReceived,
     WebhookQueued,
@@ -35,6 +48,8 @@ DELIVER_WEBHOOK = "deliver_webhook"
 APPLY_STRIPE_EVENT = "apply_stripe_event"
 CANCEL_TTL_S = 24 * 3600
 WORKER_TTL_S = 30
+# How many entries at the front of the queue may be running jobs (see QueueInspector).
+RUNNING_SCAN = 256
 _EWMA = 0.3  # weight of the newest measurement
 
 
@@ -49,17 +64,47 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return result
 
 
+# Connect and read timeout of the API's Redis connections (seconds): how long a request
+# waits on a stalled Redis before it is answered 503.
+REDIS_TIMEOUT_S = 2.0
+
+
 def redis_settings(url: str) -> RedisSettings:
     return RedisSettings.from_dsn(url)
 
 
-async def connect(url: str, queue_name: str) -> ArqRedis:
-    return await create_pool(
-        redis_settings(url),
+async def connect(
+    url: str, queue_name: str, *, timeout_s: float = REDIS_TIMEOUT_S, retries: int = 5
+) -> ArqRedis:
+    """The API's Redis pool (arq client, rate limiter, broker pub/sub all share it).
+
+    Every connection has connect and read timeouts, so a stalled Redis (SIGSTOP, a
+    half-open connection) fails a request after ``timeout_s`` instead of hanging it, and a
+    connection broken by a Redis restart is replaced once, transparently, on its next
+    command. arq's ``create_pool`` cannot set a read timeout, hence the pool built here.
+    The first ping is retried ``retries`` times, a second apart, like arq's."""
+    pool = ArqRedis(
+        ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        ),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=queue_name,
     )
+    for attempt in range(retries + 1):
+        try:
+            await pool.ping()
+            return pool
+        except (RedisConnectionError, RedisTimeoutError):
+            if attempt == retries:
+                await pool.aclose(close_connection_pool=True)
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def job_id(generation_id: str) -> str:
@@ -128,9 +173,27 @@ class Dispatcher:
                 _job_id=job_id(event.generation_id),
                 _queue_name=self.queue_name,
             )
+        elif isinstance(event, GenerationRequeued):
+            # The dead run's arq job (its queue entry, job, in-progress, retry and result
+            # keys) would refuse or delay the enqueue under the same id: clear it first.
+            # Same id afterwards, so cancellation and queue positions keep finding it.
+            jid = job_id(event.generation_id)
+            async with self.pool.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.queue_name, jid)
+                for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix,
+                               result_key_prefix):  # fmt: skip
+                    pipe.delete(prefix + jid)
+                await pipe.execute()
+            await self.pool.enqueue_job(
+                RUN_GENERATION, event.generation_id, _job_id=jid, _queue_name=self.queue_name
+            )
         elif isinstance(event, GenerationUpdated):
             message = {"snapshot": event.snapshot, "live": event.live}
             await self.pool.publish(self.keys.events, json.dumps(message, separators=(",", ":")))
+        elif isinstance(event, ApiKeyRevoked):
+            # Every API process ends the subscriptions opened with this key (the broker).
+            revoked = {"revoked_key": event.api_key_id, "account_id": event.account_id}
+            await self.pool.publish(self.keys.events, json.dumps(revoked, separators=(",", ":")))
         elif isinstance(event, WebhookQueued):
             # One job per event and due time: a duplicate enqueue of the same attempt
             # collapses; the attempt itself leases the event, so even two jobs send once.
@@ -200,9 +263,22 @@ class QueueInspector:
         self.timings = Timings(redis, queue_name)
 
     async def position(self, generation_id: str) -> int | None:
-        """Jobs ahead of this one in the queue (0: it is next); None if not queued."""
+        """Jobs waiting ahead of this one (0: it is next); None if not queued.
+
+        arq keeps a job in the queue's sorted set while it runs, so the jobs a worker has
+        already started are not counted. They sit at the front of the queue (a running job
+        is one whose turn came), so only the first ``RUNNING_SCAN`` entries are checked.
+        """
         rank = await self.redis.zrank(self.queue_name, job_id(generation_id))
-        return None if rank is None else int(rank)
+        if rank is None:
+            return None
+        if rank == 0:
+            return 0
+        ahead = await self.redis.zrange(self.queue_name, 0, min(rank, RUNNING_SCAN) - 1)
+        running = await self.redis.exists(
+            *[in_progress_key_prefix + (j.decode() if isinstance(j, bytes) else j) for j in ahead]
+        )
+        return int(rank) - int(running)
 
     async def eta_queued(
         self, generation_id: str, size: str, steps: int

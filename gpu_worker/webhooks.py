@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -43,6 +44,7 @@ from gpu_worker.queue import (
     redis_settings,
     serialize,
 )
+from gpu_worker.supervisor import Supervisor
 from server.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    state: WebhookState | None = ctx.get("webhook_state")
+    state: WebhookState | None = ctx.pop("webhook_state", None)
     if state is not None:
         await state.engine.dispose()
 
@@ -220,24 +222,47 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
 
 
 async def apply_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
-    """Apply a stored Stripe event (the inbox's job; at least once, applied once). What
-    cannot be applied yet, or fails on a passing store error, is retried; the inbox
-    sweeper catches whatever is still unapplied after that."""
+    """Apply a stored Stripe event (the inbox's job; at least once, applied once).
+
+    What cannot be applied yet is retried, and so is a passing store error (the failure
+    cannot even be recorded then). Any other failure is counted on the event's row with
+    its error and retried after ``stripe_event_retry_s``, until
+    ``stripe_event_max_attempts``: then it is a dead letter, never queued again, for an
+    operator (``fluxgate stripe dead-letters``). A malformed event is one at once."""
     state: WebhookState = ctx["webhook_state"]
+    settings = state.settings
     try:
         async with unit_of_work(state.sessions) as uow:
-            return await payments.apply(uow, event_id, default_packs())
+            outcome = await payments.apply(uow, event_id, default_packs())
     except payments.NotYet as exc:
         log.info("stripe event %s: %s; retrying", event_id, exc)
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            async with unit_of_work(state.sessions) as uow:
+                await payments.note_waiting(uow, event_id, str(exc))
         raise Retry(defer=STRIPE_RETRY_S) from exc
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("stripe event %s: store error, retrying: %s", event_id, exc)
-        raise Retry(defer=STRIPE_RETRY_S) from exc
+    except Exception as exc:  # any failure is recorded, never retried forever
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            async with unit_of_work(state.sessions) as uow:
+                dead = await payments.record_failure(
+                    uow, event_id, error, max_attempts=settings.stripe_event_max_attempts
+                )
+        except (SQLAlchemyError, OSError) as store_error:
+            log.warning("stripe event %s: store error, retrying: %s", event_id, store_error)
+            raise Retry(defer=STRIPE_RETRY_S) from exc
+        if dead:
+            log.error("stripe event %s dead-lettered: %s", event_id, error, exc_info=exc)
+            return f"dead-lettered: {error}"
+        log.warning("stripe event %s failed, retrying: %s", event_id, error)
+        raise Retry(defer=settings.stripe_event_retry_s) from exc
+    if outcome.startswith("dead-lettered"):
+        log.error("stripe event %s %s", event_id, outcome)
+    return outcome
 
 
 async def requeue_stripe_inbox(ctx: dict[str, Any]) -> list[str]:
-    """Queue again the Stripe events stored but still not applied (their job was lost,
-    or ran out of retries while waiting on a payment)."""
+    """Queue again the Stripe events stored but still neither applied nor dead-lettered
+    (their job was lost, or ran out of retries while waiting on a payment)."""
     state: WebhookState = ctx["webhook_state"]
     async with unit_of_work(state.sessions) as uow:
         pending = await payments.unapplied(uow.session, older_than=OVERDUE_AFTER)
@@ -256,9 +281,15 @@ async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
 
 
 def build_webhook_worker(
-    settings: Settings | None = None, *, handle_signals: bool = True, **overrides: Any
+    settings: Settings | None = None,
+    *,
+    handle_signals: bool = True,
+    ctx: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> Worker:
     settings = settings or get_settings()
+    ctx = ctx if ctx is not None else {}
+    ctx["settings"] = settings
     options: dict[str, Any] = {
         "functions": [
             # The job's own timeout covers one attempt; retries are new deferred jobs.
@@ -274,7 +305,8 @@ def build_webhook_worker(
             cron(requeue_overdue, second=30, run_at_startup=True, unique=True),
             cron(requeue_stripe_inbox, second=45, run_at_startup=True, unique=True),
         ],
-        "redis_settings": redis_settings(settings.redis_url),
+        # No connection retries inside arq: the supervisor retries, with backoff.
+        "redis_settings": dataclasses.replace(redis_settings(settings.redis_url), conn_retries=0),
         "queue_name": Keys(settings.queue_name).webhooks,
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -283,7 +315,18 @@ def build_webhook_worker(
         "job_deserializer": deserialize,
         "handle_signals": handle_signals,
         "poll_delay": settings.worker_poll_interval_s,
-        "ctx": {"settings": settings},
+        "ctx": ctx,
     }
     options.update(overrides)
     return Worker(**options)
+
+
+def run(settings: Settings | None = None) -> None:
+    """``fluxgate webhook-worker``: the delivery worker, rebuilt whenever Redis goes away
+    (deliveries in flight finish first), until SIGINT or SIGTERM."""
+    settings = settings or get_settings()
+    ctx: dict[str, Any] = {}
+    supervisor = Supervisor(
+        lambda: build_webhook_worker(settings, handle_signals=False, ctx=ctx), "webhook-worker"
+    )
+    asyncio.run(supervisor.run())

@@ -1,6 +1,12 @@
 """The arq worker: runs one generation at a time, records progress, stores the image,
 settles the credits, and sweeps jobs whose worker vanished.
 
+A run holds a lease on its job, renewed in the database every ``job_heartbeat_s``; the
+sweeper (every ``sweep_interval_s``) gives a job whose lease expired to another run, or
+fails it once ``job_max_tries`` runs have died, and fails jobs queued longer than
+``max_queue_wait_s``. ``fluxgate worker`` runs the worker under a supervisor
+(``gpu_worker/supervisor.py``) that rebuilds it, models still loaded, after Redis drops.
+
 arq runs a job *at least* once. Every step here is safe to repeat: claiming the job is a
 conditional state change, a run that does not complete the job deletes its image, and
 settlement is keyed per job in the ledger, so a job run twice is charged once.
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
+import random
 import secrets
 import threading
 import time
@@ -21,7 +29,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from arq import cron
 from arq.connections import ArqRedis
 from arq.worker import Function, Retry, Worker, func
 from redis.exceptions import RedisError
@@ -30,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker, unit_of_work
-from billing.models import Generation
+from billing.models import Generation, GenerationStatus
 from billing.service import generations
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
 from gpu_worker.queue import (
@@ -45,6 +52,7 @@ from gpu_worker.queue import (
     size_key,
 )
 from gpu_worker.storage import LocalStorage, Storage
+from gpu_worker.supervisor import Supervisor
 from server.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,6 @@ log = logging.getLogger(__name__)
 FAILURE_MESSAGE = "Image generation failed; the credits were released"
 TIMEOUT_MESSAGE = "Image generation timed out; the credits were released"
 STOPPED = "stopped: cancelled or finished elsewhere"
-REQUEUE_AFTER_S = 60
 RETRY_DEFER_S = 5
 # The job gives up on its own this long before arq's timeout, so it can still mark the
 # job failed and release its credits (arq's cancellation would leave them to the sweeper).
@@ -78,6 +85,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     if runner is None:
         runner = PipelineRunner(catalog, device=settings.device, dtype=settings.dtype)
         await asyncio.to_thread(runner.load_all)
+        # Kept in ctx: a worker rebuilt after a Redis outage (same ctx) reuses the models.
+        ctx["runner"] = runner
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
     redis: ArqRedis = ctx["redis"]
     ctx["state"] = WorkerState(
@@ -91,6 +100,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         timings=Timings(redis, settings.queue_name),
     )
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
+    ctx["sweeper"] = asyncio.create_task(_sweep_periodically(ctx))
 
 
 async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
@@ -99,10 +109,13 @@ async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
     try:
         while True:
             now = time.time()
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(keys.workers, {worker_id: now})
-                pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * WORKER_TTL_S)
-                await pipe.execute()
+            try:
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.zadd(keys.workers, {worker_id: now})
+                    pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * WORKER_TTL_S)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:  # the supervisor handles the outage
+                log.debug("worker heartbeat not sent: %s", exc)
             await asyncio.sleep(WORKER_TTL_S / 3)
     finally:
         with contextlib.suppress(RedisError, OSError):
@@ -110,12 +123,14 @@ async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    heartbeat: asyncio.Task[None] | None = ctx.get("heartbeat")
-    if heartbeat is not None:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-    state: WorkerState | None = ctx.get("state")
+    # Popped: after a Redis outage the same ctx serves the rebuilt worker (the runner stays).
+    for name in ("sweeper", "heartbeat"):
+        task: asyncio.Task[None] | None = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    state: WorkerState | None = ctx.pop("state", None)
     if state is not None:
         await state.engine.dispose()
 
@@ -264,6 +279,7 @@ async def _render(
 ) -> tuple[str, dict[str, Any]]:
     entry = state.catalog.resolve(generation.provider, generation.version)
     ticker = asyncio.create_task(live.run())
+    lease = asyncio.create_task(_keep_lease(state, generation, live))
     try:
         job = RenderJob(
             entry=entry,
@@ -277,9 +293,10 @@ async def _render(
         )
         rendered = await state.runner.render(job, live.on_step)
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in (ticker, lease):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if live.cancelled.is_set():
         raise Interrupted  # cancelled after the last step: nothing is stored
     # An unguessable name per run, made public (written to the job) only by complete():
@@ -303,33 +320,87 @@ async def _render(
     return key, metadata
 
 
-async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
-    """Release the holds of jobs whose worker vanished; re-enqueue jobs never enqueued.
+async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -> None:
+    """Renew this run's lease on the job while it renders. A run that lost the job (the
+    sweeper gave it to another run after missed renewals, or it was cancelled) stops at
+    the next step; settlement stays once per job whichever run finishes."""
+    while True:
+        await asyncio.sleep(state.settings.job_heartbeat_s)
+        try:
+            async with unit_of_work(state.sessions) as uow:
+                owned = await generations.renew_lease(uow, generation.id, generation.attempts)
+        except (SQLAlchemyError, OSError):
+            # The lease outlives several renewals (settings validation): keep trying.
+            log.warning("lease of %s not renewed", generation.id, exc_info=True)
+            continue
+        if not owned:
+            log.warning("generation %s: this run no longer owns the job; stopping", generation.id)
+            live.cancelled.set()
+            return
 
-    One transaction per job: a job that a worker settles meanwhile is simply skipped (the
-    state change is conditional), and one error does not undo the other releases.
+
+async def _sweep_periodically(ctx: dict[str, Any]) -> None:
+    """Run :func:`sweep_stale` every ``sweep_interval_s`` (±10 %, so workers spread out),
+    beside the job slot: as an arq cron job it would wait its turn in the queue behind
+    every job queued before it (a GPU worker runs one job at a time), so a backlog would
+    delay the recovery of a crashed worker's job by as long as the backlog. Every GPU
+    worker sweeps; concurrent sweeps are safe, each change being a conditional UPDATE."""
+    interval = ctx["settings"].sweep_interval_s
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+        try:
+            await sweep_stale(ctx)
+        except Exception:  # the next sweep tries again; the worker keeps running jobs
+            log.exception("sweep failed")
+
+
+async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
+    """Retry or fail processing jobs whose worker vanished (lease expired), fail jobs
+    queued past the maximum wait, and enqueue again queued jobs Redis may have lost.
+
+    One transaction per job: a job that a worker settles or renews meanwhile is skipped
+    (each change is conditional), and one error does not undo the others.
     """
     state: WorkerState = ctx["state"]
     settings = state.settings
+    lease = timedelta(seconds=settings.job_lease_s)
+    max_wait = timedelta(seconds=settings.max_queue_wait_s)
     async with state.sessions() as session:
         stale = await generations.find_stale(
             session,
-            stale_after=timedelta(seconds=settings.stale_job_after_s),
-            requeue_after=timedelta(seconds=REQUEUE_AFTER_S),
+            lease=lease,
+            # A queued job is normally in Redis at once; one queued a couple of sweeps
+            # ago may have been lost with a Redis restart (arq de-duplicates by id).
+            requeue_after=timedelta(seconds=2 * settings.sweep_interval_s),
+            max_queue_wait=max_wait,
         )
+    retried: list[str] = []
     failed: list[str] = []
-    for generation_id in stale.processing:
+    for generation_id in stale.expired:
         async with unit_of_work(state.sessions) as uow:
-            if await generations.fail(uow, generation_id, generations.STALE_MESSAGE):
-                failed.append(generation_id)
+            outcome = await generations.recover(
+                uow, generation_id, lease=lease, max_tries=settings.job_max_tries
+            )
+        await state.dispatcher.dispatch(uow.events)
+        if outcome is not None:
+            is_failed = outcome.status == GenerationStatus.FAILED.value
+            (failed if is_failed else retried).append(generation_id)
+    expired: list[str] = []
+    for generation_id in stale.overdue:
+        async with unit_of_work(state.sessions) as uow:
+            if await generations.expire_queued(uow, generation_id, max_wait):
+                expired.append(generation_id)
         await state.dispatcher.dispatch(uow.events)
     async with unit_of_work(state.sessions) as uow:
         for generation_id in stale.queued:
             generations.requeue(uow, generation_id)
     await state.dispatcher.dispatch(uow.events)
-    if failed or stale.queued:
-        log.warning("sweeper: failed %s, re-enqueued %s", failed, stale.queued)
-    return {"failed": failed, "requeued": stale.queued}
+    if retried or failed or expired:
+        log.warning(
+            "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",
+            retried, failed, expired,
+        )  # fmt: skip
+    return {"retried": retried, "failed": failed, "expired": expired, "requeued": stale.queued}
 
 
 def functions(settings: Settings) -> list[Function]:
@@ -348,17 +419,22 @@ def build_worker(
     *,
     runner: PipelineRunner | None = None,
     handle_signals: bool = True,
+    ctx: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Worker:
-    """The worker the CLI runs; tests build the same one (optionally with a runner)."""
+    """The worker the CLI runs; tests build the same one (optionally with a runner).
+    ``ctx``: reuse one (the supervisor's rebuilds share it, and the models in it)."""
     settings = settings or get_settings()
-    ctx: dict[str, Any] = {"settings": settings}
+    ctx = ctx if ctx is not None else {}
+    ctx["settings"] = settings
     if runner is not None:
         ctx["runner"] = runner
     options: dict[str, Any] = {
+        # No cron jobs: the sweeper is a task of its own (_sweep_periodically), so arq's
+        # in-progress lock of a job is the job timeout + 10 s, not arq's 300 s default.
         "functions": functions(settings),
-        "cron_jobs": [cron(sweep_stale, second=0, run_at_startup=False, unique=True)],
-        "redis_settings": redis_settings(settings.redis_url),
+        # No connection retries inside arq: the supervisor retries, with backoff.
+        "redis_settings": dataclasses.replace(redis_settings(settings.redis_url), conn_retries=0),
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -375,3 +451,12 @@ def build_worker(
     }
     options.update(overrides)
     return Worker(**options)
+
+
+def run(settings: Settings | None = None) -> None:
+    """``fluxgate worker``: the worker, rebuilt around the same loaded models whenever
+    Redis goes away, until SIGINT or SIGTERM."""
+    settings = settings or get_settings()
+    ctx: dict[str, Any] = {}
+    supervisor = Supervisor(lambda: build_worker(settings, handle_signals=False, ctx=ctx), "worker")
+    asyncio.run(supervisor.run())

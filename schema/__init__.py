@@ -24,6 +24,7 @@ from schema.errors import ErrorMapping, map_errors_in_place
 from schema.ratelimit import RequestRateLimit
 from schema.resolvers import Mutation, Query, Subscription
 from schema.scalars import SCALARS
+from schema.textguard import TextInputGuard
 
 
 class FluxgateSchema(strawberry.Schema):
@@ -55,6 +56,8 @@ def build_schema(hardening: Hardening = Hardening()) -> FluxgateSchema:  # froze
         lambda: QueryDepthLimiter(max_depth=hardening.max_depth),
         lambda: MaxAliasesLimiter(max_alias_count=hardening.max_aliases),
         lambda: ValidationCache(maxsize=256),
+        # Before the rate limit: unstorable text is refused without counting or running.
+        TextInputGuard,
         RequestRateLimit,
     ]
     if not hardening.introspection:

@@ -103,6 +103,12 @@ class Context:
                 self.state.fluxgate_caller = (caller.account.id, limits.requests_per_minute)
         return self._caller
 
+    def rate_unavailable(self) -> None:
+        """The limiter could not reach Redis: the response goes without X-RateLimit-*
+        headers rather than waiting on Redis again for them."""
+        if self.state is not None:
+            self.state.fluxgate_rate_unavailable = True
+
     @property
     def rate(self) -> RateStatus | None:
         return getattr(self.state, "fluxgate_rate", None) if self.state is not None else None

@@ -6,6 +6,8 @@
   coercion (wrong types, missing fields) is ``BAD_USER_INPUT`` with the offending
   ``field``; syntax errors ``GRAPHQL_PARSE_FAILED``; other validation errors
   ``GRAPHQL_VALIDATION_FAILED``.
+- Redis unreachable or stalled is ``SERVICE_UNAVAILABLE`` (with ``retryAfter``), logged
+  as a warning; the HTTP layer answers it 503 with ``Retry-After``.
 - Anything else is masked as ``INTERNAL_SERVER_ERROR`` and logged: no stack traces or
   SQL reach clients.
 """
@@ -16,9 +18,11 @@ import logging
 import re
 
 from graphql.error import GraphQLError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from strawberry.extensions import MaskErrors
 
-from billing.errors import ErrorCode, FluxgateError
+from billing.errors import ErrorCode, FluxgateError, ServiceUnavailable
 
 log = logging.getLogger("fluxgate.graphql")
 
@@ -60,6 +64,7 @@ def document_error_code(error: GraphQLError) -> str:
 
 
 INTERNAL_MESSAGE = "Internal server error"
+unavailable = ServiceUnavailable()
 
 
 def map_error(error: GraphQLError) -> GraphQLError:
@@ -76,6 +81,18 @@ def map_error(error: GraphQLError) -> GraphQLError:
                 error, error.message, {"code": ErrorCode.BAD_USER_INPUT.value, "field": field}
             )
         return _with(error, error.message, {"code": document_error_code(error)})
+    if isinstance(original, RedisConnectionError | RedisTimeoutError):
+        # An outage, not a bug: answered 503 with Retry-After by the HTTP layer.
+        log.warning("Redis unavailable in %s: %s", error.path, original)
+        return _with(error, unavailable.message, unavailable.extensions)
+    if isinstance(original, ValueError) and error.nodes and error.path is None:
+        # A literal its scalar cannot parse while the document is validated (an integer
+        # of thousands of digits exceeds Python's int conversion limit): the client's.
+        return _with(
+            error,
+            f"Invalid literal value: {original}",
+            {"code": "GRAPHQL_VALIDATION_FAILED"},
+        )
     log.error("unexpected error in %s", error.path, exc_info=original)
     return _with(error, INTERNAL_MESSAGE, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})
 

@@ -91,6 +91,7 @@ class LimitOverridesInput:
     requests_per_minute: int | None = strawberry.UNSET
     concurrent_jobs: int | None = strawberry.UNSET
     jobs_per_day: int | None = strawberry.UNSET
+    max_subscriptions: int | None = strawberry.UNSET
 
     def to_dict(self) -> dict[str, int | None]:
         return {
@@ -99,6 +100,7 @@ class LimitOverridesInput:
                 ("requests_per_minute", self.requests_per_minute),
                 ("concurrent_jobs", self.concurrent_jobs),
                 ("jobs_per_day", self.jobs_per_day),
+                ("max_subscriptions", self.max_subscriptions),
             )
             if value is not strawberry.UNSET
         }

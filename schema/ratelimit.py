@@ -4,11 +4,14 @@ the limit holds across every API process.
 What counts: each authenticated GraphQL query, subscription or REST call counts 1; a
 mutation counts 1 per root field, aliases included, so aliasing cannot multiply the work
 of one request. An operation that would exceed the limit is refused whole, before any
-field runs, and costs nothing.
+field runs, and costs nothing. One that can never fit (it counts more than the limit) is
+bad input, not a rate limit: retrying cannot help. With Redis unreachable every counted
+request is refused with SERVICE_UNAVAILABLE (503, Retry-After), again costing nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -29,9 +32,13 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from strawberry.extensions import SchemaExtension
 
-from billing.errors import FluxgateError, RateLimited
+from billing.errors import BadUserInput, FluxgateError, RateLimited, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,10 @@ class RequestLimiter:
         if per_minute is None:
             return None
         item = RateLimitItemPerMinute(per_minute)
-        allowed = cost <= per_minute and await self._limiter.hit(item, str(account_id), cost=cost)
+        if cost > per_minute:
+            # Never fits: not counted, and the window is reported as it is (no Retry-After).
+            return await self._status(item, account_id, True)
+        allowed = await self._limiter.hit(item, str(account_id), cost=cost)
         return await self._status(item, account_id, allowed)
 
     async def peek(self, account_id: uuid.UUID, per_minute: int | None) -> RateStatus | None:
@@ -143,22 +153,31 @@ class RequestRateLimit(SchemaExtension):
         if document is not None:
             cost = operation_cost(document, self.execution_context.operation_name)
         limits = context.services.plans.limits(caller.account.plan, caller.account.limit_overrides)
-        status = await context.services.limiter.hit(
-            caller.account.id, limits.requests_per_minute, cost
-        )
+        try:
+            status = await context.services.limiter.hit(
+                caller.account.id, limits.requests_per_minute, cost
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis is down or stalled (the pool's socket timeouts bound the wait): refuse
+            # before anything runs, so nothing is charged, and skip the headers' Redis read.
+            context.rate_unavailable()
+            log.warning("rate limiter unavailable: %s", exc)
+            raise ServiceUnavailable() from None
         if status is None:
             yield
             return
         context.rate = status
+        if cost > status.limit:
+            # Retrying cannot help, so this is bad input rather than RATE_LIMITED, and
+            # carries no retryAfter (nor a Retry-After header): nothing was counted.
+            raise BadUserInput(
+                "query",
+                f"This operation counts {cost} requests and can never fit in the limit "
+                f"of {status.limit} per minute; send fewer fields at a time",
+            )
         if not status.allowed:
-            if cost > status.limit:
-                message = (
-                    f"This operation counts {cost} requests and can never fit in the limit "
-                    f"of {status.limit} per minute; send fewer fields at a time"
-                )
-            else:
-                message = f"Rate limit of {status.limit} requests per minute reached" + (
-                    f" (this operation counts {cost})" if cost > 1 else ""
-                )
+            message = f"Rate limit of {status.limit} requests per minute reached" + (
+                f" (this operation counts {cost})" if cost > 1 else ""
+            )
             raise RateLimited("rate", status.retry_after, message)
         yield

@@ -204,7 +204,7 @@ class Mutation:
         caller = await info.context.caller()
         key_id = _uuid(id, "id")
         async with info.context.transaction() as uow:
-            key = await accounts.revoke_key(uow.session, key_id, account_id=caller.account.id)
+            key = await accounts.revoke_key(uow, key_id, account_id=caller.account.id)
         return ApiKey.from_model(key)
 
     @strawberry.mutation(
@@ -268,11 +268,11 @@ class Subscription:
         self, info: Ctx, id: strawberry.ID
     ) -> AsyncGenerator[Generation, None]:
         caller = await info.context.caller()
-        async for g in follow(info.context, caller.account.id, str(id)):
+        async for g in follow(info.context, caller, str(id)):
             yield g
 
     @strawberry.subscription(description="Every change of any of the caller's generations.")
     async def generations_updated(self, info: Ctx) -> AsyncGenerator[Generation, None]:
         caller = await info.context.caller()
-        async for g in follow_account(info.context, caller.account.id):
+        async for g in follow_account(info.context, caller):
             yield g

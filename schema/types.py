@@ -139,6 +139,7 @@ class Account:
                 requests_per_minute=limits.requests_per_minute,
                 concurrent_jobs=limits.concurrent_jobs,
                 jobs_per_day=limits.jobs_per_day,
+                max_subscriptions=limits.max_subscriptions,
             ),
             webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
@@ -150,6 +151,9 @@ class Limits:
     requests_per_minute: int | None
     concurrent_jobs: int | None
     jobs_per_day: int | None
+    max_subscriptions: int | None = strawberry.field(
+        description="GraphQL subscriptions open at once, over all connections."
+    )
 
 
 @strawberry.type(description="Credits for sale through Stripe Checkout.")

@@ -20,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.errors import ErrorCode
 from billing.netguard import AddressPolicy
 from billing.packs import default_packs
 from billing.plans import default_plan_book
@@ -33,7 +34,9 @@ from gpu_worker.storage import LocalStorage
 from schema import Hardening, build_schema
 from schema.context import Payments, Services
 from schema.ratelimit import RequestLimiter
+from schema.textguard import unstorable
 from server import dashboard, rest
+from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
 from server.middleware import BodySizeLimit, RateLimitHeaders
 from server.settings import Settings, get_settings
@@ -43,15 +46,19 @@ log = logging.getLogger(__name__)
 
 async def files(request: Request) -> Response:
     services: Services = request.app.state.services
-    path = services.storage.local_path(request.path_params["key"])
+    key = request.path_params["key"]
+    # A NUL would make the filesystem call raise; no such file can exist anyway.
+    path = None if unstorable(key) else services.storage.local_path(key)
     if path is None:
-        return JSONResponse({"errors": [{"message": "Not found"}]}, status_code=404)
+        return error_response(404, ErrorCode.NOT_FOUND.value, "File not found")
     # Keys are unguessable job ids and files never change once written.
     return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 async def stripe_webhook(request: Request) -> JSONResponse:
-    """Verify, store once, acknowledge; a job applies it (billing/service/payments.py)."""
+    """Verify, store once, acknowledge; a job applies it (billing/service/payments.py).
+    A bad or future-dated signature, or a signed body that is not a storable JSON event,
+    is a 400 in the JSON error shape."""
     services: Services = request.app.state.services
     try:
         event = payments.verify(
@@ -59,7 +66,7 @@ async def stripe_webhook(request: Request) -> JSONResponse:
             request.headers.get("stripe-signature"),
             services.payments.webhook_secrets,
         )
-    except payments.InvalidSignature as exc:
+    except (payments.InvalidSignature, payments.InvalidPayload) as exc:
         return rest.error_response(400, exc.code.value, exc.message, field=exc.field)
     async with unit_of_work(services.sessions) as uow:
         new = await payments.receive(uow, event)
@@ -77,7 +84,11 @@ async def health(request: Request) -> JSONResponse:
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return rest.error_response(500, "INTERNAL_SERVER_ERROR", "Internal server error")
+    # Starlette re-raises after this answer and the server drops the connection: say so,
+    # so the client opens a new one for its next request instead of failing on this one.
+    return error_response(
+        500, "INTERNAL_SERVER_ERROR", "Internal server error", headers={"Connection": "close"}
+    )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -90,7 +101,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
         )
-        pool = await queue.connect(settings.redis_url, settings.queue_name)
+        pool = await queue.connect(
+            settings.redis_url, settings.queue_name, timeout_s=settings.redis_timeout_s
+        )
         broker = Broker(pool, queue.Keys(settings.queue_name).events)
         await broker.start()
         app.state.services = Services(
@@ -140,7 +153,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_tokens=settings.graphql_max_tokens,
         )
     )
-    graphql = GraphQLApp(schema, multipart_uploads_enabled=False)
+    graphql = GraphQLApp(
+        schema,
+        multipart_uploads_enabled=False,
+        keep_alive=True,
+        keep_alive_interval=settings.ws_keepalive_s,
+        # Subscriptions are capped per account (the plan's max_subscriptions), across
+        # connections and processes; strawberry's per-connection cap answers without a code.
+        max_subscriptions_per_connection=None,
+    )
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
@@ -155,7 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={Exception: internal_error},
+        exception_handlers={**EXCEPTION_HANDLERS, Exception: internal_error},
         middleware=[
             Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
             Middleware(RateLimitHeaders),

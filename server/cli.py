@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,9 +23,10 @@ credits_app = typer.Typer(help="Credits.")
 key_app = typer.Typer(help="API keys.")
 models_app = typer.Typer(help="Model directories.")
 dev_app = typer.Typer(help="Development helpers (used by `make run`).")
+stripe_app = typer.Typer(help="Stripe events that could not be applied (dead letters).")
 for sub, name in [
     (db_app, "db"), (account_app, "account"), (credits_app, "credits"),
-    (key_app, "key"), (models_app, "models"), (dev_app, "dev"),
+    (key_app, "key"), (models_app, "models"), (dev_app, "dev"), (stripe_app, "stripe"),
 ]:  # fmt: skip
     app.add_typer(sub, name=name)
 
@@ -86,20 +88,22 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run one arq GPU worker (loads every model in the registry, one job at a time)."""
+    """Run one arq GPU worker (loads every model in the registry, one job at a time).
+    It rides out Redis outages: reconnects with backoff, models kept loaded."""
     _logging()
-    from gpu_worker.worker import build_worker
+    from gpu_worker.worker import run
 
-    build_worker().run()
+    run()
 
 
 @app.command("webhook-worker")
 def webhook_worker() -> None:
-    """Run a webhook delivery worker (its own queue: receivers never hold up a GPU)."""
+    """Run a webhook delivery worker (its own queue: receivers never hold up a GPU).
+    It rides out Redis outages: reconnects with backoff."""
     _logging()
-    from gpu_worker.webhooks import build_webhook_worker
+    from gpu_worker.webhooks import run
 
-    build_webhook_worker().run()
+    run()
 
 
 @db_app.command("upgrade")
@@ -180,6 +184,7 @@ def account_set_plan(
     requests_per_minute: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
     concurrent_jobs: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
     jobs_per_day: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    max_subscriptions: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
     clear_overrides: Annotated[bool, typer.Option(help="Back to the plan's limits")] = False,
 ) -> None:
     """Change an account's plan and per-account limit overrides."""
@@ -191,6 +196,7 @@ def account_set_plan(
         **_limit_option(requests_per_minute, "requests_per_minute"),
         **_limit_option(concurrent_jobs, "concurrent_jobs"),
         **_limit_option(jobs_per_day, "jobs_per_day"),
+        **_limit_option(max_subscriptions, "max_subscriptions"),
     }
 
     async def change(session: Any) -> dict[str, Any]:
@@ -263,8 +269,15 @@ def key_create(
 
 
 @key_app.command("revoke")
-def key_revoke(key_id: Annotated[str, typer.Argument(help="The key's id")]) -> None:
-    """Revoke an API key; requests with it fail with 401 at once."""
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Revoke it even if it is the account's last key")
+    ] = False,
+) -> None:
+    """Revoke an API key; requests with it fail with 401 at once. An account's last
+    active key is refused unless --force (the account is then locked out until an
+    operator runs `fluxgate key create`)."""
     from billing.errors import FluxgateError
     from billing.service import accounts
 
@@ -273,14 +286,39 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="The key's id")]) -> N
     except ValueError:
         raise _fail("key id must be a UUID (see `fluxgate key create --json`)") from None
 
-    async def revoke(session: Any) -> None:
-        await accounts.revoke_key(session, kid)
+    async def revoke() -> bool:
+        from billing.db import make_engine, make_sessionmaker, unit_of_work
+        from gpu_worker import queue
+
+        settings = get_settings()
+        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        try:
+            async with unit_of_work(make_sessionmaker(engine)) as uow:
+                await accounts.revoke_key(uow, kid, allow_last=force)
+        finally:
+            await engine.dispose()
+        # After commit, like the API: the broker ends the key's open subscriptions.
+        try:
+            pool = await queue.connect(settings.redis_url, settings.queue_name)
+        except Exception:  # revoked all the same; said below
+            return False
+        try:
+            await queue.Dispatcher(pool, settings.queue_name).dispatch(uow.events)
+        finally:
+            await pool.aclose(close_connection_pool=True)
+        return True
 
     try:
-        _with_session(revoke)
+        announced = asyncio.run(revoke())
     except FluxgateError as exc:
         raise _fail(exc.message) from None
     typer.echo(f"revoked {key_id}")
+    if not announced:
+        typer.echo(
+            "warning: Redis unreachable; open subscriptions with this key end at their "
+            "next recheck",
+            err=True,
+        )
 
 
 @models_app.command("build-tiny")
@@ -337,6 +375,62 @@ def dev_bootstrap(
     key_file.write_text(json.dumps(data, indent=2))
     key_file.chmod(0o600)
     typer.echo(json.dumps(data))
+
+
+@stripe_app.command("dead-letters")
+def stripe_dead_letters(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 100,
+) -> None:
+    """Stripe events given up on (malformed, or failing every attempt), with their errors.
+    Fix the cause, then `fluxgate stripe retry EVENT_ID`."""
+    from billing.service import payments
+
+    async def load(session: Any) -> list[dict[str, Any]]:
+        return [
+            {"id": e.id, "type": e.type, "attempts": e.attempts, "error": e.error,
+             "received_at": e.received_at.isoformat(),
+             "dead_at": e.dead_at.isoformat() if e.dead_at else None}
+            for e in await payments.dead_letters(session, limit=limit)
+        ]  # fmt: skip
+
+    for row in _with_session(load):
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(f"{row['id']} {row['type']} (attempts {row['attempts']}): {row['error']}")
+
+
+@stripe_app.command("retry")
+def stripe_retry(event_id: Annotated[str, typer.Argument(help="A dead letter's event id")]) -> None:
+    """Give a dead-lettered Stripe event a fresh set of attempts and queue it now."""
+    from billing.errors import FluxgateError
+    from billing.service import payments
+
+    async def revive() -> None:
+        from billing.db import make_engine, make_sessionmaker, unit_of_work
+        from gpu_worker import queue
+
+        settings = get_settings()
+        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        try:
+            async with unit_of_work(make_sessionmaker(engine)) as uow:
+                await payments.revive(uow, event_id)
+        finally:
+            await engine.dispose()
+        # If Redis is unreachable, the inbox sweeper queues it within a few minutes.
+        with contextlib.suppress(Exception):
+            pool = await queue.connect(settings.redis_url, settings.queue_name)
+            try:
+                await queue.Dispatcher(pool, settings.queue_name).dispatch(uow.events)
+            finally:
+                await pool.aclose(close_connection_pool=True)
+
+    try:
+        asyncio.run(revive())
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
+    typer.echo(f"queued {event_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

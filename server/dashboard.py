@@ -1,10 +1,12 @@
 """The billing dashboard (/dashboard): server-rendered pages (Jinja2, no build step, no
 CDN) over the same services as the API.
 
-Sign-in takes an API key once; the session cookie (signed, HttpOnly, SameSite=Strict,
-Secure under https, scoped to /dashboard) then carries the account and key ids, and every
-request checks the key is still valid, so revoking it signs the session out. Every
-state-changing form carries the session's CSRF token.
+Sign-in takes an API key once and opens a server-side session
+(``billing/service/web_sessions.py``); the cookie (signed, HttpOnly, SameSite=Strict,
+Secure under https, scoped to /dashboard) carries only its id and the CSRF token. Every
+request checks the session is live and its key still valid: signing out, or revoking the
+key, ends it, for every copy of the cookie. Every state-changing form carries the CSRF
+token, and every page forbids framing and anything not served by the app (CSP).
 """
 
 from __future__ import annotations
@@ -17,20 +19,26 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
-from billing.errors import FluxgateError
-from billing.service import accounts, generations, ledger, payments, reports, webhooks
+from billing.db import unit_of_work
+from billing.errors import Conflict, FluxgateError
+from billing.service import accounts, generations, ledger, payments, reports, web_sessions, webhooks
 from schema.context import Services
+from server import rest
 from server.auth import api_key_from
 
 log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 HOME = "/dashboard"
+# Ids in dashboard URLs are short; anything longer (or with a NUL) names nothing.
+MAX_ID_LENGTH = 255
+MAX_PAGE = 10**9
 
 
 def _services(request: Request) -> Services:
@@ -51,24 +59,31 @@ async def _form(request: Request) -> dict[str, Any] | Response:
     form = dict(await request.form())
     sent = str(form.get("csrf_token", ""))
     expected = request.session.get("csrf", "")
-    if not sent or not expected or not hmac.compare_digest(sent, expected):
-        return Response("Forbidden: missing or invalid CSRF token", status_code=403)
+    if not sent or not expected or not hmac.compare_digest(sent, str(expected)):
+        return rest.error_response(403, "FORBIDDEN", "Missing or invalid CSRF token")
     return form
 
 
 async def _caller(request: Request) -> accounts.Caller | None:
-    try:
-        account_id = uuid.UUID(request.session.get("account_id", ""))
-        key_id = uuid.UUID(request.session.get("key_id", ""))
-    except ValueError:
+    session_id = request.session.get("sid")
+    if not isinstance(session_id, str) or not session_id:
         return None
     async with _services(request).sessions() as session:
-        caller = await accounts.resume(session, account_id, key_id)
+        caller = await web_sessions.resume(session, session_id)
     if caller is None:
         request.session.clear()
     return caller
 
 
+def _not_found(what: str) -> Response:
+    return rest.error_response(404, "NOT_FOUND", f"{what} not found")
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 SignedIn = Callable[[Request, accounts.Caller], Awaitable[Response]]
 Posted = Callable[[Request, accounts.Caller, dict[str, Any]], Awaitable[Response]]
 
@@ -101,18 +116,58 @@ def posted(handler: Posted) -> Callable[[Request], Awaitable[Response]]:
 
 
 def _render(
-    request: Request, template: str, caller: accounts.Caller | None, **context: Any
+    request: Request,
+    template: str,
+    caller: accounts.Caller | None,
+    *,
+    status_code: int = 200,
+    **context: Any,
 ) -> Response:
     flash = request.session.pop("flash", None)
+    nonce = secrets.token_urlsafe(16)
     response = templates.TemplateResponse(
         request,
         template,
         {"account": caller.account if caller else None, "csrf_token": csrf_token(request),
-         "flash": flash, **context},
+         "flash": flash, "csp_nonce": nonce, **context},
+        status_code=status_code,
     )  # fmt: skip
-    # Pages show balances, keys and secrets: never from a cache.
-    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = _csp(request, nonce)
     return response
+
+
+def _csp(request: Request, style_nonce: str | None = None) -> str:
+    """Only the app's own resources; the one inline stylesheet by its per-response nonce;
+    no scripts at all; images also from the storage's public base (it may be a CDN);
+    forms may go on to Stripe Checkout (https); never inside a frame."""
+    images = " ".join(dict.fromkeys(["'self'", _origin(_services(request).storage.url("x"))]))
+    style = f"'nonce-{style_nonce}'" if style_nonce else "'none'"
+    return (
+        f"default-src 'self'; img-src {images}; style-src {style}; script-src 'none'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self' https:; "
+        "frame-ancestors 'none'"
+    )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "'self'"
+
+
+def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Endpoint:
+    """Headers every dashboard response carries, pages, redirects and errors alike."""
+
+    async def respond(request: Request) -> Response:
+        response = await endpoint(request)
+        response.headers.setdefault("Content-Security-Policy", _csp(request))
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        # Pages show balances, keys and secrets: never from a cache.
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return respond
 
 
 def _to_login() -> Response:
@@ -137,10 +192,14 @@ async def login(request: Request) -> Response:
                 services.pepper,
             )  # fmt: skip
     except FluxgateError:
-        return _render(request, "login.html", None, error="That API key is not valid.")
-    request.session.clear()  # a fresh session (and CSRF token) on sign-in
-    request.session["account_id"] = str(caller.account.id)
-    request.session["key_id"] = str(caller.api_key_id)
+        return _render(
+            request, "login.html", None, status_code=401, error="That API key is not valid."
+        )
+    async with services.sessions() as session:
+        session_id = await web_sessions.open_session(session, caller)
+        await session.commit()
+    request.session.clear()  # a fresh cookie (and CSRF token) on sign-in
+    request.session["sid"] = session_id
     return RedirectResponse(HOME, status_code=303)
 
 
@@ -148,6 +207,12 @@ async def logout(request: Request) -> Response:
     form = await _form(request)
     if isinstance(form, Response):
         return form
+    session_id = request.session.get("sid")
+    if isinstance(session_id, str):
+        # Ended on the server: a copy of the cookie stops working too.
+        async with _services(request).sessions() as session:
+            await web_sessions.close(session, session_id)
+            await session.commit()
     request.session.clear()
     return _to_login()
 
@@ -173,63 +238,85 @@ async def overview(request: Request, caller: accounts.Caller) -> Response:
 
 @signed_in
 async def ledger_page(request: Request, caller: accounts.Caller) -> Response:
-    try:
-        page = int(request.query_params.get("page", "1"))
-    except ValueError:
-        page = 1
+    raw = request.query_params.get("page", "1").strip()
+    # Anything not a page number shows the first page, a page past the end the last one.
+    # Digits are counted before converting: a huge number never reaches the database.
+    page = 1
+    if raw.isascii() and raw.isdigit():
+        page = MAX_PAGE if len(raw) > len(str(MAX_PAGE)) else min(int(raw), MAX_PAGE)
     async with _services(request).sessions() as session:
         history = await reports.ledger_history(session, caller.account.id, page=page)
+        if history.page > history.pages:
+            history = await reports.ledger_history(session, caller.account.id, page=history.pages)
     return _render(request, "ledger.html", caller, page="ledger", history=history)
 
 
 @signed_in
 async def job_page(request: Request, caller: accounts.Caller) -> Response:
     services = _services(request)
+    job_id = request.path_params["id"]
+    if not _valid_id(job_id):
+        return _not_found("Generation")
     try:
         async with services.sessions() as session:
-            job = await generations.get(session, caller.account.id, request.path_params["id"])
+            job = await generations.get(session, caller.account.id, job_id)
     except FluxgateError:
-        return Response("Not found", status_code=404)
+        return _not_found("Generation")
     url = services.storage.url(job.image_key) if job.image_key else None
     return _render(request, "job.html", caller, page="ledger", job=job, url=url)
 
 
 @signed_in
 async def payment_page(request: Request, caller: accounts.Caller) -> Response:
+    payment_id = request.path_params["id"]
+    if not _valid_id(payment_id):
+        return _not_found("Payment")
     async with _services(request).sessions() as session:
         try:
-            payment = await payments.get_payment(
-                session, caller.account.id, request.path_params["id"]
-            )
+            payment = await payments.get_payment(session, caller.account.id, payment_id)
         except FluxgateError:
-            return Response("Not found", status_code=404)
+            return _not_found("Payment")
     return _render(request, "payment.html", caller, page="ledger", payment=payment)
 
 
-@signed_in
-async def billing_page(request: Request, caller: accounts.Caller) -> Response:
+def _billing(
+    request: Request, caller: accounts.Caller, *, status_code: int = 200, error: str | None = None
+) -> Response:
     services = _services(request)
     return _render(
-        request, "billing.html", caller, page="billing",
+        request, "billing.html", caller, status_code=status_code, page="billing", error=error,
         purchases=services.payments.gateway is not None, packs=services.packs.packs,
+        # One nonce per rendered form: submitting it twice is one Checkout Session.
         nonce=secrets.token_hex(12),
     )  # fmt: skip
 
 
+@signed_in
+async def billing_page(request: Request, caller: accounts.Caller) -> Response:
+    return _billing(request, caller)
+
+
 @posted
 async def checkout(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
-    payments = _services(request).payments
-    if payments.gateway is None:
-        return RedirectResponse(f"{HOME}/billing", status_code=303)
-    pack = _services(request).packs.get(str(form.get("pack_id", "")))
-    session = await payments.gateway.create_checkout(
-        account_id=caller.account.id,
-        pack=pack,
-        success_url=payments.success_url,
-        cancel_url=payments.cancel_url,
-        idempotency_key=f"checkout:{caller.account.id}:{pack.id}:{form['csrf_token']}:"
-        f"{secrets.token_hex(8)}",
-    )
+    services = _services(request)
+    stripe = services.payments
+    try:
+        session = await payments.create_checkout(
+            stripe.gateway,
+            services.packs,
+            account_id=caller.account.id,
+            pack_id=str(form.get("pack_id", "")),
+            success_url=stripe.success_url,
+            cancel_url=stripe.cancel_url,
+            nonce=str(form.get("nonce", "")),
+        )
+    except FluxgateError as exc:
+        return _billing(
+            request,
+            caller,
+            status_code=rest.STATUS_BY_CODE.get(exc.code.value, 400),
+            error=exc.message,
+        )
     return RedirectResponse(session.url, status_code=303)
 
 
@@ -247,6 +334,9 @@ async def keys_page(request: Request, caller: accounts.Caller) -> Response:
 @posted
 async def create_key(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
     name = str(form.get("name", "default")).strip()[:100] or "default"
+    if not name.isprintable():
+        request.session["flash"] = "A key name must be printable text."
+        return RedirectResponse(f"{HOME}/keys", status_code=303)
     services = _services(request)
     async with services.sessions() as session:
         new = await accounts.create_key(session, caller.account.id, services.pepper, name=name)
@@ -259,9 +349,13 @@ async def create_key(request: Request, caller: accounts.Caller, form: dict[str, 
 async def revoke_key(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
     try:
         key_id = uuid.UUID(request.path_params["key_id"])
-        async with _services(request).sessions() as session:
-            await accounts.revoke_key(session, key_id, account_id=caller.account.id)
-            await session.commit()
+        services = _services(request)
+        async with unit_of_work(services.sessions) as uow:
+            await accounts.revoke_key(uow, key_id, account_id=caller.account.id)
+        # After commit: ends the subscriptions opened with the key, on every API process.
+        await services.dispatcher.dispatch(uow.events)
+    except Conflict as exc:
+        request.session["flash"] = exc.message
     except (ValueError, FluxgateError):
         request.session["flash"] = "No such key."
     else:
@@ -297,18 +391,18 @@ async def rotate_secret(
 
 
 routes: list[BaseRoute] = [
-    Route(HOME, overview, methods=["GET"]),
-    Route(f"{HOME}/login", login_page, methods=["GET"]),
-    Route(f"{HOME}/login", login, methods=["POST"]),
-    Route(f"{HOME}/logout", logout, methods=["POST"]),
-    Route(f"{HOME}/ledger", ledger_page, methods=["GET"]),
-    Route(f"{HOME}/jobs/{{id}}", job_page, methods=["GET"]),
-    Route(f"{HOME}/payments/{{id}}", payment_page, methods=["GET"]),
-    Route(f"{HOME}/billing", billing_page, methods=["GET"]),
-    Route(f"{HOME}/billing/checkout", checkout, methods=["POST"]),
-    Route(f"{HOME}/keys", keys_page, methods=["GET"]),
-    Route(f"{HOME}/keys", create_key, methods=["POST"]),
-    Route(f"{HOME}/keys/{{key_id}}/revoke", revoke_key, methods=["POST"]),
-    Route(f"{HOME}/webhooks", webhooks_page, methods=["GET"]),
-    Route(f"{HOME}/webhooks/rotate", rotate_secret, methods=["POST"]),
+    Route(HOME, guarded(overview), methods=["GET"]),
+    Route(f"{HOME}/login", guarded(login_page), methods=["GET"]),
+    Route(f"{HOME}/login", guarded(login), methods=["POST"]),
+    Route(f"{HOME}/logout", guarded(logout), methods=["POST"]),
+    Route(f"{HOME}/ledger", guarded(ledger_page), methods=["GET"]),
+    Route(f"{HOME}/jobs/{{id}}", guarded(job_page), methods=["GET"]),
+    Route(f"{HOME}/payments/{{id}}", guarded(payment_page), methods=["GET"]),
+    Route(f"{HOME}/billing", guarded(billing_page), methods=["GET"]),
+    Route(f"{HOME}/billing/checkout", guarded(checkout), methods=["POST"]),
+    Route(f"{HOME}/keys", guarded(keys_page), methods=["GET"]),
+    Route(f"{HOME}/keys", guarded(create_key), methods=["POST"]),
+    Route(f"{HOME}/keys/{{key_id}}/revoke", guarded(revoke_key), methods=["POST"]),
+    Route(f"{HOME}/webhooks", guarded(webhooks_page), methods=["GET"]),
+    Route(f"{HOME}/webhooks/rotate", guarded(rotate_secret), methods=["POST"]),
 ]

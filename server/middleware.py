@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,10 +46,14 @@ class RateLimitHeaders:
         if status is not None:
             return status
         caller = state.get("fluxgate_caller")
-        if caller is None:
+        if caller is None or state.get("fluxgate_rate_unavailable"):
             return None
         services: Services = scope["app"].state.services
-        return await services.limiter.peek(*caller)
+        try:
+            return await services.limiter.peek(*caller)
+        except (RedisConnectionError, RedisTimeoutError):
+            # Headers are informative: without Redis the response goes without them.
+            return None
 
 
 class _TooLarge(Exception):

@@ -4,7 +4,6 @@ and every rule are identical; only the HTTP status differs by error code."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from graphql import GraphQLError
@@ -13,7 +12,10 @@ from starlette.responses import JSONResponse
 
 from billing.errors import ErrorCode, Unauthenticated
 from schema.context import Context
+from server.errors import BadBody, ErrorResponse, decode_json, error_response
 from server.graphql import build_context
+
+__all__ = ["cancel_text_to_image", "error_response", "get_text_to_image", "text_to_image"]
 
 STATUS_BY_CODE = {
     ErrorCode.BAD_USER_INPUT.value: 400,
@@ -26,7 +28,10 @@ STATUS_BY_CODE = {
     ErrorCode.CONFLICT.value: 409,
     ErrorCode.IDEMPOTENCY_KEY_REUSED.value: 422,
     ErrorCode.RATE_LIMITED.value: 429,
+    ErrorCode.SERVICE_UNAVAILABLE.value: 503,
 }
+# Codes whose refusal says when to try again (extensions.retryAfter → Retry-After).
+RETRYABLE = {ErrorCode.RATE_LIMITED.value, ErrorCode.SERVICE_UNAVAILABLE.value}
 
 _FIELDS = """
     id status service provider version quality prompt url width height seed
@@ -45,13 +50,6 @@ GET_GENERATION = f"""
 query Generation($id: ID!) {{
   generateImage: generation(id: $id) {{ {_FIELDS} }}
 }}"""
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"errors": [{"message": message, "extensions": {"code": code, **extra}}]},
-        status_code=status,
-    )
 
 
 async def _authenticated(request: Request) -> Context | JSONResponse:
@@ -75,9 +73,9 @@ async def _execute(
         extensions = errors[0].get("extensions", {})
         code = extensions.get("code", "")
         headers = {}
-        if code == ErrorCode.RATE_LIMITED.value:
+        if code in RETRYABLE and "retryAfter" in extensions:
             headers["Retry-After"] = str(extensions["retryAfter"])
-        return JSONResponse(
+        return ErrorResponse(
             {"errors": errors}, status_code=STATUS_BY_CODE.get(code, 500), headers=headers
         )
     # The documents name their field as the envelope shows it: seed 001 shows the accepted
@@ -96,10 +94,19 @@ async def text_to_image(request: Request) -> JSONResponse:
     context = await _authenticated(request)
     if isinstance(context, JSONResponse):
         return context
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        # Refused before the body is read: only JSON is a request (nothing is charged).
+        return error_response(
+            415,
+            ErrorCode.BAD_USER_INPUT.value,
+            "Send the request body as application/json",
+            field="Content-Type",
+        )
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return error_response(400, "BAD_USER_INPUT", "Malformed JSON body", field="body")
+        body = decode_json(await request.body())
+    except BadBody as exc:
+        return error_response(400, ErrorCode.BAD_USER_INPUT.value, exc.message, field="body")
     if not isinstance(body, dict):
         return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
     return await _execute(request, context, GENERATE_IMAGE, {"input": body})

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # timings). arq's job keys and cron ids are not prefixed: give each deployment its own
     # Redis database.
     queue_name: str = "fluxgate:queue"
+    # The API's connect and read timeout on Redis: a stalled Redis answers requests 503
+    # (SERVICE_UNAVAILABLE, Retry-After) after this long instead of hanging them.
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=30)
     storage_dir: Path = ROOT / "var" / "storage"
     public_url: str = "http://127.0.0.1:8000"
     models: Path = ROOT / "deploy" / "models.dev.toml"
@@ -41,9 +44,16 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     job_timeout_s: int = Field(default=600, ge=10)
     job_max_tries: int = Field(default=3, ge=1)
-    # A hold older than this on a job that is neither finished nor progressing is released
-    # by the sweeper: the worker that held it is gone and arq has given up on it.
-    stale_job_after_s: int = Field(default=3600, ge=60)
+    # The worker running a job renews its lease (in the database) every job_heartbeat_s;
+    # the sweeper, every sweep_interval_s, retries (up to job_max_tries runs) or fails and
+    # releases a processing job whose lease is older than job_lease_s: a crashed worker's
+    # job is picked up again within about job_lease_s + sweep_interval_s.
+    job_lease_s: int = Field(default=30, ge=2)
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    # A job still queued after this long (no live worker serves its model) fails, and its
+    # credits are released.
+    max_queue_wait_s: int = Field(default=3600, ge=1)
     progress_interval_s: float = Field(default=0.25, gt=0)
     worker_poll_interval_s: float = Field(default=0.02, gt=0)
 
@@ -62,6 +72,10 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
+    # A Stripe event that keeps failing to apply is retried this often, this many times,
+    # then dead-lettered (`fluxgate stripe dead-letters`); a malformed one at once.
+    stripe_event_max_attempts: int = Field(default=8, ge=1, le=100)
+    stripe_event_retry_s: float = Field(default=30.0, gt=0, le=3600)
     checkout_success_url: str | None = None
     checkout_cancel_url: str | None = None
 
@@ -71,6 +85,10 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=50)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Websocket keep-alive: `ka` (graphql-ws) or `ping` (graphql-transport-ws) this often,
+    # so clients that watch for liveness (gql's keep_alive_timeout) and idle-closing
+    # proxies keep the connection.
+    ws_keepalive_s: float = Field(default=10.0, gt=0)
 
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256
@@ -96,11 +114,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _sweeper_after_arq_retries(self) -> Settings:
-        # arq retries a job whose worker died once its timeout has passed; the sweeper
-        # must not give up on the job before that.
-        if self.stale_job_after_s <= self.job_timeout_s + 60:
-            raise ValueError("FLUXGATE_STALE_JOB_AFTER_S must exceed FLUXGATE_JOB_TIMEOUT_S + 60")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        # A live worker must not lose its job to the sweeper over one slow or missed
+        # renewal (a database hiccup): the lease spans at least three heartbeats. arq's own
+        # lock no longer matters: the sweeper clears it when it re-enqueues a job.
+        if self.job_lease_s < 3 * self.job_heartbeat_s:
+            raise ValueError(
+                "FLUXGATE_JOB_LEASE_S must be at least 3 times FLUXGATE_JOB_HEARTBEAT_S"
+            )
+        # A lease must be checked more often than it lasts, or a crash is noticed late.
+        if self.sweep_interval_s > self.job_lease_s:
+            raise ValueError("FLUXGATE_SWEEP_INTERVAL_S must not exceed FLUXGATE_JOB_LEASE_S")
         return self
 
     @model_validator(mode="after")

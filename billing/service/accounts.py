@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys
 from billing import repository as repo
-from billing.errors import BadUserInput, NotFound, Unauthenticated
+from billing.db import ApiKeyRevoked, UnitOfWork
+from billing.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from billing.models import Account, ApiKey, utcnow
 from billing.plans import PlanBook, default_plan_book, validate_overrides
 from billing.service import ledger
@@ -96,13 +97,32 @@ async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes)
 
 
 async def revoke_key(
-    session: AsyncSession, key_id: uuid.UUID, *, account_id: uuid.UUID | None = None
+    uow: UnitOfWork,
+    key_id: uuid.UUID,
+    *,
+    account_id: uuid.UUID | None = None,
+    allow_last: bool = False,
 ) -> ApiKey:
     """Revoke a key (of ``account_id`` only, when given). Every API process checks keys
-    against the database on each request, so it stops working at once everywhere."""
+    against the database on each request, so it stops working at once everywhere; the
+    ``ApiKeyRevoked`` event ends the live subscriptions opened with it, and the
+    dashboard sessions signed in with it end too.
+
+    An account's last active key is refused (:class:`Conflict`) unless ``allow_last``
+    (operators): without a key it could reach neither the API nor the dashboard."""
+    session = uow.session
+    found = await repo.get_active_key(session, key_id)
+    if found is not None and account_id in (None, found[1].id):
+        # The account row is locked first, so two revocations at once cannot each see
+        # the other's key still active and leave none.
+        await repo.lock_account(session, found[1].id)
     key = await repo.revoke_key(session, key_id, account_id=account_id)
     if key is None:
         raise NotFound("API key")
+    if not allow_last and await repo.count_active_keys(session, key.account_id) == 0:
+        raise Conflict("This is the account's last active API key: create another key first")
+    await repo.revoke_dashboard_sessions(session, api_key_id=key.id)
+    uow.emit(ApiKeyRevoked(api_key_id=str(key.id), account_id=str(key.account_id)))
     return key
 
 

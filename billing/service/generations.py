@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case
+from sqlalchemy import case, func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
-from billing.db import GenerationAccepted, GenerationCancelled, GenerationUpdated, UnitOfWork
+from billing.db import (
+    GenerationAccepted,
+    GenerationCancelled,
+    GenerationRequeued,
+    GenerationUpdated,
+    UnitOfWork,
+)
 from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound, RateLimited
 from billing.models import Generation, GenerationStatus, snapshot, utcnow
 from billing.plans import PlanBook, PlanLimits, default_plan_book
@@ -215,6 +221,7 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
         values={
             "status": GenerationStatus.PROCESSING.value,
             "started_at": utcnow(),
+            "heartbeat_at": func.now(),  # the run's lease (see renew_lease)
             "attempts": Generation.attempts + 1,  # SQL expression: attempts = attempts + 1
             "step": 0,
             "progress": 0,
@@ -349,32 +356,119 @@ async def _settle(
 STALE_MESSAGE = "The worker running this job stopped; credits released"
 
 
+def queue_timeout_message(max_wait: timedelta) -> str:
+    return (
+        f"No worker took this job within {int(max_wait.total_seconds())} seconds; "
+        "the credits were released"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Stale:
-    processing: list[str]
-    queued: list[str]
+    expired: list[str]  # processing, lease expired: retried or failed (recover)
+    queued: list[str]  # queued a while: perhaps never reached Redis (requeue)
+    overdue: list[str]  # queued past the maximum wait (expire_queued)
 
 
 async def find_stale(
-    session: AsyncSession, *, stale_after: timedelta, requeue_after: timedelta
+    session: AsyncSession,
+    *,
+    lease: timedelta,
+    requeue_after: timedelta,
+    max_queue_wait: timedelta,
 ) -> Stale:
-    """Jobs the sweeper must act on.
+    """Jobs the sweeper must act on, each then in its own transaction.
 
-    A job ``processing`` with no progress for ``stale_after`` has outlived every arq retry
-    (its in-progress key has expired and max_tries is spent): the sweeper fails it with
-    :func:`fail`, each in its own transaction, so no credits stay held forever. A job
-    ``queued`` for ``requeue_after`` may have been committed while Redis was unreachable:
-    the sweeper enqueues it again (arq de-duplicates by id).
+    A ``processing`` job whose worker has not renewed its lease for ``lease`` lost its
+    worker (killed, or cut off from the database): :func:`recover` retries or fails it.
+    A job ``queued`` for ``requeue_after`` may have been committed while Redis was
+    unreachable, or lost with a Redis restart: it is enqueued again (arq de-duplicates
+    by id). One queued longer than ``max_queue_wait`` has no worker that can run it:
+    :func:`expire_queued` fails it and releases its credits.
     """
-    now = utcnow()
     rows = await repo.stale_generations(
-        session, processing_before=now - stale_after, queued_before=now - requeue_after
+        session,
+        lease=lease,
+        queued_before=utcnow() - requeue_after,
+        max_wait=max_queue_wait,
     )
     return Stale(
-        processing=[g.id for g in rows if g.status == GenerationStatus.PROCESSING.value],
-        queued=[g.id for g in rows if g.status == GenerationStatus.QUEUED.value],
+        expired=[i for i, status, _ in rows if status == GenerationStatus.PROCESSING.value],
+        queued=[
+            i for i, status, late in rows if status == GenerationStatus.QUEUED.value and not late
+        ],
+        overdue=[i for i, _, late in rows if late],
     )
 
 
 def requeue(uow: UnitOfWork, generation_id: str) -> None:
     uow.emit(GenerationAccepted(generation_id))
+
+
+async def renew_lease(uow: UnitOfWork, generation_id: str, attempt: int) -> bool:
+    """Renew the lease of the run ``attempt`` (the job's ``attempts`` when it began).
+    False: the run no longer owns the job and should stop."""
+    return await repo.renew_lease(uow.session, generation_id, attempt)
+
+
+async def recover(
+    uow: UnitOfWork, generation_id: str, *, lease: timedelta, max_tries: int
+) -> Generation | None:
+    """A processing job whose lease expired: back to the queue for another run while it
+    has had fewer than ``max_tries``, else failed and released. None when a run renewed
+    the lease meanwhile, or the job finished: the conditions are re-checked in each
+    conditional UPDATE, so a live run never loses its job to the sweeper. A run that did
+    lose it stops at its next renewal, and settlement stays once per job whatever runs.
+    """
+    requeued = await repo.take_expired(
+        uow.session,
+        generation_id,
+        lease,
+        {
+            "status": GenerationStatus.QUEUED.value,
+            "queued_at": func.now(),
+            "heartbeat_at": None,
+            "step": 0,
+            "progress": 0,
+        },
+        attempts_below=max_tries,
+    )
+    if requeued is not None:
+        uow.emit(GenerationRequeued(generation_id))
+        uow.emit(GenerationUpdated(snapshot(requeued)))
+        return requeued
+    failed = await repo.take_expired(
+        uow.session,
+        generation_id,
+        lease,
+        {
+            "status": GenerationStatus.FAILED.value,
+            "error": STALE_MESSAGE,
+            "completed_at": utcnow(),
+        },
+    )
+    if failed is not None:
+        await _settle(uow, failed, capture=False)
+    return failed
+
+
+async def expire_queued(
+    uow: UnitOfWork, generation_id: str, max_wait: timedelta
+) -> Generation | None:
+    """Fail a job still queued after ``max_wait`` (no live worker serves its model) and
+    release its credits. None if it started or finished meanwhile."""
+    generation = await repo.take_overdue(
+        uow.session,
+        generation_id,
+        max_wait,
+        {
+            "status": GenerationStatus.FAILED.value,
+            "error": queue_timeout_message(max_wait),
+            "completed_at": utcnow(),
+        },
+    )
+    if generation is not None:
+        # Off the queue too, so no worker spends a run on it (it would be skipped).
+        uow.emit(GenerationCancelled(generation.id))
+        await _settle(uow, generation, capture=False)
+    return generation

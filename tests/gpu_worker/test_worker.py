@@ -215,13 +215,14 @@ async def test_sweeper_releases_holds_of_vanished_workers(
     async with unit_of_work(sessions) as uow:
         await generations.begin_processing(uow, stale.id)
         await generations.begin_processing(uow, fresh.id)
-        # The stale job's worker went silent two hours ago; arq has given up on it.
+        # The stale job's worker stopped renewing its lease two hours ago.
         await uow.session.execute(
             update(Generation)
             .where(Generation.id == stale.id)  # type: ignore[arg-type]
-            .values(updated_at=utcnow() - timedelta(hours=2))
+            .values(heartbeat_at=utcnow() - timedelta(hours=2))
         )
-    ctx = await make_ctx(settings, pool, ExplodingRunner(catalog), stale_job_after_s=3600)
+    # Its one allowed run is spent: failed and released (not retried).
+    ctx = await make_ctx(settings, pool, ExplodingRunner(catalog), job_max_tries=1)
     try:
         result = await sweep_stale(ctx)
         again = await sweep_stale(ctx)

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.db import unit_of_work
 from billing.models import Generation
 from billing.service import accounts
 from server.settings import Settings
@@ -130,7 +131,9 @@ async def test_rest_bad_input(
 ) -> None:
     content = payload.encode("latin-1") if isinstance(payload, str) else json.dumps(payload)
     response = await client.post(
-        "/v1/text_to_image", content=content, headers={"X-API-Key": account.api_key}
+        "/v1/text_to_image",
+        content=content,
+        headers={"X-API-Key": account.api_key, "Content-Type": "application/json"},
     )
     assert response.status_code == 400, response.text
     [error] = response.json()["errors"]
@@ -183,9 +186,8 @@ async def test_insufficient_credits_shape_on_both_surfaces(
 
 
 async def revoked_key(sessions: async_sessionmaker[AsyncSession], account: TestAccount) -> str:
-    async with sessions() as s:
-        await accounts.revoke_key(s, account.api_key_id)
-        await s.commit()
+    async with unit_of_work(sessions) as uow:
+        await accounts.revoke_key(uow, account.api_key_id, allow_last=True)
     return account.api_key
 
 

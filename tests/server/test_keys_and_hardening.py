@@ -117,6 +117,7 @@ async def test_admins_change_plans_and_overrides(
         "requests_per_minute": 45,
         "concurrent_jobs": None,
         "jobs_per_day": None,  # the override set through GraphQL above stays
+        "max_subscriptions": 20,  # the starter plan's
     }
     me = await gql(client, "{ me { plan limits { requestsPerMinute concurrentJobs } } }",
                    key=customer.api_key)  # fmt: skip

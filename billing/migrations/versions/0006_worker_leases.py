@@ -7,6 +7,9 @@ Create Date: 2026-11-30 19:00:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +17,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    # Both nullable: rows from before the upgrade fall back to updated_at / created_at.
+    op.add_column("generations", sa.Column("heartbeat_at", sa.DateTime(timezone=True)))
+    op.add_column("generations", sa.Column("queued_at", sa.DateTime(timezone=True)))
 
 
 def downgrade() -> None:
-    pass
+    op.drop_column("generations", "queued_at")
+    op.drop_column("generations", "heartbeat_at")

@@ -1,0 +1,119 @@
+"""Keeps an arq worker running through Redis outages.
+
+arq's poll loop raises when Redis is killed or restarted, and its ``Worker`` cannot be
+started again. The supervisor builds a fresh ``Worker`` each time, around the same
+``ctx``: whatever the startup put there that is worth keeping (the GPU worker's loaded
+pipelines) survives, so a reconnect never reloads a model. Between attempts it waits with
+exponential backoff and jitter (redis-py's), so a fleet of workers does not reconnect in
+lockstep. SIGINT and SIGTERM stop it at any point, as they stop a plain arq worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from arq.worker import Worker
+from redis.backoff import AbstractBackoff, EqualJitterBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+# A worker that ran this long before losing Redis starts the backoff again from the base.
+HEALTHY_AFTER_S = 60.0
+# Errors that mean "Redis (or the network to it) went away", worth a reconnect. Anything
+# else (a model that does not load, a bad setting) ends the process: restarting would not
+# fix it. Not OSError as a whole: a missing model file is one too.
+CONNECTION_ERRORS = (RedisError, ConnectionError, TimeoutError)
+
+
+class Supervisor:
+    """Runs ``build()``'s worker until stopped, rebuilding it after a connection loss.
+
+    ``build`` must return a worker made with ``handle_signals=False`` (the supervisor owns
+    the signals) and the same ``ctx`` dict every time.
+    """
+
+    def __init__(
+        self, build: Callable[[], Worker], name: str, *, backoff: AbstractBackoff | None = None
+    ) -> None:
+        self.build = build
+        self.name = name
+        self.backoff = backoff or EqualJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+        self._worker: Worker | None = None
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        """Stop for good: the running worker cancels its jobs (arq retries them) and
+        closes; a wait between attempts ends at once."""
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.handle_sig(signum)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGINT, signal.SIGTERM)
+        for signum in handled:
+            loop.add_signal_handler(signum, self.stop, signum)
+        try:
+            await self._supervise(loop)
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    async def _supervise(self, loop: asyncio.AbstractEventLoop) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            worker = self.build()
+            self._worker = worker
+            started = loop.time()
+            try:
+                await worker.async_run()
+                return  # main() returns only in burst mode: done
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._stopping.is_set() and not (task and task.cancelling()):
+                    return  # stop(): arq's handle_sig cancelled the worker's main task
+                raise
+            except CONNECTION_ERRORS as exc:
+                if self._stopping.is_set():
+                    return
+                failures = 1 if loop.time() - started >= HEALTHY_AFTER_S else failures + 1
+                delay = self.backoff.compute(failures)
+                log.warning(
+                    "%s: lost Redis (%s: %s); reconnecting in %.1fs (attempt %d), "
+                    "loaded models are kept",
+                    self.name, type(exc).__name__, exc, delay, failures,
+                )  # fmt: skip
+            finally:
+                await self._close(worker)
+                self._worker = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if not self._stopping.is_set():
+                self.restarts += 1
+                log.info("%s: reconnecting to Redis (attempt %d)", self.name, failures)
+
+    async def _close(self, worker: Worker) -> None:
+        """What ``Worker.close`` does, minus what needs Redis, which may be gone: let the
+        jobs in flight finish (they settle in the database; a stop has cancelled them
+        already), run the shutdown hook, drop the connections."""
+        if worker.tasks:
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        ctx: dict[str, Any] = worker.ctx
+        if worker.on_shutdown is not None and "redis" in ctx:
+            try:
+                await worker.on_shutdown(ctx)
+            except Exception:
+                log.exception("%s: shutdown hook failed", self.name)
+        pool = ctx.pop("redis", None)
+        if pool is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await pool.aclose(close_connection_pool=True)

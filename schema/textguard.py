@@ -1,0 +1,104 @@
+"""Text that can never be stored is refused once, at the edge, for every operation.
+
+PostgreSQL ``text`` cannot hold a NUL character and UTF-8 cannot encode a lone surrogate
+(JSON's ``"\\ud800"``), so either would fail deep inside the database driver. Every
+string a client sends — variables (keys and values, at any depth) and string literals in
+the document — is checked before the operation runs, over HTTP, websockets and the REST
+shim alike (the REST shim passes its body and path parameters as variables), and refused
+with ``BAD_USER_INPUT`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from graphql import (
+    ArgumentNode,
+    DocumentNode,
+    ObjectFieldNode,
+    StringValueNode,
+    VariableDefinitionNode,
+    Visitor,
+    visit,
+)
+from strawberry.extensions import SchemaExtension
+
+from billing.errors import BadUserInput
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str) -> bool:
+    """True when ``text`` has a NUL or a lone surrogate."""
+    return _UNSTORABLE.search(text) is not None
+
+
+def refusal(field: str) -> BadUserInput:
+    return BadUserInput(
+        field, f"{field or 'input'}: text must not contain NUL characters or lone surrogates"
+    )
+
+
+def bad_value_path(value: Any, path: str = "") -> str | None:
+    """The dotted path ("input.prompt", "ids.2") of the first unstorable string in a JSON
+    value (keys included), or None. Iterative, so any nesting depth is safe."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if unstorable(item):
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and unstorable(key):
+                    return where or "variables"
+                stack.append((child, name))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}.{i}") for i, child in enumerate(item))
+    return None
+
+
+class _Literals(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: str | None = None
+
+    def enter_string_value(
+        self, node: StringValueNode, key: Any, parent: Any, path: Any, ancestors: Any
+    ) -> Any:
+        if self.found is None and unstorable(node.value):
+            # graphql-core passes the direct parent apart from the other ancestors.
+            self.found = ".".join(_names([*ancestors, parent])) or "query"
+            return Visitor.BREAK
+        return None
+
+
+def _names(ancestors: list[Any]) -> Iterator[str]:
+    for node in ancestors:
+        if isinstance(node, ArgumentNode | ObjectFieldNode):
+            yield node.name.value
+        elif isinstance(node, VariableDefinitionNode):
+            yield node.variable.name.value
+
+
+def bad_literal_path(document: DocumentNode) -> str | None:
+    """The argument path of the first unstorable string literal in a document."""
+    visitor = _Literals()
+    visit(document, visitor)
+    return visitor.found
+
+
+class TextInputGuard(SchemaExtension):
+    """Refuses unstorable text before the operation runs (and before it is counted)."""
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        context = self.execution_context
+        field = bad_value_path(context.variables or {})
+        if field is None and context.graphql_document is not None:
+            field = bad_literal_path(context.graphql_document)
+        if field is not None:
+            raise refusal(field)
+        yield
