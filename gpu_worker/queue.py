@@ -28,6 +28,7 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from billing.db import (
@@ -55,8 +56,15 @@ _EWMA = 0.3  # weight of the newest measurement
 
 def serialize(data: dict[str, Any]) -> bytes:
     # JSON, not pickle: a job carries ids only, and nobody who can write to Redis gets to
-    # run code in the worker.
-    return json.dumps(data, separators=(",", ":")).encode()
+    # run code in the worker. A job's result may be an exception (arq stores the error of
+    # a job that ran out of tries): it is kept as its type and message.
+    return json.dumps(data, separators=(",", ":"), default=_describe).encode()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def deserialize(data: bytes) -> dict[str, Any]:
@@ -73,17 +81,13 @@ def redis_settings(url: str) -> RedisSettings:
     return RedisSettings.from_dsn(url)
 
 
-async def connect(
-    url: str, queue_name: str, *, timeout_s: float = REDIS_TIMEOUT_S, retries: int = 5
-) -> ArqRedis:
-    """The API's Redis pool (arq client, rate limiter, broker pub/sub all share it).
-
-    Every connection has connect and read timeouts, so a stalled Redis (SIGSTOP, a
-    half-open connection) fails a request after ``timeout_s`` instead of hanging it, and a
-    connection broken by a Redis restart is replaced once, transparently, on its next
-    command. arq's ``create_pool`` cannot set a read timeout, hence the pool built here.
-    The first ping is retried ``retries`` times, a second apart, like arq's."""
-    pool = ArqRedis(
+def new_pool(url: str, queue_name: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> ArqRedis:
+    """A Redis pool for arq whose every connection has connect and read timeouts, so a
+    stalled Redis (SIGSTOP, a half-open connection) fails a command after ``timeout_s``
+    instead of hanging it, and a connection broken by a Redis restart is replaced once,
+    transparently, on its next command. arq's ``create_pool`` cannot set a read timeout,
+    hence this. Nothing connects until the first command."""
+    return ArqRedis(
         ConnectionPool.from_url(
             url,
             socket_timeout=timeout_s,
@@ -95,6 +99,15 @@ async def connect(
         job_deserializer=deserialize,
         default_queue_name=queue_name,
     )
+
+
+async def connect(
+    url: str, queue_name: str, *, timeout_s: float = REDIS_TIMEOUT_S, retries: int = 5
+) -> ArqRedis:
+    """The API's Redis pool (arq client, rate limiter, broker pub/sub all share it): a
+    ``new_pool`` whose first ping is retried ``retries`` times, a second apart, like arq's.
+    The workers build theirs with ``new_pool`` too (their supervisor retries)."""
+    pool = new_pool(url, queue_name, timeout_s=timeout_s)
     for attempt in range(retries + 1):
         try:
             await pool.ping()
@@ -154,14 +167,23 @@ class Dispatcher:
         self.keys = Keys(queue_name)
 
     async def dispatch(self, events: Iterable[Event]) -> None:
-        for event in events:
+        # The state is committed. An undelivered update is healed by the next one (and
+        # subscribers re-read on join); an unenqueued job is re-enqueued by the sweeper;
+        # an unsent cancel still leaves the job cancelled and uncharged. So a Redis
+        # hiccup delays, never loses.
+        pending = list(events)
+        for index, event in enumerate(pending):
             try:
                 await self._dispatch(event)
+            except (RedisError, OSError) as exc:
+                # Redis is unreachable: the rest would only wait out the same timeout.
+                skipped = [type(e).__name__ for e in pending[index:]]
+                log.warning(
+                    "Redis unavailable (%s: %s); not dispatched, healed later: %s",
+                    type(exc).__name__, exc, skipped,
+                )  # fmt: skip
+                return
             except Exception:
-                # The state is committed. An undelivered update is healed by the next one
-                # (and subscribers re-read on join); an unenqueued job is re-enqueued by
-                # the sweeper; an unsent cancel still leaves the job cancelled and
-                # uncharged. So a Redis hiccup delays, never loses.
                 log.exception("could not dispatch %r", event)
 
     async def _dispatch(self, event: Event) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -41,7 +40,7 @@ from gpu_worker.queue import (
     Dispatcher,
     Keys,
     deserialize,
-    redis_settings,
+    new_pool,
     serialize,
 )
 from gpu_worker.supervisor import Supervisor
@@ -305,8 +304,13 @@ def build_webhook_worker(
             cron(requeue_overdue, second=30, run_at_startup=True, unique=True),
             cron(requeue_stripe_inbox, second=45, run_at_startup=True, unique=True),
         ],
-        # No connection retries inside arq: the supervisor retries, with backoff.
-        "redis_settings": dataclasses.replace(redis_settings(settings.redis_url), conn_retries=0),
+        # Read and connect timeouts, so a stalled Redis is an error (the supervisor then
+        # reconnects, with backoff) rather than a poll that hangs; no retries inside arq.
+        "redis_pool": new_pool(
+            settings.redis_url,
+            Keys(settings.queue_name).webhooks,
+            timeout_s=settings.redis_timeout_s,
+        ),
         "queue_name": Keys(settings.queue_name).webhooks,
         "on_startup": startup,
         "on_shutdown": shutdown,

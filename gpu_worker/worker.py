@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import logging
 import random
 import secrets
@@ -47,7 +46,7 @@ from gpu_worker.queue import (
     Keys,
     Timings,
     deserialize,
-    redis_settings,
+    new_pool,
     serialize,
     size_key,
 )
@@ -155,6 +154,7 @@ class _Live:
         self.cancelled = threading.Event()
         self._written: tuple[int, int] | None = None
         self._previous_per_step: float | None = None
+        self._store_down = False
 
     def on_step(self, step: int, total: int, preview: bytes | None) -> None:
         if self.cancelled.is_set():
@@ -182,9 +182,19 @@ class _Live:
                     self.cancelled.set()
                     return
                 await self.flush()
-            except (SQLAlchemyError, RedisError, OSError):
-                # Progress is best effort: a failed write must not fail the job.
-                log.warning("progress of %s not recorded", self.generation.id, exc_info=True)
+            except (SQLAlchemyError, RedisError, OSError) as exc:
+                # Progress is best effort: a failed write must not fail the job. Said once
+                # per outage, not at every interval.
+                if not self._store_down:
+                    log.warning(
+                        "progress of %s not recorded (%s: %s); retrying quietly",
+                        self.generation.id, type(exc).__name__, exc,
+                    )  # fmt: skip
+                self._store_down = True
+            else:
+                if self._store_down:
+                    log.info("progress of %s recorded again", self.generation.id)
+                self._store_down = False
 
     async def flush(self) -> None:
         latest = self.latest
@@ -433,8 +443,11 @@ def build_worker(
         # No cron jobs: the sweeper is a task of its own (_sweep_periodically), so arq's
         # in-progress lock of a job is the job timeout + 10 s, not arq's 300 s default.
         "functions": functions(settings),
-        # No connection retries inside arq: the supervisor retries, with backoff.
-        "redis_settings": dataclasses.replace(redis_settings(settings.redis_url), conn_retries=0),
+        # Read and connect timeouts, so a stalled Redis is an error (the supervisor then
+        # reconnects, with backoff) rather than a poll that hangs; no retries inside arq.
+        "redis_pool": new_pool(
+            settings.redis_url, settings.queue_name, timeout_s=settings.redis_timeout_s
+        ),
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     # timings). arq's job keys and cron ids are not prefixed: give each deployment its own
     # Redis database.
     queue_name: str = "fluxgate:queue"
-    # The API's connect and read timeout on Redis: a stalled Redis answers requests 503
-    # (SERVICE_UNAVAILABLE, Retry-After) after this long instead of hanging them.
+    # Connect and read timeout on Redis: a stalled Redis answers API requests 503
+    # (SERVICE_UNAVAILABLE, Retry-After) after this long instead of hanging them, and
+    # makes a worker's poll fail (its supervisor reconnects) instead of hang.
     redis_timeout_s: float = Field(default=2.0, gt=0, le=30)
     storage_dir: Path = ROOT / "var" / "storage"
     public_url: str = "http://127.0.0.1:8000"

@@ -85,7 +85,9 @@ async def submit(
 
 
 async def insert_unreserved_job(sessions: Sessions, account_id: uuid.UUID, cost: int) -> str:
-    """A generations row with no hold, so ``ledger.reserve`` can be called on it directly."""
+    """A generations row with no hold, so ``ledger.reserve`` can be called on it directly.
+    Only the ledger is under test: the row is never to run, so it is not left ``queued``
+    (the workers' sweeper would enqueue a queued job it finds nowhere in Redis)."""
     req = request()
     generation_id = generations.new_generation_id()
     now = utcnow()
@@ -105,7 +107,7 @@ async def insert_unreserved_job(sessions: Sessions, account_id: uuid.UUID, cost:
                 "guidance": req.guidance,
                 "seed": req.seed,
                 "credit_cost": cost,
-                "status": GenerationStatus.QUEUED.value,
+                "status": GenerationStatus.CANCELLED.value,
                 "metadata": {},
                 "created_at": now,
                 "updated_at": now,

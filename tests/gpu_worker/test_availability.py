@@ -324,8 +324,18 @@ class RedisProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis stalls, its connections stay open and nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.resume()
             self.kill()
 
 
@@ -538,6 +548,36 @@ async def test_workers_ride_out_redis_restarts_under_load(stack: Stack) -> None:
     assert cached.reserved == 0
     assert cached.available == 10_000 - sum(g.credit_cost for g in rows.values())
     # SIGTERM still stops them cleanly.
+    assert stack.stop(worker) == 0
+    assert stack.stop(webhook_worker) == 0
+
+
+@pytest.mark.slow
+async def test_workers_ride_out_a_stalled_redis(stack: Stack) -> None:
+    """SIGSTOP: no connection error, just silence. The workers' Redis commands time out
+    (FLUXGATE_REDIS_TIMEOUT_S), so they reconnect instead of hanging for as long as Redis
+    is stopped, and take jobs again once it answers."""
+    if stack.redis.proc is None or stack.redis.proc.poll() is not None:
+        stack.redis.start()
+    stack.stop_workers()
+    worker = stack.spawn("worker", "worker", FLUXGATE_REDIS_TIMEOUT_S="1")
+    worker.wait_for_log("Starting worker")
+    webhook_worker = stack.spawn("webhook-worker", "webhook-worker", FLUXGATE_REDIS_TIMEOUT_S="1")
+    webhook_worker.wait_for_log("Starting worker")
+    stack.redis.pause()
+    try:
+        worker.wait_for_log("lost Redis (TimeoutError", timeout=60)
+        webhook_worker.wait_for_log("lost Redis (TimeoutError", timeout=60)
+    finally:
+        stack.redis.resume()
+    worker.wait_for_log("Starting worker", count=2)
+    account = await create_account(stack.sessions, stack.settings, credits=1000)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+        job = await submit(client, account, "flux-dev", f"after-stall-{uuid.uuid4().hex}")
+    await wait_until(
+        stack, [job], lambda rows: rows[job].status == "completed",
+        "no job ran after Redis resumed", timeout=120,
+    )  # fmt: skip
     assert stack.stop(worker) == 0
     assert stack.stop(webhook_worker) == 0
 
