@@ -9,8 +9,10 @@ BIN=${VENV:-.venv}/bin
 HOST=${FLUXGATE_HOST:-127.0.0.1}
 PORT=${FLUXGATE_PORT:-8000}
 export FLUXGATE_PUBLIC_URL=${FLUXGATE_PUBLIC_URL:-http://$HOST:$PORT}
+LOG_DIR=${FLUXGATE_LOG_DIR:-var/log}
+KEY_FILE=${FLUXGATE_DEV_KEY_FILE:-var/dev-account.json}
 
-account=$("$BIN/fluxgate" dev bootstrap)
+account=$("$BIN/fluxgate" dev bootstrap --key-file "$KEY_FILE")
 key=$("$BIN/python" -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"])' "$account")
 
 # supervise NAME LOG COMMAND...: run COMMAND until this subshell gets SIGTERM, starting
@@ -35,11 +37,11 @@ supervise() {
     done
 }
 
-mkdir -p var/log
+mkdir -p "$LOG_DIR"
 pids=()
-supervise worker var/log/worker.log "$BIN/fluxgate" worker &
+supervise worker "$LOG_DIR/worker.log" "$BIN/fluxgate" worker &
 pids+=($!)
-supervise webhook-worker var/log/webhook-worker.log "$BIN/fluxgate" webhook-worker &
+supervise webhook-worker "$LOG_DIR/webhook-worker.log" "$BIN/fluxgate" webhook-worker &
 pids+=($!)
 supervise api - "$BIN/fluxgate" serve --host "$HOST" --port "$PORT" &
 pids+=($!)
@@ -57,7 +59,7 @@ cat <<MSG
 
   Fluxgate is starting at $FLUXGATE_PUBLIC_URL  (GraphQL: $FLUXGATE_PUBLIC_URL/graphql)
   Development API key: $key
-  Worker logs: var/log/worker.log, var/log/webhook-worker.log
+  Worker logs: $LOG_DIR/worker.log, $LOG_DIR/webhook-worker.log
   A process that exits is restarted; Ctrl-C stops everything.
 
   Try it:

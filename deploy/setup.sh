@@ -79,7 +79,14 @@ if ! redis_up; then
   redis_up || die "Redis did not come up. Start it (redis-server --daemonize yes) or set FLUXGATE_REDIS_URL."
 fi
 
-# --- browser for the dashboard's tests (make test) -----------------------------------------
+# --- what only the tests need (make test) --------------------------------------------------
+# The fault tests start, kill and stall private redis-server processes of their own.
+if [ "${FLUXGATE_SETUP_BROWSER:-0}" = 1 ] && ! command -v redis-server >/dev/null; then
+  say "installing Debian's redis-server for the fault tests"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+    || die "The fault tests need redis-server: apt-get install redis-server"
+fi
+# Browser for the dashboard's tests.
 if [ "${FLUXGATE_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   say "installing Debian's chromium for the browser tests"
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \

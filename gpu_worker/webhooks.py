@@ -34,6 +34,7 @@ from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
 from billing.packs import default_packs
 from billing.service import payments, webhooks
 from billing.service.webhooks import Outcome
+from gpu_worker import sweeper
 from gpu_worker.queue import (
     APPLY_STRIPE_EVENT,
     DELIVER_WEBHOOK,
@@ -184,16 +185,29 @@ class WebhookState:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     engine = make_engine(settings.database_url, pool_size=5, max_overflow=10)
-    ctx["webhook_state"] = WebhookState(
+    state = ctx["webhook_state"] = WebhookState(
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
         dispatcher=Dispatcher(ctx["redis"], settings.queue_name),
         policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
     )
+    # The job sweeper runs here too, so the maximum queue wait holds (and crashed GPU
+    # workers' jobs are recovered) even while no GPU worker runs.
+    ctx["sweeper"] = asyncio.create_task(
+        sweeper.sweep_periodically(
+            settings.sweep_interval_s,
+            lambda: sweeper.sweep(state.sessions, state.dispatcher, settings),
+        )
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.pop("sweeper", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     state: WebhookState | None = ctx.pop("webhook_state", None)
     if state is not None:
         await state.engine.dispose()
@@ -309,7 +323,7 @@ def build_webhook_worker(
         "redis_pool": new_pool(
             settings.redis_url,
             Keys(settings.queue_name).webhooks,
-            timeout_s=settings.redis_timeout_s,
+            timeout_s=settings.worker_redis_timeout_s,
         ),
         "queue_name": Keys(settings.queue_name).webhooks,
         "on_startup": startup,

@@ -18,14 +18,12 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 import secrets
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -36,8 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import make_engine, make_sessionmaker, unit_of_work
-from billing.models import Generation, GenerationStatus
+from billing.models import Generation
 from billing.service import generations
+from gpu_worker import sweeper
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
 from gpu_worker.queue import (
     RUN_GENERATION,
@@ -99,7 +98,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         timings=Timings(redis, settings.queue_name),
     )
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
-    ctx["sweeper"] = asyncio.create_task(_sweep_periodically(ctx))
+    ctx["sweeper"] = asyncio.create_task(
+        sweeper.sweep_periodically(settings.sweep_interval_s, lambda: sweep_stale(ctx))
+    )
 
 
 async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
@@ -155,6 +156,13 @@ class _Live:
         self._written: tuple[int, int] | None = None
         self._previous_per_step: float | None = None
         self._store_down = False
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """End ``run`` at its next interval, never in the middle of a write: a progress
+        write commits, then dispatches its events (the live update, the webhook of a mark
+        crossed); cancelled between the two, they would be lost."""
+        self._stop.set()
 
     def on_step(self, step: int, total: int, preview: bytes | None) -> None:
         if self.cancelled.is_set():
@@ -176,7 +184,10 @@ class _Live:
         with contextlib.suppress(RedisError, OSError):
             [self._previous_per_step] = await self.state.timings.get(f"step:{self.size}")
         while True:
-            await asyncio.sleep(self.state.settings.progress_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.state.settings.progress_interval_s)
+            if self._stop.is_set():
+                return
             try:
                 if await redis.exists(cancel_key):
                     self.cancelled.set()
@@ -303,8 +314,9 @@ async def _render(
         )
         rendered = await state.runner.render(job, live.on_step)
     finally:
+        live.stop()  # the ticker finishes a write in flight: its events are dispatched
+        lease.cancel()
         for task in (ticker, lease):
-            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     if live.cancelled.is_set():
@@ -349,68 +361,10 @@ async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -
             return
 
 
-async def _sweep_periodically(ctx: dict[str, Any]) -> None:
-    """Run :func:`sweep_stale` every ``sweep_interval_s`` (±10 %, so workers spread out),
-    beside the job slot: as an arq cron job it would wait its turn in the queue behind
-    every job queued before it (a GPU worker runs one job at a time), so a backlog would
-    delay the recovery of a crashed worker's job by as long as the backlog. Every GPU
-    worker sweeps; concurrent sweeps are safe, each change being a conditional UPDATE."""
-    interval = ctx["settings"].sweep_interval_s
-    while True:
-        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-        try:
-            await sweep_stale(ctx)
-        except Exception:  # the next sweep tries again; the worker keeps running jobs
-            log.exception("sweep failed")
-
-
 async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
-    """Retry or fail processing jobs whose worker vanished (lease expired), fail jobs
-    queued past the maximum wait, and enqueue again queued jobs Redis may have lost.
-
-    One transaction per job: a job that a worker settles or renews meanwhile is skipped
-    (each change is conditional), and one error does not undo the others.
-    """
+    """One sweep (gpu_worker/sweeper.py) with this worker's database and Redis."""
     state: WorkerState = ctx["state"]
-    settings = state.settings
-    lease = timedelta(seconds=settings.job_lease_s)
-    max_wait = timedelta(seconds=settings.max_queue_wait_s)
-    async with state.sessions() as session:
-        stale = await generations.find_stale(
-            session,
-            lease=lease,
-            # A queued job is normally in Redis at once; one queued a couple of sweeps
-            # ago may have been lost with a Redis restart (arq de-duplicates by id).
-            requeue_after=timedelta(seconds=2 * settings.sweep_interval_s),
-            max_queue_wait=max_wait,
-        )
-    retried: list[str] = []
-    failed: list[str] = []
-    for generation_id in stale.expired:
-        async with unit_of_work(state.sessions) as uow:
-            outcome = await generations.recover(
-                uow, generation_id, lease=lease, max_tries=settings.job_max_tries
-            )
-        await state.dispatcher.dispatch(uow.events)
-        if outcome is not None:
-            is_failed = outcome.status == GenerationStatus.FAILED.value
-            (failed if is_failed else retried).append(generation_id)
-    expired: list[str] = []
-    for generation_id in stale.overdue:
-        async with unit_of_work(state.sessions) as uow:
-            if await generations.expire_queued(uow, generation_id, max_wait):
-                expired.append(generation_id)
-        await state.dispatcher.dispatch(uow.events)
-    async with unit_of_work(state.sessions) as uow:
-        for generation_id in stale.queued:
-            generations.requeue(uow, generation_id)
-    await state.dispatcher.dispatch(uow.events)
-    if retried or failed or expired:
-        log.warning(
-            "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",
-            retried, failed, expired,
-        )  # fmt: skip
-    return {"retried": retried, "failed": failed, "expired": expired, "requeued": stale.queued}
+    return await sweeper.sweep(state.sessions, state.dispatcher, state.settings)
 
 
 def functions(settings: Settings) -> list[Function]:
@@ -440,13 +394,13 @@ def build_worker(
     if runner is not None:
         ctx["runner"] = runner
     options: dict[str, Any] = {
-        # No cron jobs: the sweeper is a task of its own (_sweep_periodically), so arq's
+        # No cron jobs: the sweeper is a task of its own (sweeper.sweep_periodically), so arq's
         # in-progress lock of a job is the job timeout + 10 s, not arq's 300 s default.
         "functions": functions(settings),
         # Read and connect timeouts, so a stalled Redis is an error (the supervisor then
         # reconnects, with backoff) rather than a poll that hangs; no retries inside arq.
         "redis_pool": new_pool(
-            settings.redis_url, settings.queue_name, timeout_s=settings.redis_timeout_s
+            settings.redis_url, settings.queue_name, timeout_s=settings.worker_redis_timeout_s
         ),
         "queue_name": settings.queue_name,
         "on_startup": startup,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 from graphql.error import GraphQLError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -88,10 +89,14 @@ def map_error(error: GraphQLError) -> GraphQLError:
     if isinstance(original, ValueError) and error.nodes and error.path is None:
         # A literal its scalar cannot parse while the document is validated (an integer
         # of thousands of digits exceeds Python's int conversion limit): the client's.
+        digits = sys.get_int_max_str_digits()
+        reason = (
+            f"an integer of more than {digits} digits"
+            if "integer string conversion" in str(original)
+            else "it cannot be parsed"
+        )
         return _with(
-            error,
-            f"Invalid literal value: {original}",
-            {"code": "GRAPHQL_VALIDATION_FAILED"},
+            error, f"Invalid literal value: {reason}", {"code": "GRAPHQL_VALIDATION_FAILED"}
         )
     log.error("unexpected error in %s", error.path, exc_info=original)
     return _with(error, INTERNAL_MESSAGE, {"code": ErrorCode.INTERNAL_SERVER_ERROR.value})

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from billing import models
 from billing.errors import RateLimited, Unauthenticated
@@ -17,6 +20,8 @@ from gpu_worker.events import Mailbox
 from gpu_worker.queue import size_key
 from schema.context import Context
 from schema.types import Generation
+
+log = logging.getLogger(__name__)
 
 # While queued, a job's position moves without any event of its own: recompute it this
 # often (from Redis; the database is not read).
@@ -69,16 +74,23 @@ async def listening(
 async def present(
     ctx: Context, g: models.Generation, live: dict[str, Any] | None = None
 ) -> Generation:
-    """The job as a GraphQL object, with queue position and ETA while it is unfinished."""
+    """The job as a GraphQL object, with queue position and ETA while it is unfinished.
+
+    Those two come from Redis and are estimates: with Redis unreachable they are null
+    and the job is shown all the same. A job just accepted is committed (and its credits
+    held) by then, so a failure here must never turn its acceptance into an error."""
     live = dict(live or {})
     inspector = ctx.services.queue
     size = size_key(g.version, g.width, g.height)
-    if g.status == models.GenerationStatus.QUEUED.value:
-        position, eta = await inspector.eta_queued(g.id, size, g.steps)
-        live.setdefault("queue_position", position)
-        live.setdefault("eta_seconds", eta)
-    elif g.status == models.GenerationStatus.PROCESSING.value and "eta_seconds" not in live:
-        live["eta_seconds"] = await inspector.eta_processing(size, g.step, g.total_steps)
+    try:
+        if g.status == models.GenerationStatus.QUEUED.value:
+            position, eta = await inspector.eta_queued(g.id, size, g.steps)
+            live.setdefault("queue_position", position)
+            live.setdefault("eta_seconds", eta)
+        elif g.status == models.GenerationStatus.PROCESSING.value and "eta_seconds" not in live:
+            live["eta_seconds"] = await inspector.eta_processing(size, g.step, g.total_steps)
+    except (RedisError, OSError) as exc:
+        log.debug("queue position/ETA of %s unknown: %s", g.id, exc)
     return Generation.from_model(g, ctx.services.storage, live)
 
 

@@ -30,6 +30,23 @@ for sub, name in [
 ]:  # fmt: skip
     app.add_typer(sub, name=name)
 
+
+@app.callback()
+def _check_settings() -> None:
+    """Every command reads the settings: a bad one is said plainly, before anything runs
+    (not as a traceback from wherever it is first read)."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"FLUXGATE_{str(e['loc'][0]).upper()}: " if e["loc"] else "") + e["msg"]
+            for e in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from None
+
+
 T = TypeVar("T")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,8 @@ METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 # Deeper than any valid request (inputs are at most a few levels deep); refused before
 # anything walks the value, so no code path can recurse on client-controlled depth.
 MAX_JSON_DEPTH = 32
+# Python refuses to convert longer integers (sys.get_int_max_str_digits()).
+MAX_DIGITS = sys.get_int_max_str_digits()
 # Statuses the router and the GraphQL view raise, with the code they answer.
 CODE_BY_STATUS = {
     400: ErrorCode.BAD_USER_INPUT.value,
@@ -78,8 +81,10 @@ def decode_json(raw: str | bytes) -> Any:
         value = json.loads(raw)
     except RecursionError:
         raise BadBody(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, and integers of over 4300 digits
+    except json.JSONDecodeError as exc:
         raise BadBody(f"Malformed JSON: {exc}") from None
+    except ValueError:  # an integer beyond Python's int conversion limit
+        raise BadBody(f"A number in the body has more than {MAX_DIGITS} digits") from None
     if _too_deep(value):
         raise BadBody(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value

@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any, cast
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError, GraphQLFormattedError
+from graphql import GraphQLError, GraphQLFormattedError, OperationDefinitionNode, parse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.extensions import MaxTokensLimiter
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.http.parse_content_type import parse_content_type
@@ -26,9 +28,16 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage as TransportInitMessage,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage as TransportErrorMessage,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    SubscribeMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     CompleteMessage,
+    ConnectionInitMessage,
     ErrorMessage,
     StartMessage,
     StopMessage,
@@ -56,8 +65,82 @@ def build_context(conn: Request | WebSocket, services: Services) -> Context:
     return Context(services=services, api_key=api_key_from(conn), websocket=True)
 
 
-def _ws_error(message: str, code: ErrorCode = ErrorCode.BAD_USER_INPUT) -> GraphQLFormattedError:
-    return GraphQLError(message, extensions={"code": code.value}).formatted
+def _ws_error(
+    message: str, code: ErrorCode = ErrorCode.BAD_USER_INPUT, field: str | None = None
+) -> GraphQLFormattedError:
+    extensions: dict[str, object] = {"code": code.value}
+    if field is not None:
+        extensions["field"] = field
+    return GraphQLError(message, extensions=extensions).formatted
+
+
+OPERATION_NAME = "operationName"
+
+
+@lru_cache(maxsize=256)
+def _operation_names(query: str, max_tokens: int | None) -> tuple[str | None, ...] | None:
+    """The names of the document's operations (None for an anonymous one), or None when
+    the document does not parse: strawberry then reports the syntax error itself, with
+    its code. Parsed under the schema's own token limit."""
+    try:
+        document = parse(query, max_tokens=max_tokens)
+    except GraphQLError:
+        return None
+    return tuple(
+        d.name.value if d.name else None
+        for d in document.definitions
+        if isinstance(d, OperationDefinitionNode)
+    )
+
+
+def operation_name_problem(
+    query: str, operation_name: str | None, max_tokens: int | None
+) -> str | None:
+    """Why ``operation_name`` selects no single operation of ``query`` (None when it
+    does, or when the document does not parse). strawberry resolves a missing name to the
+    FIRST operation (``ExecutionContext.operation_name``), so a document of several
+    operations would silently run its first one; the GraphQL spec requires an error
+    (GetOperation). An unknown name would end in an unmapped CannotGetOperationTypeError."""
+    names = _operation_names(query, max_tokens)
+    if names is None:
+        return None
+    if operation_name is None:
+        if len(names) > 1:
+            return "Must provide operation name if query contains multiple operations"
+        return None
+    if operation_name not in names:
+        return f'Unknown operation named "{operation_name}"'
+    return None
+
+
+@lru_cache(maxsize=8)
+def schema_max_tokens(schema: Any) -> int | None:
+    """The token limit the schema parses documents under (its MaxTokensLimiter)."""
+    for extension in schema.get_extensions():
+        if isinstance(extension, MaxTokensLimiter):
+            return extension.max_token_count
+    return None
+
+
+def _optional(payload: dict[str, Any], key: str, kind: type) -> bool:
+    return payload.get(key) is None or isinstance(payload[key], kind)
+
+
+def payload_problem(payload: object) -> tuple[str, str] | None:
+    """(field, reason) when a start/subscribe payload is not ``{"query": str,
+    "variables"?: object | null, "operationName"?: str | null, "extensions"?: object |
+    null}``, the payload both protocols define; None when it is."""
+    if not isinstance(payload, dict):
+        return "payload", "the payload must be an object"
+    if not isinstance(payload.get("query"), str):
+        return "query", "the payload's `query` must be a string"
+    if not _optional(payload, "variables", dict):
+        return "variables", "the payload's `variables` must be an object or null"
+    if not _optional(payload, OPERATION_NAME, str):
+        return OPERATION_NAME, "the payload's `operationName` must be a string or null"
+    if not _optional(payload, "extensions", dict):
+        return "extensions", "the payload's `extensions` must be an object or null"
+    return None
 
 
 class WebSocketFrames(ASGIWebSocketAdapter):
@@ -92,20 +175,38 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
     protocol carries all three; strawberry's handler runs subscriptions only). ``ka`` is
     sent right after ``connection_ack`` and then every ``keep_alive_interval``."""
 
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            # strawberry's answer has no payload; README promises {"message", "code"}.
+            refusal = {
+                "message": "The connection_init payload must be an object",
+                "code": ErrorCode.BAD_USER_INPUT.value,
+            }
+            await self.send_message({"type": "connection_error", "payload": refusal})
+            await self.websocket.close(code=1000, reason="")
+            return
+        await super().handle_connection_init(message)
+
     async def handle_start(self, message: StartMessage) -> None:
+        op_id = message.get("id")
         payload: Any = message.get("payload")
-        if not isinstance(message.get("id"), str) or not (
-            isinstance(payload, dict)
-            and isinstance(payload.get("query"), str)
-            and isinstance(payload.get("variables") or {}, dict)
-            and isinstance(payload.get("operationName") or "", str)
-        ):
+        problem = payload_problem(payload)
+        if not isinstance(op_id, str):
+            problem = "id", "a start message needs a string id"
+        if problem is None:
+            query, name = payload["query"], payload.get(OPERATION_NAME)
+            reason = operation_name_problem(query, name, schema_max_tokens(self.schema))
+            if reason is not None:
+                problem = OPERATION_NAME, reason
+        if problem is not None:
             # Answered, not a crash of the connection's handler.
+            field, reason = problem
             await self.send_message(
                 ErrorMessage(
                     type="error",
-                    id=str(message.get("id", "")),
-                    payload=_ws_error("A start message needs an id and a payload with a query"),
+                    id=str(op_id if op_id is not None else ""),
+                    payload=_ws_error(f"Invalid start message: {reason}", field=field),
                 )
             )
             return
@@ -170,11 +271,39 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     _pinger: asyncio.Task[None] | None = None
 
     async def handle_connection_init(self, message: TransportInitMessage) -> None:
+        if message.get("payload") is None:
+            # The protocol allows a null payload (strawberry closes the socket on it).
+            message = TransportInitMessage(type="connection_init", payload={})
         await super().handle_connection_init(message)
         interval = self.view.keep_alive_interval
         wanted = self.view.keep_alive and self._pinger is None
         if wanted and self.connection_acknowledged and interval:
             self._pinger = asyncio.create_task(self._ping(interval))
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        """A subscribe message outside the protocol's format closes the socket with 4400,
+        as graphql-transport-ws prescribes (strawberry's handler raised on some: a payload
+        that is not an object dropped the socket with 1006 and an ASGI traceback). A
+        well-formed one that names no single operation is answered with a coded error."""
+        op_id: object = message.get("id")
+        payload: Any = message.get("payload")
+        if not (isinstance(op_id, str) and op_id):
+            await self.handle_invalid_message(
+                "Invalid message received: a subscribe message needs a non-empty string id"
+            )
+            return
+        if (problem := payload_problem(payload)) is not None:
+            await self.handle_invalid_message(f"Invalid message received: {problem[1]}")
+            return
+        reason = operation_name_problem(
+            payload["query"], payload.get(OPERATION_NAME), schema_max_tokens(self.schema)
+        )
+        if reason is not None and self.connection_acknowledged and op_id not in self.operations:
+            # (Before the acknowledgement, or for an id in use, strawberry closes the socket.)
+            error = _ws_error(reason, field=OPERATION_NAME)
+            await self.send_message(TransportErrorMessage(id=op_id, type="error", payload=[error]))
+            return
+        await super().handle_subscribe(message)
 
     async def _ping(self, interval: float) -> None:
         with contextlib.suppress(Exception):  # the socket closed: nothing left to keep
@@ -188,6 +317,14 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pinger
         await super().shutdown()
+
+
+class FieldHTTPException(HTTPException):
+    """A refusal of one named part of the request (answered with ``field``)."""
+
+    def __init__(self, status_code: int, reason: str, field: str) -> None:
+        super().__init__(status_code, reason)
+        self.field = field
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -208,6 +345,8 @@ class GraphQLApp(GraphQL[Context, None]):
             headers = {"Allow": "GET, POST"} if exc.status_code == 405 else None
             code = CODE_BY_STATUS.get(exc.status_code, ErrorCode.BAD_USER_INPUT.value)
             extra = {"field": "Content-Type"} if exc.status_code == 415 else {}
+            if isinstance(exc, FieldHTTPException):
+                extra = {"field": exc.field}
             response = error_response(exc.status_code, code, exc.reason, headers, **extra)
         await response(scope, receive, send)
 
@@ -233,7 +372,9 @@ class GraphQLApp(GraphQL[Context, None]):
         if isinstance(data, list):  # unreachable while batching is off; kept explicit
             raise HTTPException(400, "Batched operations are not supported")
         if not isinstance(data.operation_name, str | None):
-            raise HTTPException(400, "The operation's `operationName` must be a string or null")
+            raise FieldHTTPException(
+                400, "The operation's `operationName` must be a string or null", OPERATION_NAME
+            )
         # Subscriptions run over websockets only: no incremental HTTP transport.
         return replace(data, protocol="http")
 
@@ -249,6 +390,12 @@ class GraphQLApp(GraphQL[Context, None]):
         allowed = {OperationType.QUERY}
         if request_adapter.method == "POST":
             allowed.add(OperationType.MUTATION)
+        if isinstance(request_data.query, str):
+            reason = operation_name_problem(
+                request_data.query, request_data.operation_name, schema_max_tokens(self.schema)
+            )
+            if reason is not None:
+                raise FieldHTTPException(400, reason, OPERATION_NAME)
         try:
             return await self.schema.execute(
                 request_data.query,
@@ -268,7 +415,7 @@ class GraphQLApp(GraphQL[Context, None]):
                 ) from None
             raise HTTPException(400, exc.as_http_error_reason(request_adapter.method)) from None
         except CannotGetOperationTypeError as exc:
-            raise HTTPException(400, exc.as_http_error_reason()) from None
+            raise FieldHTTPException(400, exc.as_http_error_reason(), OPERATION_NAME) from None
         except MissingQueryError:
             raise HTTPException(400, "No GraphQL query found in the request") from None
 

@@ -28,10 +28,13 @@ class Settings(BaseSettings):
     # timings). arq's job keys and cron ids are not prefixed: give each deployment its own
     # Redis database.
     queue_name: str = "fluxgate:queue"
-    # Connect and read timeout on Redis: a stalled Redis answers API requests 503
-    # (SERVICE_UNAVAILABLE, Retry-After) after this long instead of hanging them, and
-    # makes a worker's poll fail (its supervisor reconnects) instead of hang.
+    # The API's connect and read timeout on Redis: a stalled Redis answers requests 503
+    # (SERVICE_UNAVAILABLE, Retry-After) after a few times this long instead of hanging.
     redis_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # The workers' read and connect timeout on Redis: longer than the API's (nobody waits
+    # on a worker's poll; a busy host must not read a slow reply as an outage), short
+    # enough that a stalled Redis makes them reconnect instead of hang.
+    worker_redis_timeout_s: float = Field(default=10.0, gt=0, le=120)
     storage_dir: Path = ROOT / "var" / "storage"
     public_url: str = "http://127.0.0.1:8000"
     models: Path = ROOT / "deploy" / "models.dev.toml"

@@ -113,12 +113,16 @@ def verify(payload: bytes, signature: str | None, secrets: Sequence[str]) -> dic
         raise InvalidSignature()
     if any(t > time.time() + SIGNATURE_TOLERANCE_S for t in _signed_at(signature)):
         raise InvalidSignature()
+    try:
+        # Stripe sends UTF-8 JSON; the SDK verifies text. Nothing else can be an event,
+        # signed or not, so saying so first tells a caller nothing about the secret.
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPayload("the body is not UTF-8") from None
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(
-                payload.decode(), signature, secret, SIGNATURE_TOLERANCE_S
-            )
-        except (stripe.SignatureVerificationError, UnicodeDecodeError):
+            stripe.WebhookSignature.verify_header(text, signature, secret, SIGNATURE_TOLERANCE_S)
+        except stripe.SignatureVerificationError:
             continue
         try:
             event = json.loads(payload)

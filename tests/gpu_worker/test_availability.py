@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import select, update
@@ -41,19 +39,22 @@ from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
 from gpu_worker import queue
-from gpu_worker.worker import run_generation, shutdown, startup, sweep_stale
+from gpu_worker.webhooks import build_webhook_worker
+from gpu_worker.worker import run_generation, shutdown, sweep_stale
 from server.settings import Settings
 from tests.conftest import (
     TEST_DATABASE_URL,
     TINY_MODEL,
+    ThreadedWorker,
     free_port,
     recreate_database,
     wait_healthy,
 )
 from tests.factories import TestAccount, audit, create_account
+from tests.gpu_worker.test_worker import make_ctx
+from tests.redis_server import RedisServer
 from tests.runners import SlowRunner
 
-REDIS_SERVER = shutil.which("redis-server")
 FINAL = {"completed", "failed", "cancelled"}
 # Denoising steps of the tiny pipeline per job: "quick" jobs make load, "long" ones are
 # still running when their worker is killed.
@@ -89,18 +90,6 @@ async def pool(own_queue: Settings) -> AsyncIterator[ArqRedis]:
     redis_pool = await queue.connect(own_queue.redis_url, own_queue.queue_name)
     yield redis_pool
     await redis_pool.aclose(close_connection_pool=True)
-
-
-async def make_ctx(
-    settings: Settings, pool: ArqRedis, runner: Any, **overrides: Any
-) -> dict[str, Any]:
-    ctx: dict[str, Any] = {
-        "settings": settings.model_copy(update=overrides),
-        "redis": pool,
-        "runner": runner,
-    }
-    await startup(ctx)
-    return ctx
 
 
 async def submit_unqueued(
@@ -274,6 +263,28 @@ async def test_a_job_no_worker_takes_fails_after_the_maximum_queue_wait(
     assert "failed" in {e.event for e in events}
 
 
+async def test_with_no_gpu_worker_the_webhook_worker_enforces_the_queue_wait(
+    own_queue: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: Catalog,
+    account: TestAccount,
+) -> None:
+    """No GPU worker at all (or none serving the job's model): the webhook worker sweeps
+    too, so a queued job still fails after the maximum queue wait and releases its
+    credits (found by the outside review of issue 9)."""
+    quick = own_queue.model_copy(update={"max_queue_wait_s": 1, "sweep_interval_s": 0.2})
+    waiting = await submit_unqueued(sessions, catalog, account)
+    with ThreadedWorker(quick, build=build_webhook_worker):
+        deadline = time.monotonic() + 60
+        while (await fetch(sessions, waiting.id)).status == "queued":
+            assert time.monotonic() < deadline, "the queue wait was not enforced"
+            await asyncio.sleep(0.1)
+    failed = await fetch(sessions, waiting.id)
+    assert failed.status == "failed"
+    assert failed.error == generations.queue_timeout_message(timedelta(seconds=1))
+    assert await movements(sessions, waiting.id) == ["reserve", "release"]
+
+
 async def test_lease_settings_are_checked_against_each_other() -> None:
     with pytest.raises(ValueError, match="3 times"):
         Settings(job_lease_s=10, job_heartbeat_s=5)
@@ -284,59 +295,6 @@ async def test_lease_settings_are_checked_against_each_other() -> None:
 
 
 # --- end to end: real processes, a Redis that dies -----------------------------------
-
-
-class RedisProcess:
-    """A private redis-server without persistence: a restart loses every key, as a
-    crashed Redis without AOF does."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def pause(self) -> None:
-        """SIGSTOP: Redis stalls, its connections stay open and nothing answers."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.resume()
-            self.kill()
 
 
 @dataclass
@@ -370,7 +328,7 @@ class Process:
 class Stack:
     settings: Settings
     env: dict[str, str]
-    redis: RedisProcess
+    redis: RedisServer
     sessions: async_sessionmaker[AsyncSession]
     directory: Path
     api_url: str = ""
@@ -426,12 +384,10 @@ def _models_file(directory: Path) -> Path:
 async def stack(
     tmp_path_factory: pytest.TempPathFactory, settings: Settings
 ) -> AsyncIterator[Stack]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     directory = tmp_path_factory.mktemp("availability")
     database_url = f"{TEST_DATABASE_URL}_availability"
     await recreate_database(database_url)
-    redis_process = RedisProcess(directory)
+    redis_process = RedisServer(directory)
     port = free_port()
     own = Settings(
         environment="test",
@@ -555,14 +511,16 @@ async def test_workers_ride_out_redis_restarts_under_load(stack: Stack) -> None:
 @pytest.mark.slow
 async def test_workers_ride_out_a_stalled_redis(stack: Stack) -> None:
     """SIGSTOP: no connection error, just silence. The workers' Redis commands time out
-    (FLUXGATE_REDIS_TIMEOUT_S), so they reconnect instead of hanging for as long as Redis
+    (FLUXGATE_WORKER_REDIS_TIMEOUT_S), so they reconnect instead of hanging for as long as Redis
     is stopped, and take jobs again once it answers."""
-    if stack.redis.proc is None or stack.redis.proc.poll() is not None:
+    if not stack.redis.running:
         stack.redis.start()
     stack.stop_workers()
-    worker = stack.spawn("worker", "worker", FLUXGATE_REDIS_TIMEOUT_S="1")
+    worker = stack.spawn("worker", "worker", FLUXGATE_WORKER_REDIS_TIMEOUT_S="1")
     worker.wait_for_log("Starting worker")
-    webhook_worker = stack.spawn("webhook-worker", "webhook-worker", FLUXGATE_REDIS_TIMEOUT_S="1")
+    webhook_worker = stack.spawn(
+        "webhook-worker", "webhook-worker", FLUXGATE_WORKER_REDIS_TIMEOUT_S="1"
+    )
     webhook_worker.wait_for_log("Starting worker")
     stack.redis.pause()
     try:
@@ -585,7 +543,7 @@ async def test_workers_ride_out_a_stalled_redis(stack: Stack) -> None:
 @pytest.mark.slow
 async def test_a_job_of_a_killed_worker_is_retried_within_seconds(stack: Stack) -> None:
     # Independent of the test before, even a failed one: Redis up, no other worker.
-    if stack.redis.proc is None or stack.redis.proc.poll() is not None:
+    if not stack.redis.running:
         stack.redis.start()
     stack.stop_workers()
     doomed = stack.worker()

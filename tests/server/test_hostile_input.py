@@ -79,6 +79,10 @@ def assert_error_shape(body: Any, code: str | None = None) -> dict[str, Any]:
     for error in body["errors"]:
         assert isinstance(error["message"], str) and error["message"], error
         assert isinstance(error["extensions"]["code"], str), error
+        # No Python internals in what a client reads (the int-conversion limit's advice
+        # to call sys.set_int_max_str_digits() once leaked through).
+        for internal in ("sys.", "Traceback", "ValueError", "asyncpg", "sqlalchemy"):
+            assert internal not in error["message"], error
     first: dict[str, Any] = body["errors"][0]
     if code is not None:
         assert first["extensions"]["code"] == code, body

@@ -6,10 +6,6 @@ instead of hanging; restarted or resumed, the same API process serves again."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.plans import default_plan_book
+from billing.service import accounts
 from server.settings import Settings
 from tests.conftest import ThreadedServer, free_port
 from tests.factories import TestAccount, audit, create_account
+from tests.redis_server import RedisServer
 from tests.server.test_errors import job_count
 
 ME = "{ me { id } }"
@@ -35,66 +33,19 @@ TIMEOUT_S = 1.0
 ANSWER_WITHIN_S = 8 * TIMEOUT_S
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, on its own port, that the test can kill,
-    restart, stop and resume."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path)
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
     server.start()
     try:
         yield server
     finally:
         if server.proc is not None and server.proc.poll() is None:
-            server.signal(signal.SIGCONT)
-            server.kill()
+            server.stop()
 
 
 @pytest.fixture
-def outage_api(settings: Settings, database: str, private_redis: PrivateRedis) -> Iterator[str]:
+def outage_api(settings: Settings, database: str, private_redis: RedisServer) -> Iterator[str]:
     own = settings.model_copy(
         update={
             "redis_url": private_redis.url,
@@ -145,7 +96,7 @@ async def served_again(client: httpx.AsyncClient, account: TestAccount) -> None:
 
 async def test_redis_killed_then_restarted(
     outage_api: str,
-    private_redis: PrivateRedis,
+    private_redis: RedisServer,
     sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
 ) -> None:
@@ -174,7 +125,7 @@ async def test_redis_killed_then_restarted(
 
 async def test_redis_stalled_then_resumed(
     outage_api: str,
-    private_redis: PrivateRedis,
+    private_redis: RedisServer,
     sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
 ) -> None:
@@ -184,12 +135,50 @@ async def test_redis_stalled_then_resumed(
             await client.post("/graphql", json={"query": ME}, headers=account.bearer)
         ).status_code == 200
 
-        private_redis.signal(signal.SIGSTOP)
+        private_redis.pause()
         try:
             await refused_everywhere(client, account)
             cached, summed = await audit(sessions, account.id)
             assert cached == summed and (cached.available, cached.reserved) == (1000, 0)
             assert await job_count(sessions, account) == 0
         finally:
-            private_redis.signal(signal.SIGCONT)
+            private_redis.resume()
         await served_again(client, account)
+
+
+async def test_an_accepted_job_is_never_answered_503(
+    outage_api: str,
+    private_redis: RedisServer,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    """An unmetered account needs no Redis before its job is committed: with Redis gone
+    the job is accepted (credits held, the sweeper enqueues it later) and the answer must
+    say so, with the job; a 503 would tell the client nothing was charged while the job
+    runs and is billed later (found by the outside review of issue 9)."""
+    account = await create_account(sessions, settings, credits=1000)
+    async with sessions() as session:
+        await accounts.set_plan(
+            session, account.id, plan=None, overrides={"requests_per_minute": None},
+            plans=default_plan_book(),
+        )  # fmt: skip
+        await session.commit()
+    private_redis.kill()
+    accepted: list[str] = []
+    async with httpx.AsyncClient(base_url=outage_api, timeout=30) as client:
+        for _ in range(3):
+            rest = await client.post(
+                "/v1/text_to_image", json=JOB, headers={"X-API-Key": account.api_key}
+            )
+            graphql = await client.post(
+                "/graphql",
+                json={"query": GENERATE, "variables": {"input": JOB}},
+                headers=account.bearer,
+            )
+            for response in (rest, graphql):
+                assert response.status_code == 200, response.text
+                accepted.append(response.json()["data"]["generateImage"]["id"])
+    assert await job_count(sessions, account) == len(accepted) == 6
+    cached, summed = await audit(sessions, account.id)
+    assert cached == summed and cached.reserved > 0
+    assert cached.available + cached.reserved == 1000

@@ -247,6 +247,7 @@ async def test_signed_bodies_that_are_not_events_are_refused_with_json(
         b'{"id": "evt_%s", "data": "a\\u0000b"}' % marker.encode(),
         b'{"id": "evt_%s", "data": "\\ud800"}' % marker.encode(),
         b'{"id": "evt_%s", "n": 1e999}' % marker.encode(),
+        b"\xff\xfe{}",  # not UTF-8
     ]  # fmt: skip
     for body in bodies:
         stamp = int(time.time())
@@ -256,6 +257,8 @@ async def test_signed_bodies_that_are_not_events_are_refused_with_json(
         assert response.headers["content-type"] == "application/json"
         [error] = response.json()["errors"]
         assert error["extensions"]["code"] == "BAD_USER_INPUT", body[:40]
+        # Said as what it is: correctly signed, but not an event.
+        assert error["message"].startswith("Not a Stripe event"), (body[:40], error)
     async with sessions() as s:
         table = StripeEvent.__table__.c  # type: ignore[attr-defined]
         found = await s.execute(select(table.id).where(table.id.like(f"%{marker}%")))

@@ -12,7 +12,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import (
@@ -31,6 +33,10 @@ from billing.service import accounts
 from server.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, create_account
+from tests.server.test_hostile_input import (
+    Collector,
+    server_logs,  # noqa: F401  # the fixture
+)
 from tests.wsclient import LEGACY_WS, PROTOCOLS, TRANSPORT_WS, GraphQLWebSocket
 
 # The server's keep-alive interval here: short, so an idle period of several intervals
@@ -309,3 +315,226 @@ async def test_malformed_frames_are_answered_by_the_protocol(
         assert error["payload"]["extensions"]["code"] == "BAD_USER_INPUT"
         await ws.subscribe(ME)
         assert await ws.next() == {"me": {"email": customer.email, "creditsAvailable": 1000}}
+
+
+# --- Operation selection and malformed messages (review of issue 9, items 5 and 10) ---
+
+TWO_OPERATIONS = "query A { me { email } } query B { me { creditsAvailable } }"
+
+
+def first_error(message: dict[str, Any]) -> dict[str, Any]:
+    """The GraphQL error of an ``error`` message: graphql-transport-ws sends a list of
+    them, graphql-ws one."""
+    assert message["type"] == "error", message
+    payload = message["payload"]
+    error: dict[str, Any] = payload[0] if isinstance(payload, list) else payload
+    return error
+
+
+def assert_operation_name_error(error: dict[str, Any]) -> None:
+    assert isinstance(error["message"], str) and error["message"], error
+    assert error["extensions"]["code"] == "BAD_USER_INPUT", error
+    assert error["extensions"]["field"] == "operationName", error
+
+
+async def send_operation(ws: GraphQLWebSocket, op_id: Any, payload: Any) -> None:
+    assert ws.ws is not None
+    kind = "subscribe" if ws.protocol == TRANSPORT_WS else "start"
+    await ws.ws.send(json.dumps({"id": op_id, "type": kind, "payload": payload}))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("query", "operation_name"),
+    [(ME, "Nope"), (TWO_OPERATIONS, None), (TWO_OPERATIONS, "C")],
+    ids=["unknown name", "two operations without a name", "two operations, unknown name"],
+)
+async def test_unknown_or_ambiguous_operation_is_bad_user_input_on_the_socket(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+    protocol: str,
+    query: str,
+    operation_name: str | None,
+) -> None:
+    """An operationName naming no operation, or a document of several operations without
+    one (the GraphQL spec's "Must provide operation name"), is the client's mistake: an
+    ``error`` for that id with BAD_USER_INPUT, the connection kept, nothing run, nothing
+    logged as an error."""
+    async with GraphQLWebSocket(ws_api, protocol, {"apiKey": customer.api_key}) as ws:
+        await send_operation(ws, "1", {"query": query, "operationName": operation_name})
+        answer = await ws.receive()
+        assert answer["id"] == "1", answer
+        assert_operation_name_error(first_error(answer))
+        # The same connection runs the operation once it is named.
+        await send_operation(ws, "2", {"query": TWO_OPERATIONS, "operationName": "B"})
+        assert await ws.next() == {"me": {"creditsAvailable": 1000}}
+        assert await ws.next() is None
+    assert not server_logs.problems()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_gql_gets_bad_user_input_for_an_unknown_or_missing_operation_name(
+    ws_api: str,
+    customer: TestAccount,
+    protocol: str,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+) -> None:
+    async with Client(transport=transport(ws_api, protocol, key=customer.api_key)) as session:
+        for request in (
+            GraphQLRequest(ME, operation_name="Nope"),
+            GraphQLRequest(TWO_OPERATIONS),
+        ):
+            with pytest.raises(TransportQueryError) as refused:
+                await session.execute(request)
+            assert refused.value.errors is not None
+            assert_operation_name_error(refused.value.errors[0])
+        named = await session.execute(GraphQLRequest(TWO_OPERATIONS, operation_name="A"))
+        assert named == {"me": {"email": customer.email}}
+    assert not server_logs.problems()
+
+
+async def test_http_refuses_an_unknown_or_missing_operation_name(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+) -> None:
+    """The same rule over HTTP: 400, BAD_USER_INPUT, field operationName; nothing runs
+    (a document whose first operation is a mutation is not silently executed)."""
+    mutation_first = 'mutation M { createApiKey(name: "never") { secret } } query Q { me { id } }'
+    async with httpx.AsyncClient(base_url=ws_api, timeout=30) as client:
+        for body in (
+            {"query": TWO_OPERATIONS},
+            {"query": mutation_first},
+            {"query": ME, "operationName": "Nope"},
+            {"query": TWO_OPERATIONS, "operationName": "C"},
+        ):
+            response = await client.post("/graphql", json=body, headers=customer.bearer)
+            assert response.status_code == 400, (body, response.text)
+            [error] = response.json()["errors"]
+            assert_operation_name_error(error)
+        named = await client.post(
+            "/graphql",
+            json={"query": TWO_OPERATIONS, "operationName": "A"},
+            headers=customer.bearer,
+        )
+        assert named.json() == {"data": {"me": {"email": customer.email}}}
+        keys = await client.post(
+            "/graphql", json={"query": "{ apiKeys { name } }"}, headers=customer.bearer
+        )
+        assert "never" not in {k["name"] for k in keys.json()["data"]["apiKeys"]}
+    assert not server_logs.problems()
+
+
+# Subscribe messages outside graphql-transport-ws's message format: its PROTOCOL.md closes
+# the socket with 4400 for those (as the reference server's validateMessage does).
+MALFORMED_SUBSCRIBES: list[tuple[str, Any, Any]] = [
+    ("payload a string", "1", "x"),
+    ("payload null", "1", None),
+    ("payload a list", "1", [ME]),
+    ("no query", "1", {"variables": {}}),
+    ("query a number", "1", {"query": 5}),
+    ("operationName a number", "1", {"query": ME, "operationName": 5}),
+    ("variables a string", "1", {"query": ME, "variables": "x"}),
+    ("variables a list", "1", {"query": ME, "variables": [1]}),
+    ("extensions a string", "1", {"query": ME, "extensions": "x"}),
+    ("id a number", 1, {"query": ME}),
+    ("id empty", "", {"query": ME}),
+]
+
+
+@pytest.mark.parametrize(
+    ("op_id", "payload"),
+    [case[1:] for case in MALFORMED_SUBSCRIBES],
+    ids=[case[0] for case in MALFORMED_SUBSCRIBES],
+)
+async def test_transport_ws_closes_4400_on_a_malformed_subscribe(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+    op_id: Any,
+    payload: Any,
+) -> None:
+    async with GraphQLWebSocket(ws_api, TRANSPORT_WS, {"apiKey": customer.api_key}) as ws:
+        await send_operation(ws, op_id, payload)
+        assert ws.ws is not None
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.ws.recv(), 10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
+        assert closed.value.rcvd.reason.startswith("Invalid message received")
+    assert not server_logs.problems()
+
+
+LEGACY_BAD_STARTS: list[tuple[str, Any, str]] = [
+    ("payload a string", "x", "payload"),
+    ("payload null", None, "payload"),
+    ("no query", {"variables": {}}, "query"),
+    ("query a number", {"query": 5}, "query"),
+    ("operationName a number", {"query": ME, "operationName": 5}, "operationName"),
+    ("variables a string", {"query": ME, "variables": "x"}, "variables"),
+    ("variables a list", {"query": ME, "variables": [1]}, "variables"),
+]
+
+
+async def test_legacy_ws_answers_bad_user_input_for_a_malformed_start(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+) -> None:
+    """graphql-ws has no close-on-invalid rule: a coded ``error`` naming the field, and the
+    connection stays usable."""
+    async with GraphQLWebSocket(ws_api, LEGACY_WS, {"apiKey": customer.api_key}) as ws:
+        for name, payload, field in LEGACY_BAD_STARTS:
+            await send_operation(ws, name, payload)
+            error = first_error(await ws.receive())
+            assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": field}, name
+        await ws.subscribe(ME)
+        assert await ws.next() == {"me": {"email": customer.email, "creditsAvailable": 1000}}
+    assert not server_logs.problems()
+
+
+@pytest.mark.parametrize("init_payload", ["x", [1], 5, True], ids=repr)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_non_object_connection_init_payload_is_refused_with_a_code(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+    protocol: str,
+    init_payload: Any,
+) -> None:
+    """graphql-ws: ``connection_error`` with ``{"message", "code": "BAD_USER_INPUT"}``,
+    then the socket closes; graphql-transport-ws: close 4400, as its protocol says."""
+    async with connect(
+        ws_url(ws_api),
+        subprotocols=[Subprotocol(protocol)],
+        additional_headers=customer.bearer,
+    ) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": init_payload}))
+        if protocol == LEGACY_WS:
+            refusal = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert refusal["type"] == "connection_error", refusal
+            assert refusal["payload"]["code"] == "BAD_USER_INPUT", refusal
+            assert isinstance(refusal["payload"]["message"], str), refusal
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    if protocol == TRANSPORT_WS:
+        assert closed.value.rcvd.code == 4400
+    assert not server_logs.problems()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_null_connection_init_payload_uses_the_handshake_key(
+    ws_api: str, customer: TestAccount, protocol: str
+) -> None:
+    """Both protocols allow a null (or missing) connection_init payload."""
+    for init in ({"type": "connection_init", "payload": None}, {"type": "connection_init"}):
+        async with connect(
+            ws_url(ws_api),
+            subprotocols=[Subprotocol(protocol)],
+            additional_headers=customer.bearer,
+        ) as ws:
+            await ws.send(json.dumps(init))
+            ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert ack["type"] == "connection_ack", (init, ack)

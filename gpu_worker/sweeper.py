@@ -1,0 +1,92 @@
+"""The sweeper: what keeps a job from being stuck, run in the background of every worker.
+
+- A processing job whose lease expired (its worker died) is retried, or failed and its
+  credits released once ``job_max_tries`` runs died.
+- A queued job no worker took within ``max_queue_wait_s`` is failed and released.
+- A queued job Redis may have lost (a Redis restart) is enqueued again (arq ignores a
+  duplicate of a job it still has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from billing.db import unit_of_work
+from billing.models import GenerationStatus
+from billing.service import generations
+from gpu_worker.queue import Dispatcher
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_periodically(interval: float, sweep_once: Callable[[], Awaitable[object]]) -> None:
+    """Run ``sweep_once`` every ``interval`` seconds (±10 %, so processes spread out),
+    beside the job slots: as an arq cron job it would wait its turn in the queue behind
+    every job queued before it (a GPU worker runs one job at a time), so a backlog would
+    delay the recovery of a crashed worker's job by as long as the backlog. Every GPU
+    worker and every webhook worker sweeps: so jobs queued for a model no GPU worker
+    serves (or with no GPU worker running at all) still fail after the maximum queue wait
+    and release their credits. Concurrent sweeps are safe: each change is a conditional
+    UPDATE."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # not a secret
+        try:
+            await sweep_once()
+        except Exception:  # the next sweep tries again; the worker keeps running jobs
+            log.exception("sweep failed")
+
+
+async def sweep(
+    sessions: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, settings: Settings
+) -> dict[str, list[str]]:
+    """Retry or fail processing jobs whose worker vanished (lease expired), fail jobs
+    queued past the maximum wait, and enqueue again queued jobs Redis may have lost.
+
+    One transaction per job: a job that a worker settles or renews meanwhile is skipped
+    (each change is conditional), and one error does not undo the others.
+    """
+    lease = timedelta(seconds=settings.job_lease_s)
+    max_wait = timedelta(seconds=settings.max_queue_wait_s)
+    async with sessions() as session:
+        stale = await generations.find_stale(
+            session,
+            lease=lease,
+            # A queued job is normally in Redis at once; one queued a couple of sweeps
+            # ago may have been lost with a Redis restart (arq de-duplicates by id).
+            requeue_after=timedelta(seconds=2 * settings.sweep_interval_s),
+            max_queue_wait=max_wait,
+        )
+    retried: list[str] = []
+    failed: list[str] = []
+    for generation_id in stale.expired:
+        async with unit_of_work(sessions) as uow:
+            outcome = await generations.recover(
+                uow, generation_id, lease=lease, max_tries=settings.job_max_tries
+            )
+        await dispatcher.dispatch(uow.events)
+        if outcome is not None:
+            is_failed = outcome.status == GenerationStatus.FAILED.value
+            (failed if is_failed else retried).append(generation_id)
+    expired: list[str] = []
+    for generation_id in stale.overdue:
+        async with unit_of_work(sessions) as uow:
+            if await generations.expire_queued(uow, generation_id, max_wait):
+                expired.append(generation_id)
+        await dispatcher.dispatch(uow.events)
+    async with unit_of_work(sessions) as uow:
+        for generation_id in stale.queued:
+            generations.requeue(uow, generation_id)
+    await dispatcher.dispatch(uow.events)
+    if retried or failed or expired:
+        log.warning(
+            "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",
+            retried, failed, expired,
+        )  # fmt: skip
+    return {"retried": retried, "failed": failed, "expired": expired, "requeued": stale.queued}
