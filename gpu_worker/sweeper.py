@@ -25,6 +25,9 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Jitter only (not a secret); its own generator, so it never disturbs the global one.
+_JITTER = random.Random()
+
 
 async def sweep_periodically(interval: float, sweep_once: Callable[[], Awaitable[object]]) -> None:
     """Run ``sweep_once`` every ``interval`` seconds (±10 %, so processes spread out),
@@ -36,7 +39,7 @@ async def sweep_periodically(interval: float, sweep_once: Callable[[], Awaitable
     and release their credits. Concurrent sweeps are safe: each change is a conditional
     UPDATE."""
     while True:
-        await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # not a secret
+        await asyncio.sleep(interval * _JITTER.uniform(0.9, 1.1))  # not a secret
         try:
             await sweep_once()
         except Exception:  # the next sweep tries again; the worker keeps running jobs

@@ -23,6 +23,9 @@ from schema.types import Generation
 
 log = logging.getLogger(__name__)
 
+# Jitter only (not a secret); its own generator, so it never disturbs the global one.
+_JITTER = random.Random()
+
 # While queued, a job's position moves without any event of its own: recompute it this
 # often (from Redis; the database is not read).
 QUEUED_RECHECK_S = 1.0
@@ -38,7 +41,7 @@ REVOKED_MESSAGE = "The API key of this subscription was revoked"
 
 
 def _next_recheck() -> float:
-    return time.monotonic() + RECHECK_S * random.uniform(0.75, 1.0)  # not a secret
+    return time.monotonic() + RECHECK_S * _JITTER.uniform(0.75, 1.0)  # not a secret
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from functools import lru_cache
@@ -113,13 +114,15 @@ def operation_name_problem(
     return None
 
 
-@lru_cache(maxsize=8)
+_max_tokens: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+
+
 def schema_max_tokens(schema: Any) -> int | None:
     """The token limit the schema parses documents under (its MaxTokensLimiter)."""
-    for extension in schema.get_extensions():
-        if isinstance(extension, MaxTokensLimiter):
-            return extension.max_token_count
-    return None
+    if schema not in _max_tokens:
+        limiters = [e for e in schema.get_extensions() if isinstance(e, MaxTokensLimiter)]
+        _max_tokens[schema] = limiters[0].max_token_count if limiters else None
+    return _max_tokens[schema]
 
 
 def _optional(payload: dict[str, Any], key: str, kind: type) -> bool:
@@ -194,23 +197,28 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         problem = payload_problem(payload)
         if not isinstance(op_id, str):
             problem = "id", "a start message needs a string id"
-        if problem is None:
-            query, name = payload["query"], payload.get(OPERATION_NAME)
-            reason = operation_name_problem(query, name, schema_max_tokens(self.schema))
-            if reason is not None:
-                problem = OPERATION_NAME, reason
         if problem is not None:
             # Answered, not a crash of the connection's handler.
             field, reason = problem
-            await self.send_message(
-                ErrorMessage(
-                    type="error",
-                    id=str(op_id if op_id is not None else ""),
-                    payload=_ws_error(f"Invalid start message: {reason}", field=field),
-                )
-            )
+            await self.send_error(op_id, f"Invalid start message: {reason}", field)
             return
+        if self.connection_acknowledged:  # (before it, strawberry closes the socket)
+            query, name = payload["query"], payload.get(OPERATION_NAME)
+            selection = operation_name_problem(query, name, schema_max_tokens(self.schema))
+            if selection is not None:
+                await self.send_error(op_id, selection, OPERATION_NAME)
+                return
         await super().handle_start(message)
+
+    async def send_error(self, op_id: object, message: str, field: str) -> None:
+        """A BAD_USER_INPUT ``error`` for the operation ``op_id``."""
+        await self.send_message(
+            ErrorMessage(
+                type="error",
+                id=str(op_id if op_id is not None else ""),
+                payload=_ws_error(message, field=field),
+            )
+        )
 
     async def handle_stop(self, message: StopMessage) -> None:
         if isinstance(message.get("id"), str):

@@ -32,6 +32,10 @@ from billing.models import (
     utcnow,
 )
 
+# Jitter only (not a secret); its own generator, so it never disturbs the global one.
+_JITTER = random.Random()
+
+
 EVENT_TYPES = ("started", "progress", "completed", "failed", "cancelled")
 FINAL_EVENTS = ("completed", "failed", "cancelled")
 PROGRESS_MARKS = (25, 50, 75)
@@ -191,7 +195,7 @@ async def record_attempt(
         values |= {"status": WebhookEventStatus.DELIVERED.value, "delivered_at": now,
                    "next_attempt_at": None}  # fmt: skip
     elif outcome.retryable and attempts <= len(schedule):
-        delay = schedule[attempts - 1] * random.uniform(0.8, 1.2)
+        delay = schedule[attempts - 1] * _JITTER.uniform(0.8, 1.2)
         if outcome.retry_after is not None:
             delay = max(delay, min(outcome.retry_after, 86400.0))
         values |= {"next_attempt_at": now + timedelta(seconds=delay)}
