@@ -112,6 +112,11 @@ class ThreadedServer:
         self.url = f"http://127.0.0.1:{port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    @classmethod
+    def of(cls, settings: Settings) -> ThreadedServer:
+        """The server at ``settings.public_url``'s port."""
+        return cls(settings, int(settings.public_url.rsplit(":", 1)[1]))
+
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -124,6 +129,20 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def own_queue(settings: Settings, name: str, **update: Any) -> Settings:
+    """The suite's settings on a queue of their own, with the public URL of a free port:
+    only the workers a module starts with these settings take its jobs (serve it with
+    ``ThreadedServer.of``)."""
+    port = free_port()
+    return settings.model_copy(
+        update={
+            "queue_name": f"fluxgate:{name}:{uuid.uuid4().hex[:8]}",
+            "public_url": f"http://127.0.0.1:{port}",
+            **update,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

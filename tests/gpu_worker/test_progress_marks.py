@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -19,31 +18,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gpu_worker.webhooks import build_webhook_worker
 from server.settings import Settings
-from tests.conftest import ThreadedServer, ThreadedWorker, free_port
+from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import create_account, gql, wait_for_final
 from tests.gpu_worker.test_webhooks import Receiver, deliveries
 
 
 @pytest.fixture(scope="module")
 def fast_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.model_copy(
-        update={
-            "public_url": f"http://127.0.0.1:{port}",
-            "queue_name": f"fluxgate:marks:{uuid.uuid4().hex[:8]}",
-            "webhook_allowed_hosts": "127.0.0.1",
-            "webhook_retry_schedule": "0.3,0.3",
-            # No progress write can happen before the job ends.
-            "progress_interval_s": 600.0,
-        }
-    )
+    return own_queue(
+        settings, "marks",
+        webhook_allowed_hosts="127.0.0.1", webhook_retry_schedule="0.3,0.3",
+        progress_interval_s=600.0,  # no progress write can happen before the job ends
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def fast_api(fast_settings: Settings, database: str) -> Iterator[str]:
-    port = int(fast_settings.public_url.rsplit(":", 1)[1])
     with (
-        ThreadedServer(fast_settings, port) as server,
+        ThreadedServer.of(fast_settings) as server,
         ThreadedWorker(fast_settings),
         ThreadedWorker(fast_settings, build=build_webhook_worker),
     ):

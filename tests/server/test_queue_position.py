@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from server.settings import Settings
-from tests.conftest import ThreadedServer, ThreadedWorker, free_port
+from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import create_account, gql, wait_for_final
 from tests.runners import SlowRunner
 
@@ -27,19 +26,12 @@ CANCEL = "mutation C($id: ID!) { cancelGeneration(id: $id) { status } }"
 
 @pytest.fixture(scope="module")
 def queue_settings(settings: Settings) -> Settings:
-    port = free_port()
-    return settings.model_copy(
-        update={
-            "public_url": f"http://127.0.0.1:{port}",
-            "queue_name": f"fluxgate:position:{uuid.uuid4().hex[:8]}",
-        }
-    )
+    return own_queue(settings, "position")
 
 
 @pytest.fixture(scope="module")
 def queue_api(queue_settings: Settings, database: str) -> Iterator[str]:
-    port = int(queue_settings.public_url.rsplit(":", 1)[1])
-    with ThreadedServer(queue_settings, port) as server:
+    with ThreadedServer.of(queue_settings) as server:
         yield server.url
 
 

@@ -32,7 +32,7 @@ from billing.service import accounts
 from gpu_worker import queue
 from gpu_worker.events import SubscriberSlots
 from server.settings import ROOT, Settings
-from tests.conftest import ThreadedServer, ThreadedWorker, free_port, spawn_api
+from tests.conftest import ThreadedServer, ThreadedWorker, free_port, own_queue, spawn_api
 from tests.factories import TestAccount, create_account, gql
 from tests.runners import SlowRunner
 from tests.wsclient import LEGACY_WS, PROTOCOLS, TRANSPORT_WS, GraphQLWebSocket, SubscriptionError
@@ -46,14 +46,13 @@ STEP_SECONDS = 0.3
 
 @pytest.fixture(scope="module")
 def live_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"queue_name": f"fluxgate:subs:{uuid.uuid4().hex[:8]}"})
+    # Its own queue, so only this module's worker runs these jobs.
+    return own_queue(settings, "subs")
 
 
 @pytest.fixture(scope="module")
 def live_api(live_settings: Settings, database: str) -> Iterator[str]:
-    port = free_port()
-    own = live_settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
-    with ThreadedServer(own, port) as server:
+    with ThreadedServer.of(live_settings) as server:
         yield server.url
 
 

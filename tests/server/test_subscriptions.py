@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +22,7 @@ from billing.catalog import Catalog
 from gpu_worker import queue
 from gpu_worker.worker import STOPPED
 from server.settings import Settings
-from tests.conftest import ThreadedServer, ThreadedWorker, free_port, spawn_api
+from tests.conftest import ThreadedServer, ThreadedWorker, own_queue, spawn_api
 from tests.factories import TestAccount, audit, create_account, gql
 from tests.runners import SlowRunner
 from tests.wsclient import (
@@ -45,15 +44,13 @@ STEP_SECONDS = 0.3
 
 @pytest.fixture(scope="module")
 def live_settings(settings: Settings) -> Settings:
-    # Its own queue, so only the slow worker below runs these jobs.
-    return settings.model_copy(update={"queue_name": f"fluxgate:live:{uuid.uuid4().hex[:8]}"})
+    # Its own queue, so only this module's worker runs these jobs.
+    return own_queue(settings, "live")
 
 
 @pytest.fixture(scope="module")
 def live_api(live_settings: Settings, database: str) -> Iterator[str]:
-    port = free_port()
-    own = live_settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
-    with ThreadedServer(own, port) as server:
+    with ThreadedServer.of(live_settings) as server:
         yield server.url
 
 
