@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.service import accounts, ledger
+from gpu_worker.queue import Keys
 from server.settings import Settings
 
 
@@ -102,3 +104,17 @@ async def audit(
 ) -> tuple[ledger.Balance, ledger.Balance]:
     async with sessions() as session:
         return await ledger.audit(session, account_id)
+
+
+async def subscribed(settings: Settings, account: TestAccount, count: int = 1) -> None:
+    """Until the account holds ``count`` open subscriptions: the slot the API takes in
+    Redis (counted across API processes) right before it starts listening."""
+    key = f"{Keys(settings.queue_name).events}:subscribers:{account.id}"
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while await client.zcard(key) < count:
+            assert time.monotonic() < deadline, "the subscription did not start"
+            await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()

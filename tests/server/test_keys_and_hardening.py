@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing.service import accounts
 from server.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, free_port, spawn_api
-from tests.factories import TestAccount, create_account, gql
+from tests.factories import TestAccount, create_account, gql, subscribed
 
 KEYS = "{ apiKeys { id name prefix createdAt lastUsedAt revokedAt } }"
 CREATE = """mutation C($name: String!) { createApiKey(name: $name) {
@@ -181,7 +180,9 @@ async def test_introspection_can_be_switched_off(settings: Settings, account: Te
         assert "errors" not in ok.json()
 
 
-async def test_a_revoked_key_ends_open_subscriptions(api: str, account: TestAccount) -> None:
+async def test_a_revoked_key_ends_open_subscriptions(
+    api: str, account: TestAccount, settings: Settings
+) -> None:
     from tests.wsclient import TRANSPORT_WS, GraphQLWebSocket, SubscriptionError
 
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
@@ -189,7 +190,7 @@ async def test_a_revoked_key_ends_open_subscriptions(api: str, account: TestAcco
         secret, key_id = new["createApiKey"]["secret"], new["createApiKey"]["key"]["id"]
         async with GraphQLWebSocket(api, TRANSPORT_WS, {"apiKey": secret}) as ws:
             await ws.subscribe("subscription { generationsUpdated { id } }")
-            await asyncio.sleep(0.3)
+            await subscribed(settings, account)
             await gql(client, REVOKE, {"id": key_id}, key=account.api_key)
             started = time.monotonic()
             try:

@@ -23,7 +23,7 @@ from gpu_worker import queue
 from gpu_worker.worker import STOPPED
 from server.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue, spawn_api
-from tests.factories import TestAccount, audit, create_account, gql
+from tests.factories import TestAccount, audit, create_account, gql, subscribed
 from tests.runners import SlowRunner
 from tests.wsclient import (
     LEGACY_WS,
@@ -145,7 +145,7 @@ async def test_two_api_processes(
     with spawn_api(live_settings) as other_url:
         async with GraphQLWebSocket(live_api, TRANSPORT_WS, params(account)) as ws:
             await ws.subscribe(FOLLOW_ALL)
-            await asyncio.sleep(0.3)  # let the subscription register before submitting
+            await subscribed(live_settings, account)  # before submitting
             async with httpx.AsyncClient(base_url=other_url, timeout=30) as elsewhere:
                 job = await submit(elsewhere, account.api_key)
             seen: list[dict[str, Any]] = []
@@ -288,13 +288,13 @@ async def test_previews_while_processing(
 
 async def test_generations_updated_sees_only_own_jobs(
     http: httpx.AsyncClient, live_api: str, slow_worker: ThreadedWorker,
-    sessions: async_sessionmaker[AsyncSession], settings: Settings,
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, live_settings: Settings,
 ) -> None:  # fmt: skip
     mine = await create_account(sessions, settings, credits=100)
     theirs = await create_account(sessions, settings, credits=100)
     async with GraphQLWebSocket(live_api, LEGACY_WS, params(mine)) as ws:
         await ws.subscribe(FOLLOW_ALL)
-        await asyncio.sleep(0.3)
+        await subscribed(live_settings, mine)
         foreign = await submit(http, theirs.api_key)
         own = await submit(http, mine.api_key)
         done = False
