@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 # A worker that ran this long before losing Redis starts the backoff again from the base.
 HEALTHY_AFTER_S = 60.0
+# How long a stop (SIGTERM/SIGINT) may take before the process exits regardless.
+GRACEFUL_STOP_S = 30.0
 # Errors that mean "Redis (or the network to it) went away", worth a reconnect. Anything
 # else (a model that does not load, a bad setting) ends the process: restarting would not
 # fix it. Not OSError as a whole: a missing model file is one too.
@@ -49,13 +53,29 @@ class Supervisor:
         self.restarts = 0
         self._stopping = asyncio.Event()
         self._worker: Worker | None = None
+        self._watchdog: threading.Timer | None = None
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         """Stop for good: the running worker cancels its jobs (arq retries them) and
-        closes; a wait between attempts ends at once."""
+        closes; a wait between attempts ends at once. The stop is bounded: if closing
+        has not ended the process within ``GRACEFUL_STOP_S`` (a teardown stuck on a
+        connection; everything a job owns is settled in the database by then, or its
+        lease lets the sweeper retry it), the process exits anyway, with status 1."""
         self._stopping.set()
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(GRACEFUL_STOP_S, self._exit_now)
+            self._watchdog.daemon = True  # never holds up a normal exit
+            self._watchdog.start()
         if self._worker is not None:
             self._worker.handle_sig(signum)
+
+    def _exit_now(self) -> None:
+        log.error(
+            "%s: still stopping %ss after the signal; exiting without finishing the "
+            "teardown", self.name, GRACEFUL_STOP_S,
+        )  # fmt: skip
+        logging.shutdown()
+        os._exit(1)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
