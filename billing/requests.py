@@ -17,6 +17,7 @@ from billing.errors import BadUserInput
 from billing.netguard import AddressPolicy, validate_webhook_url
 from billing.pricing import PriceTable, Quote
 from billing.service.webhooks import validate_filter
+from billing.text import unstorable
 
 DIMENSION_STEP = 16
 DEFAULT_SIDE = 1024
@@ -142,8 +143,10 @@ def validate(
             fields["prompt"],
             f"{fields['prompt']} is longer than {limits.max_prompt_chars} characters",
         )
-    if "\x00" in prompt:
-        raise BadUserInput(fields["prompt"], f"{fields['prompt']} contains a NUL character")
+    if unstorable(prompt):
+        raise BadUserInput(
+            fields["prompt"], f"{fields['prompt']} contains a NUL character or a lone surrogate"
+        )
     if not raw.provider:
         raise BadUserInput(fields["provider"], f"{fields['provider']} is required")
     model = catalog.resolve(

@@ -10,7 +10,6 @@ with ``BAD_USER_INPUT`` naming the field.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,39 +25,13 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from billing.errors import BadUserInput
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def unstorable(text: str) -> bool:
-    """True when ``text`` has a NUL or a lone surrogate."""
-    return _UNSTORABLE.search(text) is not None
+from billing.text import unstorable, unstorable_path
 
 
 def refusal(field: str) -> BadUserInput:
     return BadUserInput(
         field, f"{field or 'input'}: text must not contain NUL characters or lone surrogates"
     )
-
-
-def bad_value_path(value: Any, path: str = "") -> str | None:
-    """The dotted path ("input.prompt", "ids.2") of the first unstorable string in a JSON
-    value (keys included), or None. Iterative, so any nesting depth is safe."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            if unstorable(item):
-                return where
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                name = f"{where}.{key}" if where else str(key)
-                if isinstance(key, str) and unstorable(key):
-                    return where or "variables"
-                stack.append((child, name))
-        elif isinstance(item, list):
-            stack.extend((child, f"{where}.{i}") for i, child in enumerate(item))
-    return None
 
 
 class _Literals(Visitor):
@@ -96,7 +69,7 @@ class TextInputGuard(SchemaExtension):
 
     async def on_execute(self) -> AsyncIterator[None]:
         context = self.execution_context
-        field = bad_value_path(context.variables or {})
+        field = unstorable_path(context.variables or {})
         if field is None and context.graphql_document is not None:
             field = bad_literal_path(context.graphql_document)
         if field is not None:

@@ -28,13 +28,13 @@ from billing.pricing import default_price_table
 from billing.requests import Limits
 from billing.service import payments
 from billing.stripe_client import StripeGateway
+from billing.text import unstorable
 from gpu_worker import queue
 from gpu_worker.events import Broker
 from gpu_worker.storage import LocalStorage
 from schema import Hardening, build_schema
 from schema.context import Payments, Services
 from schema.ratelimit import RequestLimiter
-from schema.textguard import unstorable
 from server import dashboard, rest
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp

@@ -40,6 +40,7 @@ from billing.models import Payment, StripeEvent, utcnow
 from billing.packs import PackList
 from billing.service import ledger
 from billing.stripe_client import CheckoutSession, StripeGateway
+from billing.text import unstorable
 
 SIGNATURE_TOLERANCE_S = 300
 # Money beyond this is not a real payment: such an event is malformed (the columns are
@@ -86,12 +87,8 @@ def _storable(value: Any, depth: int = 0) -> None:
     if depth > 64:
         raise InvalidPayload("nested too deeply")
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidPayload("a string holds a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidPayload("a string holds a lone surrogate") from None
+        if unstorable(value):
+            raise InvalidPayload("a string holds a NUL character or a lone surrogate")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidPayload("a number is out of range")
