@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -303,15 +303,17 @@ async def transition(
     *,
     from_statuses: Sequence[GenerationStatus],
     values: dict[str, Any],
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> Generation | None:
-    """Conditionally move a job between states. None if it was not in ``from_statuses``.
+    """Conditionally move a job between states. None if it was not in ``from_statuses``
+    (or did not meet the further conditions ``where``).
 
     Each state change is one conditional UPDATE, so two workers running the same job (arq
     runs a job at least once) cannot both complete it, nor complete a cancelled one.
     """
     result = await session.execute(
         update(Generation)
-        .where(_G.id == generation_id, _G.status.in_([s.value for s in from_statuses]))
+        .where(_G.id == generation_id, _G.status.in_([s.value for s in from_statuses]), *where)
         .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
         .returning(Generation)
         .execution_options(populate_existing=True)
@@ -396,39 +398,29 @@ async def take_expired(
     """Move a processing job whose lease expired (and, if given, with fewer than
     ``attempts_below`` runs) to ``values``. None when a run renewed the lease meanwhile,
     or the job is no longer processing: the conditions are re-checked in the UPDATE."""
-    conditions = [
-        _G.id == generation_id,
-        _G.status == GenerationStatus.PROCESSING.value,
-        _lease_expired(lease),
-    ]
+    conditions = [_lease_expired(lease)]
     if attempts_below is not None:
         conditions.append(_G.attempts < attempts_below)
-    result = await session.execute(
-        update(Generation)
-        .where(*conditions)
-        .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
-        .returning(Generation)
-        .execution_options(populate_existing=True)
+    return await transition(
+        session,
+        generation_id,
+        from_statuses=(GenerationStatus.PROCESSING,),
+        values=values,
+        where=conditions,
     )
-    return result.scalars().first()
 
 
 async def take_overdue(
     session: AsyncSession, generation_id: str, max_wait: timedelta, values: dict[str, Any]
 ) -> Generation | None:
     """Move a job still queued after ``max_wait`` to ``values``; None otherwise."""
-    result = await session.execute(
-        update(Generation)
-        .where(
-            _G.id == generation_id,
-            _G.status == GenerationStatus.QUEUED.value,
-            _waited(max_wait),
-        )
-        .values(updated_at=utcnow(), revision=_G.revision + 1, **values)
-        .returning(Generation)
-        .execution_options(populate_existing=True)
+    return await transition(
+        session,
+        generation_id,
+        from_statuses=(GenerationStatus.QUEUED,),
+        values=values,
+        where=[_waited(max_wait)],
     )
-    return result.scalars().first()
 
 
 # --- webhooks ------------------------------------------------------------------------
