@@ -298,7 +298,10 @@ async def test_delivery_survives_a_worker_restart(
     http: httpx.AsyncClient, gpu: ThreadedWorker, hook_settings: Settings,
     account: TestAccount, receiver: Receiver,
 ) -> None:  # fmt: skip
-    slow_schedule = hook_settings.model_copy(update={"webhook_retry_schedule": "2,2"})
+    # The first retry is due 8 s after the failed attempt: long enough that the first
+    # worker is surely gone by then, even on a loaded machine (with 2 s it sometimes was
+    # not, and sent the retry itself).
+    slow_schedule = hook_settings.model_copy(update={"webhook_retry_schedule": "8,2"})
     receiver.plan = [(503, {}, b"down")]
     with webhook_worker(slow_schedule):
         job = await submit(http, account, receiver.url)
