@@ -18,11 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from billing.catalog import Catalog
+from billing.models import WebhookEvent
 from billing.netguard import AddressPolicy
+from gpu_worker.queue import Keys
 from gpu_worker.webhooks import USER_AGENT, build_webhook_worker, send, signature
 from server.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
@@ -296,14 +300,16 @@ def _ts(value: str) -> float:
 
 async def test_delivery_survives_a_worker_restart(
     http: httpx.AsyncClient, gpu: ThreadedWorker, hook_settings: Settings,
-    account: TestAccount, receiver: Receiver,
+    account: TestAccount, receiver: Receiver, sessions: async_sessionmaker[AsyncSession],
 ) -> None:  # fmt: skip
-    # The first retry is due 8 s after the failed attempt: long enough that the first
-    # worker is surely gone by then, even on a loaded machine (with 2 s it sometimes was
-    # not, and sent the retry itself).
-    slow_schedule = hook_settings.model_copy(update={"webhook_retry_schedule": "8,2"})
+    # The first retry is due an hour after the failed attempt, so the first worker can
+    # never send it, however long it takes to stop. Once it is gone, the retry's job is
+    # found waiting in Redis and made due, in Redis and in the database (what an hour
+    # passing would do), and the next worker delivers it.
+    slow_schedule = hook_settings.model_copy(update={"webhook_retry_schedule": "3600,2"})
     receiver.plan = [(503, {}, b"down")]
-    with webhook_worker(slow_schedule):
+    first = webhook_worker(slow_schedule)
+    with first:
         job = await submit(http, account, receiver.url)
         deadline = time.monotonic() + 30
         while True:  # until the first attempt is recorded and the retry scheduled
@@ -313,8 +319,25 @@ async def test_delivery_survives_a_worker_restart(
                 break
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-    # The first worker is gone; the retry waits in Redis for the next one.
+    assert not first.thread.is_alive()
     assert len(receiver.requests) == 1
+    queue = Keys(hook_settings.queue_name).webhooks
+    redis = Redis.from_url(hook_settings.redis_url)
+    try:
+        waiting = [
+            j.decode() for j in await redis.zrange(queue, 0, -1)
+            if j.decode().startswith(f"webhook:{found[0]['id']}:")
+        ]  # fmt: skip
+        assert len(waiting) == 1, waiting  # the retry, deferred, waiting for a worker
+        async with sessions() as session, session.begin():
+            await session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == found[0]["id"])
+                .values(next_attempt_at=func.now())
+            )
+        await redis.zadd(queue, {waiting[0]: int(time.time() * 1000)})
+    finally:
+        await redis.aclose()
     with webhook_worker(slow_schedule):
         [delivery] = await deliveries(http, account, job, until="delivered")
     assert [a["statusCode"] for a in delivery["attempts"]] == [503, 200]
