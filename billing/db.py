@@ -2,16 +2,18 @@
 
 Transactions open and commit at the edge (one per mutation, REST request or arq job);
 service functions take the unit of work, only ``flush()``, and record side effects as
-events that the edge dispatches *after* commit — so a rolled-back job is never enqueued.
+events. The edge opens its units of work from a ``Store``, which dispatches the events
+*after* commit — so a rolled-back job is never enqueued, and no call site can forget to
+enqueue a committed one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -100,19 +102,54 @@ Event = (
 class UnitOfWork:
     session: AsyncSession
     events: list[Event] = field(default_factory=list)
+    # Set once the transaction has committed, before its events are dispatched: whoever
+    # sees the block fail can tell a failed commit from an interrupted dispatch.
+    committed: bool = False
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
 
 
+class Dispatch(Protocol):
+    """Performs the side effects of committed events (``runtime.queue.Dispatcher.dispatch``).
+
+    Called only after commit, so it must not raise for an event it cannot deliver: the
+    change is committed all the same, and the caller must not see it as failed (log it;
+    whatever is not delivered is healed later, by the next update or a sweeper)."""
+
+    async def __call__(self, events: Sequence[Event]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The database and where its committed events go: what an edge (the app, a worker,
+    a CLI command) opens its units of work from."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    dispatch: Dispatch
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One transaction. Commits on success, then dispatches its events; on error rolls
+        back and drops them. Leaving the block by ``return`` commits and dispatches too."""
+        async with unit_of_work_without_dispatch(self.sessions) as uow:
+            yield uow
+        await self.dispatch(uow.events)
+
+
 @asynccontextmanager
-async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
-    """One transaction. Commits on success; on error rolls back and drops the events."""
+async def unit_of_work_without_dispatch(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[UnitOfWork]:
+    """One transaction whose events nobody performs: they stay on ``uow.events``. For
+    tests that inspect them or set up state; everything else uses ``Store.unit_of_work``.
+    Commits on success; on error rolls back and drops the events."""
     async with sessions() as session:
         uow = UnitOfWork(session)
         try:
             yield uow
             await session.commit()
+            uow.committed = True
         except BaseException:
             uow.events.clear()
             await session.rollback()

@@ -15,13 +15,10 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from billing.db import unit_of_work
+from billing.db import Store
 from billing.models import GenerationStatus
 from billing.service import generations
-from gpu_worker.queue import Dispatcher
-from server.settings import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +43,7 @@ async def sweep_periodically(interval: float, sweep_once: Callable[[], Awaitable
             log.exception("sweep failed")
 
 
-async def sweep(
-    sessions: async_sessionmaker[AsyncSession], dispatcher: Dispatcher, settings: Settings
-) -> dict[str, list[str]]:
+async def sweep(store: Store, settings: Settings) -> dict[str, list[str]]:
     """Retry or fail processing jobs whose worker vanished (lease expired), fail jobs
     queued past the maximum wait, and enqueue again queued jobs Redis may have lost.
 
@@ -57,7 +52,7 @@ async def sweep(
     """
     lease = timedelta(seconds=settings.job_lease_s)
     max_wait = timedelta(seconds=settings.max_queue_wait_s)
-    async with sessions() as session:
+    async with store.sessions() as session:
         stale = await generations.find_stale(
             session,
             lease=lease,
@@ -69,24 +64,21 @@ async def sweep(
     retried: list[str] = []
     failed: list[str] = []
     for generation_id in stale.expired:
-        async with unit_of_work(sessions) as uow:
+        async with store.unit_of_work() as uow:
             outcome = await generations.recover(
                 uow, generation_id, lease=lease, max_tries=settings.job_max_tries
             )
-        await dispatcher.dispatch(uow.events)
         if outcome is not None:
             is_failed = outcome.status == GenerationStatus.FAILED.value
             (failed if is_failed else retried).append(generation_id)
     expired: list[str] = []
     for generation_id in stale.overdue:
-        async with unit_of_work(sessions) as uow:
+        async with store.unit_of_work() as uow:
             if await generations.expire_queued(uow, generation_id, max_wait):
                 expired.append(generation_id)
-        await dispatcher.dispatch(uow.events)
-    async with unit_of_work(sessions) as uow:
+    async with store.unit_of_work() as uow:
         for generation_id in stale.queued:
             generations.requeue(uow, generation_id)
-    await dispatcher.dispatch(uow.events)
     if retried or failed or expired:
         log.warning(
             "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",

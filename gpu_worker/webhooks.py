@@ -26,16 +26,17 @@ import httpx
 from arq import cron
 from arq.worker import Retry, Worker, func
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
-from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.db import Store, make_engine, make_sessionmaker
 from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
 from billing.packs import default_packs
 from billing.service import payments, webhooks
 from billing.service.webhooks import Outcome
 from gpu_worker import sweeper
-from gpu_worker.queue import (
+from gpu_worker.supervisor import Supervisor
+from runtime.queue import (
     APPLY_STRIPE_EVENT,
     DELIVER_WEBHOOK,
     Dispatcher,
@@ -44,8 +45,7 @@ from gpu_worker.queue import (
     new_pool,
     serialize,
 )
-from gpu_worker.supervisor import Supervisor
-from server.settings import Settings, get_settings
+from runtime.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ async def send(
 class WebhookState:
     settings: Settings
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    dispatcher: Dispatcher
+    # Its units of work dispatch their events after commit.
+    store: Store
     policy: AddressPolicy
 
 
@@ -188,8 +188,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     state = ctx["webhook_state"] = WebhookState(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
-        dispatcher=Dispatcher(ctx["redis"], settings.queue_name),
+        store=Store(
+            make_sessionmaker(engine), Dispatcher(ctx["redis"], settings.queue_name).dispatch
+        ),
         policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
     )
     # The job sweeper runs here too, so the maximum queue wait holds (and crashed GPU
@@ -197,7 +198,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sweeper"] = asyncio.create_task(
         sweeper.sweep_periodically(
             settings.sweep_interval_s,
-            lambda: sweeper.sweep(state.sessions, state.dispatcher, settings),
+            lambda: sweeper.sweep(state.store, settings),
         )
     )
 
@@ -217,16 +218,15 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
     state: WebhookState = ctx["webhook_state"]
     settings = state.settings
     lease = timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)
-    async with unit_of_work(state.sessions) as uow:
+    async with state.store.unit_of_work() as uow:
         claim = await webhooks.claim(uow, event_id, lease)
     if claim is None:
         return "skipped: delivered, failed or in flight"
     event = claim.event
     headers = signed_headers(event.id, event.body, claim.secrets)
     result = await send(event.url, event.body, headers, state.policy, settings.webhook_timeout_s)
-    async with unit_of_work(state.sessions) as uow:
+    async with state.store.unit_of_work() as uow:
         updated = await webhooks.record_attempt(uow, event, result, settings.webhook_schedule)
-    await state.dispatcher.dispatch(uow.events)
     log.info(
         "webhook %s (%s) attempt %s: %s %s",
         event.id, event.event, updated.attempts, result.status_code, result.error or "",
@@ -245,18 +245,18 @@ async def apply_stripe_event(ctx: dict[str, Any], event_id: str) -> str:
     state: WebhookState = ctx["webhook_state"]
     settings = state.settings
     try:
-        async with unit_of_work(state.sessions) as uow:
+        async with state.store.unit_of_work() as uow:
             outcome = await payments.apply(uow, event_id, default_packs())
     except payments.NotYet as exc:
         log.info("stripe event %s: %s; retrying", event_id, exc)
         with contextlib.suppress(SQLAlchemyError, OSError):
-            async with unit_of_work(state.sessions) as uow:
+            async with state.store.unit_of_work() as uow:
                 await payments.note_waiting(uow, event_id, str(exc))
         raise Retry(defer=STRIPE_RETRY_S) from exc
     except Exception as exc:  # any failure is recorded, never retried forever
         error = f"{type(exc).__name__}: {exc}"
         try:
-            async with unit_of_work(state.sessions) as uow:
+            async with state.store.unit_of_work() as uow:
                 dead = await payments.record_failure(
                     uow, event_id, error, max_attempts=settings.stripe_event_max_attempts
                 )
@@ -277,19 +277,17 @@ async def requeue_stripe_inbox(ctx: dict[str, Any]) -> list[str]:
     """Queue again the Stripe events stored but still neither applied nor dead-lettered
     (their job was lost, or ran out of retries while waiting on a payment)."""
     state: WebhookState = ctx["webhook_state"]
-    async with unit_of_work(state.sessions) as uow:
+    async with state.store.unit_of_work() as uow:
         pending = await payments.unapplied(uow.session, older_than=OVERDUE_AFTER)
         payments.requeue(uow, pending)
-    await state.dispatcher.dispatch(uow.events)
     return pending
 
 
 async def requeue_overdue(ctx: dict[str, Any]) -> list[str]:
     """Re-enqueue pending events whose delivery job was lost (e.g. Redis restarted)."""
     state: WebhookState = ctx["webhook_state"]
-    async with unit_of_work(state.sessions) as uow:
+    async with state.store.unit_of_work() as uow:
         overdue = await webhooks.requeue_overdue(uow, older_than=OVERDUE_AFTER)
-    await state.dispatcher.dispatch(uow.events)
     return overdue
 
 

@@ -30,15 +30,16 @@ from arq.connections import ArqRedis
 from arq.worker import Function, Retry, Worker, func
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.catalog import Catalog
-from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.db import Store, UnitOfWork, make_engine, make_sessionmaker
 from billing.models import Generation
 from billing.service import generations
 from gpu_worker import sweeper
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
-from gpu_worker.queue import (
+from gpu_worker.supervisor import Supervisor
+from runtime.queue import (
     RUN_GENERATION,
     WORKER_TTL_S,
     Dispatcher,
@@ -49,9 +50,8 @@ from gpu_worker.queue import (
     serialize,
     size_key,
 )
-from gpu_worker.storage import LocalStorage, Storage
-from gpu_worker.supervisor import Supervisor
-from server.settings import Settings, get_settings
+from runtime.settings import Settings, get_settings
+from runtime.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ TIMEOUT_MARGIN_S = 5
 class WorkerState:
     settings: Settings
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
+    # Its units of work dispatch their events after commit (through ``dispatcher``).
+    store: Store
     catalog: Catalog
     runner: PipelineRunner
     storage: Storage
@@ -87,14 +88,15 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["runner"] = runner
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
     redis: ArqRedis = ctx["redis"]
+    dispatcher = Dispatcher(redis, settings.queue_name)
     ctx["state"] = WorkerState(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
+        store=Store(make_sessionmaker(engine), dispatcher.dispatch),
         catalog=catalog,
         runner=runner,
         storage=LocalStorage(settings.storage_dir, settings.public_base),
-        dispatcher=Dispatcher(redis, settings.queue_name),
+        dispatcher=dispatcher,
         timings=Timings(redis, settings.queue_name),
     )
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
@@ -219,11 +221,10 @@ class _Live:
         if self.preview is not None:
             live["preview"] = "data:image/png;base64," + base64.b64encode(self.preview).decode()
         previous = self._written[0] if self._written else 0
-        async with unit_of_work(self.state.sessions) as uow:
+        async with self.state.store.unit_of_work() as uow:
             still = await generations.record_progress(
                 uow, self.generation.id, step, total, live, previous_step=previous
             )
-        await self.state.dispatcher.dispatch(uow.events)
         if still is None:
             # No longer processing: cancelled (or settled elsewhere). Stop at the next step.
             self.cancelled.set()
@@ -244,9 +245,8 @@ async def _retry_on_store_errors() -> AsyncIterator[None]:
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     state: WorkerState = ctx["state"]
     started = time.perf_counter()
-    async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+    async with _retry_on_store_errors(), state.store.unit_of_work() as uow:
         generation = await generations.begin_processing(uow, generation_id)
-    await state.dispatcher.dispatch(uow.events)
     if generation is None:
         return "skipped: already finished"
     live = _Live(state, generation)
@@ -266,19 +266,22 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     except Exception:
         log.exception("generation %s failed", generation_id)
     else:
+        completing: UnitOfWork | None = None
         try:
-            async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+            async with _retry_on_store_errors(), state.store.unit_of_work() as completing:
                 done = await generations.complete(
-                    uow,
+                    completing,
                     generation_id,
                     image_key=key,
                     metadata=metadata,
                     image_url=state.storage.url(key),
                 )
         except BaseException:
-            await state.storage.delete(key)
+            # No job points to the image unless the completion committed (and only the
+            # dispatch after it was cut short, by a cancellation): then it stays.
+            if completing is None or not completing.committed:
+                await state.storage.delete(key)
             raise
-        await state.dispatcher.dispatch(uow.events)
         if done is None:
             await state.storage.delete(key)
             return "skipped: no longer processing"
@@ -289,9 +292,8 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
                 job_seconds=time.perf_counter() - started,
             )
         return "completed"
-    async with _retry_on_store_errors(), unit_of_work(state.sessions) as uow:
+    async with _retry_on_store_errors(), state.store.unit_of_work() as uow:
         await generations.fail(uow, generation_id, message)
-    await state.dispatcher.dispatch(uow.events)
     return "failed"
 
 
@@ -349,7 +351,7 @@ async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -
     while True:
         await asyncio.sleep(state.settings.job_heartbeat_s)
         try:
-            async with unit_of_work(state.sessions) as uow:
+            async with state.store.unit_of_work() as uow:
                 owned = await generations.renew_lease(uow, generation.id, generation.attempts)
         except (SQLAlchemyError, OSError):
             # The lease outlives several renewals (settings validation): keep trying.
@@ -364,7 +366,7 @@ async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -
 async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
     """One sweep (gpu_worker/sweeper.py) with this worker's database and Redis."""
     state: WorkerState = ctx["state"]
-    return await sweeper.sweep(state.sessions, state.dispatcher, state.settings)
+    return await sweeper.sweep(state.store, state.settings)
 
 
 def functions(settings: Settings) -> list[Function]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
-from billing.db import UnitOfWork, unit_of_work
+from billing.db import Store, UnitOfWork
 from billing.netguard import AddressPolicy
 from billing.packs import PackList
 from billing.plans import PlanBook
@@ -19,10 +19,10 @@ from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
 from billing.stripe_client import StripeGateway
-from gpu_worker.events import Broker
-from gpu_worker.queue import Dispatcher, QueueInspector
-from gpu_worker.storage import Storage
-from schema.ratelimit import RateStatus, RequestLimiter
+from runtime.events import Broker
+from runtime.queue import QueueInspector
+from runtime.storage import Storage
+from schema.limiter import RateStatus, RequestLimiter
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,12 @@ class Payments:
 class Services:
     """Built once by the app's lifespan; shared by every request."""
 
-    sessions: async_sessionmaker[AsyncSession]
+    # Its units of work dispatch their events after commit (the app's Dispatcher).
+    store: Store
     catalog: Catalog
     prices: PriceTable
     limits: Limits
     storage: Storage
-    dispatcher: Dispatcher
     queue: QueueInspector
     broker: Broker
     pepper: bytes
@@ -54,6 +54,11 @@ class Services:
     limiter: RequestLimiter
     packs: PackList
     payments: Payments
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """For reads, and writes that emit no events."""
+        return self.store.sessions
 
 
 def key_from_params(params: dict[str, Any] | None) -> str | None:
@@ -118,12 +123,9 @@ class Context:
         if self.state is not None:
             self.state.fluxgate_rate = status
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """One transaction for a mutation; its side effects are dispatched after commit."""
-        async with unit_of_work(self.services.sessions) as uow:
-            yield uow
-        await self.services.dispatcher.dispatch(uow.events)
+        return self.services.store.unit_of_work()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -16,8 +16,8 @@ from billing import models
 from billing.errors import RateLimited, Unauthenticated
 from billing.service import generations
 from billing.service.accounts import Caller
-from gpu_worker.events import Mailbox
-from gpu_worker.queue import size_key
+from runtime.events import Mailbox
+from runtime.queue import size_key
 from schema.context import Context
 from schema.types import Generation
 

@@ -14,7 +14,7 @@ from billing.plans import PlanLimits
 from billing.pricing import Quote
 from billing.service.generations import Page
 from billing.service.webhooks import Delivery
-from gpu_worker.storage import Storage
+from runtime.storage import Storage
 from schema.scalars import UtcDateTime
 
 

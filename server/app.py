@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from billing.catalog import Catalog
-from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.db import Store, make_engine, make_sessionmaker
 from billing.errors import ErrorCode
 from billing.netguard import AddressPolicy
 from billing.packs import default_packs
@@ -29,17 +29,17 @@ from billing.requests import Limits
 from billing.service import payments
 from billing.stripe_client import StripeGateway
 from billing.text import unstorable
-from gpu_worker import queue
-from gpu_worker.events import Broker
-from gpu_worker.storage import LocalStorage
+from runtime import queue
+from runtime.events import Broker
+from runtime.settings import Settings, get_settings
+from runtime.storage import LocalStorage
 from schema import Hardening, build_schema
 from schema.context import Payments, Services
-from schema.ratelimit import RequestLimiter
+from schema.limiter import RequestLimiter
 from server import dashboard, rest
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
 from server.middleware import BodySizeLimit, RateLimitHeaders
-from server.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,8 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         )
     except (payments.InvalidSignature, payments.InvalidPayload) as exc:
         return rest.error_response(400, exc.code.value, exc.message, field=exc.field)
-    async with unit_of_work(services.sessions) as uow:
+    async with services.store.unit_of_work() as uow:
         new = await payments.receive(uow, event)
-    await services.dispatcher.dispatch(uow.events)
     return JSONResponse({"received": True, "duplicate": not new})
 
 
@@ -78,7 +77,7 @@ async def health(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     async with services.sessions() as session:
         await session.execute(text("SELECT 1"))
-    await services.dispatcher.pool.ping()
+    await services.queue.redis.ping()  # the app's one Redis pool
     return JSONResponse({"status": "ok"})
 
 
@@ -106,8 +105,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         broker = Broker(pool, queue.Keys(settings.queue_name).events)
         await broker.start()
+        dispatcher = queue.Dispatcher(pool, settings.queue_name)
         app.state.services = Services(
-            sessions=make_sessionmaker(engine),
+            store=Store(make_sessionmaker(engine), dispatcher.dispatch),
             catalog=Catalog.load(settings.models),
             prices=default_price_table(),
             limits=Limits(
@@ -116,7 +116,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_prompt_chars=settings.max_prompt_chars,
             ),
             storage=LocalStorage(settings.storage_dir, settings.public_base),
-            dispatcher=queue.Dispatcher(pool, settings.queue_name),
             queue=queue.QueueInspector(pool, settings.queue_name),
             broker=broker,
             pepper=settings.secret_key.get_secret_value().encode(),

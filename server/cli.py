@@ -8,13 +8,13 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from server.settings import get_settings
+from runtime.settings import get_settings
 
 app = typer.Typer(help="Fluxgate: self-hosted, credit-metered FLUX image generation.")
 db_app = typer.Typer(help="Database migrations.")
@@ -304,26 +304,33 @@ def key_revoke(
         raise _fail("key id must be a UUID (see `fluxgate key create --json`)") from None
 
     async def revoke() -> bool:
-        from billing.db import make_engine, make_sessionmaker, unit_of_work
-        from gpu_worker import queue
+        from billing.db import Event, Store, make_engine, make_sessionmaker
+        from runtime import queue
 
         settings = get_settings()
+        announced = False
+
+        async def announce(events: Sequence[Event]) -> None:
+            # After commit, like the API: the broker ends the key's open subscriptions.
+            # Redis is connected to only now: its outage cannot hold the revocation back.
+            nonlocal announced
+            try:
+                pool = await queue.connect(settings.redis_url, settings.queue_name)
+            except Exception:  # revoked all the same; said below
+                return
+            try:
+                await queue.Dispatcher(pool, settings.queue_name).dispatch(events)
+            finally:
+                await pool.aclose(close_connection_pool=True)
+            announced = True
+
         engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
         try:
-            async with unit_of_work(make_sessionmaker(engine)) as uow:
+            async with Store(make_sessionmaker(engine), announce).unit_of_work() as uow:
                 await accounts.revoke_key(uow, kid, allow_last=force)
         finally:
             await engine.dispose()
-        # After commit, like the API: the broker ends the key's open subscriptions.
-        try:
-            pool = await queue.connect(settings.redis_url, settings.queue_name)
-        except Exception:  # revoked all the same; said below
-            return False
-        try:
-            await queue.Dispatcher(pool, settings.queue_name).dispatch(uow.events)
-        finally:
-            await pool.aclose(close_connection_pool=True)
-        return True
+        return announced
 
     try:
         announced = asyncio.run(revoke())
@@ -425,23 +432,26 @@ def stripe_retry(event_id: Annotated[str, typer.Argument(help="A dead letter's e
     from billing.service import payments
 
     async def revive() -> None:
-        from billing.db import make_engine, make_sessionmaker, unit_of_work
-        from gpu_worker import queue
+        from billing.db import Event, Store, make_engine, make_sessionmaker
+        from runtime import queue
 
         settings = get_settings()
+
+        async def enqueue(events: Sequence[Event]) -> None:
+            # If Redis is unreachable, the inbox sweeper queues it within a few minutes.
+            with contextlib.suppress(Exception):
+                pool = await queue.connect(settings.redis_url, settings.queue_name)
+                try:
+                    await queue.Dispatcher(pool, settings.queue_name).dispatch(events)
+                finally:
+                    await pool.aclose(close_connection_pool=True)
+
         engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
         try:
-            async with unit_of_work(make_sessionmaker(engine)) as uow:
+            async with Store(make_sessionmaker(engine), enqueue).unit_of_work() as uow:
                 await payments.revive(uow, event_id)
         finally:
             await engine.dispose()
-        # If Redis is unreachable, the inbox sweeper queues it within a few minutes.
-        with contextlib.suppress(Exception):
-            pool = await queue.connect(settings.redis_url, settings.queue_name)
-            try:
-                await queue.Dispatcher(pool, settings.queue_name).dispatch(uow.events)
-            finally:
-                await pool.aclose(close_connection_pool=True)
 
     try:
         asyncio.run(revive())

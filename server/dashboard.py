@@ -26,7 +26,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
-from billing.db import unit_of_work
 from billing.errors import Conflict, FluxgateError
 from billing.service import accounts, generations, ledger, payments, reports, web_sessions, webhooks
 from schema.context import Services
@@ -350,10 +349,10 @@ async def revoke_key(request: Request, caller: accounts.Caller, form: dict[str, 
     try:
         key_id = uuid.UUID(request.path_params["key_id"])
         services = _services(request)
-        async with unit_of_work(services.sessions) as uow:
+        # After commit its event ends the subscriptions opened with the key, on every API
+        # process.
+        async with services.store.unit_of_work() as uow:
             await accounts.revoke_key(uow, key_id, account_id=caller.account.id)
-        # After commit: ends the subscriptions opened with the key, on every API process.
-        await services.dispatcher.dispatch(uow.events)
     except Conflict as exc:
         request.session["flash"] = exc.message
     except (ValueError, FluxgateError):
@@ -378,10 +377,8 @@ async def webhooks_page(request: Request, caller: accounts.Caller) -> Response:
 async def rotate_secret(
     request: Request, caller: accounts.Caller, form: dict[str, Any]
 ) -> Response:
-    from billing.db import unit_of_work
-
     services = _services(request)
-    async with unit_of_work(services.sessions) as uow:
+    async with services.store.unit_of_work() as uow:
         await webhooks.rotate_secret(uow, caller.account.id, services.webhook_grace)
     grace_hours = services.webhook_grace / timedelta(hours=1)
     request.session["flash"] = (

@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schema.context import Services
-from schema.ratelimit import RateStatus
+from schema.limiter import RateStatus
 
 
 class RateLimitHeaders:

@@ -34,8 +34,8 @@ from sqlalchemy.ext.asyncio import (
 
 from billing.db import make_engine, make_sessionmaker
 from billing.migrate import drop_database, upgrade
+from runtime.settings import ROOT, Settings
 from server.app import create_app
-from server.settings import ROOT, Settings
 from tests.factories import TestAccount, create_account
 
 TEST_DATABASE_URL = os.environ.get(

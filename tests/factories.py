@@ -13,8 +13,8 @@ import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.service import accounts, ledger
-from gpu_worker.queue import Keys
-from server.settings import Settings
+from runtime.queue import Keys
+from runtime.settings import Settings
 
 
 @dataclass

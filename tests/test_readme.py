@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
+from runtime.settings import ROOT, Settings
 from schema import schema
-from server.settings import ROOT, Settings
 
 README = (ROOT / "README.md").read_text()
 

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import ROOT
+from runtime.settings import ROOT
 
 BILLING = ROOT / "billing"
 FORBIDDEN = frozenset(
     {
+        "runtime",
         "server",
         "schema",
         "gpu_worker",
+        "kinds",
         "strawberry",
         "starlette",
         "uvicorn",
@@ -112,9 +114,11 @@ def test_billing_imports_no_edge(path: Path) -> None:
         ("import torch", "billing.x", False),
         ("import torch.nn as nn", "billing.x", False),
         ("import os, starlette.requests", "billing.x", False),
-        ("from server.settings import Settings", "billing.x", False),
+        ("from runtime.settings import Settings", "billing.x", False),
         ("from schema import schema", "billing.x", False),
-        ("from gpu_worker.queue import Dispatcher", "billing.service.x", False),
+        ("from runtime.queue import Dispatcher", "billing.service.x", False),
+        ("from gpu_worker.worker import run", "billing.service.x", False),
+        ("from kinds import registry", "billing.x", False),
         ("from strawberry.types import Info", "billing.x", False),
         ("from uvicorn import run", "billing.x", False),
         ("from arq.connections import ArqRedis", "billing.x", False),
@@ -180,8 +184,8 @@ def test_edges_do_not_import_torch() -> None:
     result = _run(
         """
         import sys
-        import gpu_worker.queue
-        import gpu_worker.storage
+        import runtime.queue
+        import runtime.storage
         import server.app
         import schema
         heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)

@@ -17,13 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
 from billing.catalog import Catalog
-from billing.db import GenerationAccepted, GenerationUpdated, unit_of_work
+from billing.db import GenerationAccepted, GenerationUpdated, unit_of_work_without_dispatch
 from billing.errors import BadUserInput, ErrorCode, InsufficientCredits
 from billing.models import Generation, GenerationStatus, LedgerEntry, LedgerKind, snapshot, utcnow
 from billing.pricing import default_price_table
 from billing.requests import ImageRequest, Limits, RawImageRequest, validate
 from billing.service import generations, ledger
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.factories import TestAccount, audit, balance, create_account
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -70,7 +70,7 @@ def test_request_costs() -> None:
 async def submit(
     sessions: Sessions, account: TestAccount, req: ImageRequest | None = None
 ) -> Generation:
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         generation = await generations.submit(
             uow,
             account_id=account.id,
@@ -407,11 +407,11 @@ async def test_complete_then_fail_settles_once(sessions: Sessions, settings: Set
     """The lifecycle functions: a completed job captures; a late failure refunds nothing."""
     acct = await create_account(sessions, settings, credits=50)
     job = await submit(sessions, acct)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         running = await generations.begin_processing(uow, job.id)
         assert running is not None
         assert running.status == GenerationStatus.PROCESSING.value
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         done = await generations.complete(uow, job.id, image_key="k.png", metadata={"a": 1})
         assert done is not None
         [event] = uow.events
@@ -419,7 +419,7 @@ async def test_complete_then_fail_settles_once(sessions: Sessions, settings: Set
         assert event.snapshot["status"] == GenerationStatus.COMPLETED.value
         assert event.snapshot["id"] == job.id
     await assert_balance(sessions, acct.id, 40, 0)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         assert await generations.fail(uow, job.id, "late failure") is None
         assert uow.events == []
     await assert_balance(sessions, acct.id, 40, 0)
@@ -430,14 +430,14 @@ async def test_fail_releases_then_complete_captures_nothing(
 ) -> None:
     acct = await create_account(sessions, settings, credits=50)
     job = await submit(sessions, acct)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         assert await generations.begin_processing(uow, job.id) is not None
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         failed = await generations.fail(uow, job.id, "out of memory")
         assert failed is not None
         assert failed.status == GenerationStatus.FAILED.value
     await assert_balance(sessions, acct.id, 50, 0)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         assert await generations.complete(uow, job.id, image_key="k", metadata={}) is None
     await assert_balance(sessions, acct.id, 50, 0)
 
@@ -615,7 +615,7 @@ async def test_concurrent_reserves_never_overdraw(sessions: Sessions, settings: 
     assert req.quote.credits == 10
 
     async def attempt() -> Generation:
-        async with unit_of_work(sessions) as uow:
+        async with unit_of_work_without_dispatch(sessions) as uow:
             return await generations.submit(
                 uow, account_id=acct.id, api_key_id=acct.api_key_id, request=req
             )

@@ -11,7 +11,7 @@ import pytest
 
 from billing.catalog import Catalog
 from billing.pricing import PRICES_FILE, PriceTable, default_price_table
-from server.settings import ROOT
+from runtime.settings import ROOT
 
 REGISTRIES = [ROOT / "deploy" / "models.dev.toml", ROOT / "deploy" / "models.example.toml"]
 QUALITIES = ("standard", "high")

@@ -21,7 +21,7 @@ from billing.requests import (
     request_fingerprint,
     validate,
 )
-from server.settings import ROOT
+from runtime.settings import ROOT
 
 CATALOG = Catalog.load(ROOT / "deploy" / "models.dev.toml")
 PRICES = default_price_table()

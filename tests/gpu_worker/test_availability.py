@@ -33,15 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
 from billing.catalog import Catalog
-from billing.db import make_engine, make_sessionmaker, unit_of_work
+from billing.db import make_engine, make_sessionmaker, unit_of_work_without_dispatch
 from billing.models import Generation, utcnow
 from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
-from gpu_worker import queue
 from gpu_worker.webhooks import build_webhook_worker
 from gpu_worker.worker import run_generation, shutdown, sweep_stale
-from server.settings import Settings
+from runtime import queue
+from runtime.settings import Settings
 from tests.conftest import (
     TEST_DATABASE_URL,
     TINY_MODEL,
@@ -110,7 +110,7 @@ async def submit_unqueued(
         prices=default_price_table(),
         limits=Limits(),
     )
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         return await generations.submit(
             uow, account_id=account.id, api_key_id=account.api_key_id, request=request
         )
@@ -136,7 +136,7 @@ async def movements(sessions: async_sessionmaker[AsyncSession], generation_id: s
 
 async def expire_lease(sessions: async_sessionmaker[AsyncSession], generation_id: str) -> None:
     """As if the run's worker had stopped renewing its lease a minute ago."""
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await uow.session.execute(
             update(Generation)
             .where(Generation.id == generation_id)  # type: ignore[arg-type]
@@ -153,7 +153,7 @@ async def test_an_expired_lease_is_retried_then_failed_once_the_tries_are_spent(
 ) -> None:
     g = await submit_unqueued(sessions, catalog, account)
     jid = queue.job_id(g.id)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await generations.begin_processing(uow, g.id)
     # What a worker killed mid-run leaves in Redis: its job in the queue, and arq's lock,
     # which would hold any retry back for the job timeout + 10 s.
@@ -174,7 +174,7 @@ async def test_an_expired_lease_is_retried_then_failed_once_the_tries_are_spent(
         assert await movements(sessions, g.id) == ["reserve"]
 
         # The second run dies too: its tries are spent, so it fails and releases.
-        async with unit_of_work(sessions) as uow:
+        async with unit_of_work_without_dispatch(sessions) as uow:
             await generations.begin_processing(uow, g.id)
         await expire_lease(sessions, g.id)
         second = await sweep_stale(ctx)
@@ -234,7 +234,7 @@ async def test_a_job_no_worker_takes_fails_after_the_maximum_queue_wait(
     waited = await submit_unqueued(sessions, catalog, account, "https://example.com/hook")
     fresh = await submit_unqueued(sessions, catalog, account)
     await pool.enqueue_job(queue.RUN_GENERATION, waited.id, _job_id=queue.job_id(waited.id))
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await uow.session.execute(
             update(Generation)
             .where(Generation.id == waited.id)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gpu_worker.webhooks import build_webhook_worker
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import create_account, gql, wait_for_final
 from tests.gpu_worker.test_webhooks import Receiver, deliveries

@@ -16,7 +16,7 @@ import textwrap
 import time
 import uuid
 
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 
 SCRIPT = textwrap.dedent(
     """

@@ -26,9 +26,9 @@ from standardwebhooks.webhooks import Webhook
 from billing.catalog import Catalog
 from billing.models import WebhookEvent
 from billing.netguard import AddressPolicy
-from gpu_worker.queue import Keys
 from gpu_worker.webhooks import USER_AGENT, build_webhook_worker, send, signature
-from server.settings import Settings
+from runtime.queue import Keys
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, create_account, gql, wait_for_final
 from tests.runners import SlowRunner

@@ -16,12 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
 from billing.catalog import Catalog
-from billing.db import unit_of_work
+from billing.db import unit_of_work_without_dispatch
 from billing.models import Generation, utcnow
 from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import generations
-from gpu_worker import queue
 from gpu_worker.pipeline import PipelineRunner
 from gpu_worker.worker import (
     FAILURE_MESSAGE,
@@ -33,7 +32,8 @@ from gpu_worker.worker import (
     startup,
     sweep_stale,
 )
-from server.settings import Settings
+from runtime import queue
+from runtime.settings import Settings
 from tests.factories import TestAccount, audit
 from tests.runners import ExplodingRunner, SlowRunner
 
@@ -72,7 +72,7 @@ async def submit_unqueued(
         prices=default_price_table(),
         limits=Limits(),
     )
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         g = await generations.submit(
             uow, account_id=account.id, api_key_id=account.api_key_id, request=request
         )
@@ -162,7 +162,7 @@ async def test_job_whose_worker_died_is_retried_and_charged_once(
 ) -> None:
     g = await submit_unqueued(sessions, catalog, account)
     # A worker claimed the job and was killed before finishing it.
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         claimed = await generations.begin_processing(uow, g.id)
     assert claimed is not None and claimed.status == "processing"
 
@@ -212,7 +212,7 @@ async def test_sweeper_releases_holds_of_vanished_workers(
 ) -> None:
     stale = await submit_unqueued(sessions, catalog, account)
     fresh = await submit_unqueued(sessions, catalog, account)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await generations.begin_processing(uow, stale.id)
         await generations.begin_processing(uow, fresh.id)
         # The stale job's worker stopped renewing its lease two hours ago.
@@ -248,7 +248,7 @@ async def test_sweeper_enqueues_jobs_that_never_reached_the_queue(
     """A job committed while Redis was unreachable is picked up by the sweeper and run
     by the real worker."""
     lost = await submit_unqueued(sessions, catalog, account)
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await uow.session.execute(
             update(Generation)
             .where(Generation.id == lost.id)  # type: ignore[arg-type]

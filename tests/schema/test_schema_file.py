@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from runtime.settings import ROOT
 from schema import schema
-from server.settings import ROOT
 
 
 def test_committed_schema_matches_code() -> None:

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from billing.migrate import drop_database
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.conftest import TEST_DATABASE_URL, free_port, wait_healthy
 from tests.server.test_seed_examples import SEED_CURL_BODY
 

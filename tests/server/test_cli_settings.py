@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from server.settings import ROOT
+from runtime.settings import ROOT
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.factories import TestAccount, audit, create_account, gql
 
 GENERATE = """mutation G($input: GenerateInput!) { generate(input: $input) { id creditCost } }"""

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Generation, is_final
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import create_account, gql
 from tests.server.test_stripe import LocalStripe

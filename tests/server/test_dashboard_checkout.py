@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, free_port
 from tests.factories import create_account
 from tests.server.test_stripe import LocalStripe

@@ -10,7 +10,7 @@ import re
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.factories import create_account, gql
 
 CREATE = """mutation C($name: String!) { createApiKey(name: $name) {

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from billing.db import unit_of_work
+from billing.db import unit_of_work_without_dispatch
 from billing.models import Generation
 from billing.service import accounts
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, free_port
 from tests.factories import TestAccount, audit, create_account, gql
 
@@ -186,7 +186,7 @@ async def test_insufficient_credits_shape_on_both_surfaces(
 
 
 async def revoked_key(sessions: async_sessionmaker[AsyncSession], account: TestAccount) -> str:
-    async with unit_of_work(sessions) as uow:
+    async with unit_of_work_without_dispatch(sessions) as uow:
         await accounts.revoke_key(uow, account.api_key_id, allow_last=True)
     return account.api_key
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.models import Generation
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.factories import audit, create_account
 from tests.server.test_hostile_input import (
     Collector,

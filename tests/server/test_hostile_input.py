@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.factories import TestAccount, audit, create_account, gql
 from tests.server.test_errors import job_count
 

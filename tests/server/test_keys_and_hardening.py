@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.service import accounts
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, free_port, spawn_api
 from tests.factories import TestAccount, create_account, gql, subscribed
 

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
-from billing.db import unit_of_work
+from billing.db import unit_of_work_without_dispatch
 from billing.errors import RateLimited
 from billing.plans import default_plan_book
 from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
 from billing.service import accounts, generations
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port, spawn_api
 from tests.factories import TestAccount, audit, create_account, gql, wait_for_final
 from tests.runners import SlowRunner
@@ -188,7 +188,7 @@ async def test_daily_cap_at_the_utc_day_boundary(
     midnight = datetime(2031, 5, 2, tzinfo=UTC)
 
     async def submit_at(now: datetime) -> None:
-        async with unit_of_work(sessions) as uow:
+        async with unit_of_work_without_dispatch(sessions) as uow:
             await generations.submit(
                 uow, account_id=account.id, api_key_id=None, request=request, now=now
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedWorker
 from tests.factories import TestAccount, audit, create_account, gql, wait_for_final
 

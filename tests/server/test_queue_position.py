@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import create_account, gql, wait_for_final
 from tests.runners import SlowRunner

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.plans import default_plan_book
 from billing.service import accounts
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, free_port
 from tests.factories import TestAccount, audit, create_account
 from tests.redis_server import RedisServer

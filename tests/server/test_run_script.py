@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.settings import ROOT, Settings
+from runtime.settings import ROOT, Settings
 from tests.conftest import TEST_DATABASE_URL, free_port, recreate_database, wait_healthy
 
 

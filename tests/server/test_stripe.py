@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from billing import repository as repo
 from billing.models import Payment, StripeEvent
 from gpu_worker.webhooks import build_webhook_worker
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, audit, create_account, gql
 
@@ -329,8 +329,8 @@ async def test_the_inbox_sweeper_applies_events_whose_job_was_lost(
     from sqlalchemy import update
 
     from billing.models import utcnow
-    from gpu_worker import queue
     from gpu_worker.webhooks import requeue_stripe_inbox, shutdown, startup
+    from runtime import queue
 
     buyer = await create_account(sessions, settings, credits=0)
     event = checkout_completed(buyer)

@@ -32,9 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing import repository as repo
 from billing.models import Payment, StripeEvent, utcnow
-from gpu_worker import queue
 from gpu_worker.webhooks import build_webhook_worker, requeue_stripe_inbox, shutdown, startup
-from server.settings import ROOT, Settings
+from runtime import queue
+from runtime.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, audit, create_account
 from tests.server.test_stripe import SECRET, checkout_completed, post_event, signed

@@ -29,9 +29,9 @@ from billing import models
 from billing.catalog import Catalog
 from billing.plans import default_plan_book
 from billing.service import accounts
-from gpu_worker import queue
-from gpu_worker.events import SubscriberSlots
-from server.settings import ROOT, Settings
+from runtime import queue
+from runtime.events import SubscriberSlots
+from runtime.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port, own_queue, spawn_api
 from tests.factories import TestAccount, create_account, gql
 from tests.runners import SlowRunner

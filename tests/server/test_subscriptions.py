@@ -19,9 +19,9 @@ from websockets.asyncio.client import connect
 
 from billing import repository as repo
 from billing.catalog import Catalog
-from gpu_worker import queue
 from gpu_worker.worker import STOPPED
-from server.settings import Settings
+from runtime import queue
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue, spawn_api
 from tests.factories import TestAccount, audit, create_account, gql, subscribed
 from tests.runners import SlowRunner

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.netguard import AddressPolicy, Refused, parse_http_url
 from gpu_worker.webhooks import send
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.factories import audit, create_account, gql
 
 MALFORMED = [

@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 
 from billing.plans import default_plan_book
 from billing.service import accounts
-from server.settings import Settings
+from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port
 from tests.factories import TestAccount, create_account
 from tests.server.test_hostile_input import (

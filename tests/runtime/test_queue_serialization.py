@@ -11,7 +11,7 @@ import pytest
 from arq.jobs import deserialize_result, serialize_result
 from arq.worker import JobExecutionFailed
 
-from gpu_worker.queue import deserialize, serialize
+from runtime.queue import deserialize, serialize
 
 
 def test_a_failed_jobs_result_is_stored_as_json(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gpu_worker.events import Mailbox
+from runtime.events import Mailbox
 
 
 def update(job: str, status: str, step: int = 0) -> dict[str, object]:

@@ -1,0 +1,1 @@
+"""Job kinds: one module per image operation."""
