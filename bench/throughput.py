@@ -36,6 +36,8 @@ from billing.migrate import drop_database, upgrade  # noqa: E402
 from billing.plans import default_plan_book  # noqa: E402
 from billing.service import accounts  # noqa: E402
 from gpu_worker.pipeline import PipelineRunner, RenderJob  # noqa: E402
+from kinds import text_to_image  # noqa: E402
+from kinds.base import model_ref  # noqa: E402
 
 DB_URL = os.environ.get(
     "FLUXGATE_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/fluxgate_bench"
@@ -158,15 +160,12 @@ async def direct_pipeline(jobs: int, size: int) -> float:
 
     async def run() -> float:
         def job(i: int) -> RenderJob:
-            return RenderJob(
-                entry=entry,
-                prompt=f"benchmark prompt {i}",
-                width=size,
-                height=size,
-                steps=entry.steps,
-                guidance=entry.guidance,
-                seed=i,
-            )
+            params = {
+                "model": model_ref(entry), "prompt": f"benchmark prompt {i}",
+                "width": size, "height": size, "steps": entry.steps,
+                "guidance": entry.guidance, "seed": i, "format": "png", "count": 1,
+            }  # fmt: skip
+            return RenderJob(kind=text_to_image.KIND, params=params, inputs={})
 
         await runner.render(job(jobs), lambda s, t, p: None)  # warm-up
         started = time.perf_counter()

@@ -136,6 +136,19 @@ class Generation(SQLModel, table=True):
     account_id: uuid.UUID = Field(foreign_key="accounts.id")
     api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
     type: str = Field(default="IMAGE", max_length=16)
+    kind: str = Field(
+        default="text_to_image",
+        max_length=32,
+        sa_column_kwargs={"server_default": "text_to_image"},
+        description="The job kind (kinds/): which operation the worker runs.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONB, nullable=False, server_default="{}"),
+        description="Everything the worker needs, frozen at submit (the resolved model too).",
+    )
+    # The summary every surface shows (and ETAs use): the model that runs and the first
+    # output's size. The kind's own values live in ``params``.
     provider: str = Field(max_length=64)
     version: str = Field(max_length=64)
     quality: str = Field(max_length=16)
@@ -156,7 +169,14 @@ class Generation(SQLModel, table=True):
         sa_column=Column(JSONB, nullable=True),
         description="Events to send to webhook_url; null: the final states.",
     )
-    image_key: str | None = Field(default=None, max_length=255)
+    image_key: str | None = Field(
+        default=None, max_length=255, description="The first output's storage key."
+    )
+    outputs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_column=Column(JSONB, nullable=False, server_default="[]"),
+        description="The outputs, in order: {id, key, width, height, format} (see assets).",
+    )
     meta: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONB, nullable=False)
     )
@@ -177,6 +197,36 @@ class Generation(SQLModel, table=True):
     heartbeat_at: datetime | None = _ts(nullable=True)
     # When the job last entered the queue (null: created_at): bounds its wait for a worker.
     queued_at: datetime | None = _ts(nullable=True)
+
+
+class AssetRole(StrEnum):
+    IMAGE = "image"  # an input image
+    MASK = "mask"  # an input mask (white = repaint)
+    OUTPUT = "output"
+
+
+class Asset(SQLModel, table=True):
+    """One stored image of an account: a job's input (image, mask) or output."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        Index("ix_assets_account_created", "account_id", "created_at"),
+        Index("ix_assets_generation", "generation_id", "role", "position"),
+        CheckConstraint("role IN ('image', 'mask', 'output')", name="ck_assets_role"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id")
+    generation_id: str | None = Field(default=None, foreign_key="generations.id")
+    role: str = Field(max_length=16)
+    position: int = Field(default=0, description="Order among the job's assets of this role.")
+    key: str = Field(max_length=255, description="The storage key.")
+    mime: str = Field(max_length=64)
+    width: int
+    height: int
+    bytes: int = Field(sa_type=BigInteger)
+    sha256: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
 
 
 class LedgerEntry(SQLModel, table=True):

@@ -28,6 +28,9 @@ class Quote:
     height: int
     version: str
     quality: str
+    kind: str = "text_to_image"
+    count: int = 1
+    unit_credits: int = 0  # one image's price; ``credits`` is ``count`` of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class PriceTable:
     tiers: tuple[Tier, ...]
     version_surcharge: dict[str, int]
     quality_surcharge: dict[str, int]
+    kind_surcharge: dict[str, int]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriceTable:
@@ -54,6 +58,10 @@ class PriceTable:
             tiers=tiers,
             version_surcharge={k: int(v) for k, v in data.get("version_surcharge", {}).items()},
             quality_surcharge={k: int(v) for k, v in data["quality_surcharge"].items()},
+            # A table from before job kinds priced text-to-image only.
+            kind_surcharge={
+                k: int(v) for k, v in data.get("kind_surcharge", {"text_to_image": 0}).items()
+            },
         )
 
     @classmethod
@@ -65,13 +73,36 @@ class PriceTable:
     def qualities(self) -> frozenset[str]:
         return frozenset(self.quality_surcharge)
 
-    def quote(self, *, width: int, height: int, version: str, quality: str) -> Quote:
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The job kinds this table prices (a kind without a row cannot be sold)."""
+        return frozenset(self.kind_surcharge)
+
+    def quote(
+        self,
+        *,
+        width: int,
+        height: int,
+        version: str,
+        quality: str = "standard",
+        kind: str = "text_to_image",
+        count: int = 1,
+    ) -> Quote:
+        """One image's price is its output size's tier + the version's, quality's and
+        kind's surcharges; a job making ``count`` images costs ``count`` of them."""
         pixels = width * height
         tier = next(t for t in self.tiers if t.max_pixels is None or pixels <= t.max_pixels)
         surcharge = self.version_surcharge.get(version, self.version_surcharge.get("default", 0))
-        credits = tier.credits + surcharge + self.quality_surcharge[quality]
+        if kind not in self.kind_surcharge:
+            raise KeyError(f"the price table has no row for job kind {kind!r}")
+        unit = (
+            tier.credits + surcharge + self.quality_surcharge[quality] + self.kind_surcharge[kind]
+        )
         return Quote(
-            credits=credits,
+            credits=unit * count,
+            kind=kind,
+            count=count,
+            unit_credits=unit,
             tier=tier.name,
             megapixels=round(pixels / 1_000_000, 2),
             width=width,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.models import (
     Account,
     ApiKey,
+    Asset,
     DashboardSession,
     Generation,
     GenerationStatus,
@@ -31,6 +32,7 @@ _G = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables exp
 _A = Account.__table__.c  # type: ignore[attr-defined]
 _L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
 _K = ApiKey.__table__.c  # type: ignore[attr-defined]
+_AS = Asset.__table__.c  # type: ignore[attr-defined]
 _W = WebhookEvent.__table__.c  # type: ignore[attr-defined]
 _WA = WebhookAttempt.__table__.c  # type: ignore[attr-defined]
 
@@ -252,6 +254,42 @@ async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> bo
         .returning(_G.id)
     )
     return result.first() is not None
+
+
+async def insert_assets(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Asset).values(list(rows)))
+
+
+async def assets_of(session: AsyncSession, generation_id: str) -> Sequence[Asset]:
+    """A job's assets: inputs (image, mask) then outputs, each in order."""
+    result = await session.execute(
+        select(Asset).where(_AS.generation_id == generation_id).order_by(_AS.role, _AS.position)
+    )
+    return result.scalars().all()
+
+
+async def get_asset_for_account(
+    session: AsyncSession, account_id: uuid.UUID, asset_id: uuid.UUID
+) -> Asset | None:
+    result = await session.execute(
+        select(Asset).where(_AS.id == asset_id, _AS.account_id == account_id)
+    )
+    return result.scalars().first()
+
+
+async def first_output_for_account(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str
+) -> Asset | None:
+    result = await session.execute(
+        select(Asset).where(
+            _AS.generation_id == generation_id,
+            _AS.account_id == account_id,
+            _AS.role == "output",
+            _AS.position == 0,
+        )
+    )
+    return result.scalars().first()
 
 
 async def get_generation(session: AsyncSession, generation_id: str) -> Generation | None:

@@ -24,6 +24,8 @@ DEFAULT_SIDE = 1024
 # GraphQL Int is a signed 32-bit integer, so seeds stay within it on every surface.
 MAX_SEED = 2**31 - 1
 MAX_URL_LEN = 2048
+# The registry's pipeline classes that make an image from text.
+TEXT_TO_IMAGE_PIPELINES = frozenset({"FluxPipeline"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,17 @@ def _webhook_url(value: str | None, field: str, policy: AddressPolicy) -> str | 
     return value
 
 
+def validate_webhook(
+    url: str | None,
+    events: list[str] | tuple[str, ...] | None,
+    policy: AddressPolicy,
+    *,
+    fields: tuple[str, str] = ("webhook_url", "webhook_events"),
+) -> tuple[str | None, list[str] | None]:
+    """A job's webhook URL and event filter, checked (every kind's request has them)."""
+    return _webhook_url(url, fields[0], policy), validate_filter(events, fields[1])
+
+
 def request_fingerprint(raw: RawImageRequest) -> str:
     """Hash of what the client asked for, to tell an idempotent retry from a new request."""
     canonical = json.dumps(asdict(raw), sort_keys=True, separators=(",", ":"))
@@ -152,6 +165,15 @@ def validate(
     model = catalog.resolve(
         raw.provider, raw.version or None, fields=(fields["provider"], fields["version"])
     )
+    if model.pipeline not in TEXT_TO_IMAGE_PIPELINES:
+        usable = sorted(
+            {e.provider for e in catalog.entries if e.pipeline in TEXT_TO_IMAGE_PIPELINES}
+        )
+        raise BadUserInput(
+            fields["provider"],
+            f"{fields['provider']} {raw.provider!r} cannot make images from text; use one of: "
+            f"{', '.join(usable)}",
+        )
     width = _dimension(raw.width, fields["width"], limits)
     height = _dimension(raw.height, fields["height"], limits)
     quality = raw.quality or "standard"

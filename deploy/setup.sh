@@ -99,7 +99,7 @@ if [ "${FLUXGATE_SKIP_MIGRATE:-0}" != 1 ]; then
 fi
 
 # --- 4. tiny development model ------------------------------------------------------------
-if [ ! -f "$TINY_DIR/model_index.json" ]; then
-  say "building the tiny FLUX model in $TINY_DIR"
-  "$VENV/bin/fluxgate" models build-tiny "$TINY_DIR"
+if [ ! -f "$TINY_DIR/model_index.json" ] || [ ! -f "$TINY_DIR-fill/model_index.json" ]; then
+  say "building the tiny FLUX models (text-to-image, Fill) under $(dirname "$TINY_DIR")"
+  "$VENV/bin/fluxgate" models build-dev "$(dirname "$TINY_DIR")"
 fi

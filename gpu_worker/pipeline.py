@@ -1,9 +1,10 @@
-"""Loads diffusers pipelines once and runs them off the event loop.
+"""Loads diffusers pipelines once and runs job kinds on them off the event loop.
 
 Each model directory in the registry is loaded once at worker start-up with an explicit
-device and dtype, stays resident, and runs in a single-thread executor: one image at a
+device and dtype, stays resident, and runs in a single-thread executor: one job at a
 time per worker process (one GPU), and the asyncio loop stays free for progress updates
-and arq's heartbeat. Progress comes from ``callback_on_step_end``.
+and arq's heartbeat. A job's kind (kinds/) runs the pipeline; progress comes from its
+step callback; this module decodes the inputs and encodes the outputs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from billing.catalog import Catalog, ModelEntry
+from billing.catalog import Catalog
+from billing.images import open_image
+from kinds.base import JobKind, Pipelines, StepCallback, model_ref
 
 if TYPE_CHECKING:
     import torch
@@ -26,22 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# (step, total steps, preview PNG or None). It may raise Interrupted to stop the run.
-StepCallback = Callable[[int, int, bytes | None], None]
-PREVIEWS_PER_JOB = 4
-PREVIEW_MAX_SIDE = 128
+__all__ = [
+    "Encoded", "Interrupted", "LoadedPipelines", "PipelineRunner", "RenderJob", "Rendered",
+    "StepCallback", "encode", "resolve_device",
+]  # fmt: skip
 
-# Approximate RGB of FLUX's 16 latent channels (a linear fit, as ComfyUI's latent_formats.Flux
-# uses for its previews): a preview costs one small matrix product instead of a VAE decode.
-FLUX_LATENT_RGB = (
-    (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
-    (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
-    (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
-    (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
-    (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
-    (-0.1262, -0.0982, -0.0778),
-)  # fmt: skip
-FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class Interrupted(Exception):  # a signal, not an error
@@ -52,41 +45,52 @@ class Interrupted(Exception):  # a signal, not an error
     """
 
 
-def latents_preview(pipe: Any, latents: Any, height: int, width: int) -> bytes:
-    """A small PNG of the current latents, from a linear projection of their channels."""
-    import torch
-    from PIL import Image as PILImage
+@dataclass(frozen=True, slots=True)
+class RenderJob:
+    """One run: the kind, its frozen params, and its stored inputs by role."""
 
-    unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)[0]
-    factors = torch.tensor(FLUX_LATENT_RGB, dtype=torch.float32, device=unpacked.device)
-    bias = torch.tensor(FLUX_LATENT_RGB_BIAS, dtype=torch.float32, device=unpacked.device)
-    rgb = torch.einsum("chw,cr->hwr", unpacked.float(), factors) + bias
-    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
-    image = PILImage.fromarray(pixels, mode="RGB")
-    image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    kind: JobKind
+    params: Mapping[str, Any]
+    inputs: Mapping[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class RenderJob:
-    entry: ModelEntry
-    prompt: str
+class Encoded:
+    """One output image, encoded in the job's format."""
+
+    data: bytes
+    format: str
+    mime: str
     width: int
     height: int
-    steps: int
-    guidance: float
-    seed: int
-    preview: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    png: bytes
+    outputs: list[Encoded]
     seconds: float
     device: str
     dtype: str
+
+
+def encode(image: Image, image_format: str, quality: int) -> Encoded:
+    """``image`` as PNG (lossless), JPEG or WebP at ``quality`` (1..100)."""
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG")
+    elif image_format == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    elif image_format == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}")
+    return Encoded(
+        data=buffer.getvalue(),
+        format=image_format,
+        mime=MIME[image_format],
+        width=image.width,
+        height=image.height,
+    )
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
@@ -106,7 +110,7 @@ class PipelineRunner:
     def __init__(self, catalog: Catalog, *, device: str = "auto", dtype: str = "auto") -> None:
         self.catalog = catalog
         self.device, self.dtype = resolve_device(device, dtype)
-        self._pipes: dict[Path, Any] = {}
+        self.pipelines = LoadedPipelines(self.device, self.dtype)
         # One thread: a GPU runs one pipeline at a time, and diffusers pipelines are not
         # thread-safe.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -115,11 +119,75 @@ class PipelineRunner:
         """Load every model directory in the registry. Missing weights fail loudly here,
         at start-up, rather than on a customer's job."""
         for entry in self.catalog.entries:
-            self._load(entry.path, entry.pipeline)
+            self.pipelines.preload(model_ref(entry))
+
+    async def render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._render, job, on_step)
+
+    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
+        images = {role: open_image(data) for role, data in job.inputs.items()}
+        started = time.perf_counter()
+        outputs = job.kind.run(self.pipelines, job.params, images, on_step)
+        seconds = time.perf_counter() - started
+        image_format = str(job.params.get("format", "png"))
+        quality = int(job.params.get("output_quality", 90))
+        return Rendered(
+            outputs=[encode(o.image, image_format, quality) for o in outputs],
+            seconds=seconds,
+            device=self.device,
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LoadedPipelines(Pipelines):
+    """The worker's diffusers pipelines, as a job kind's ``run`` asks for them.
+
+    Each model directory is loaded once (``from_pretrained`` as the model's own class,
+    then moved to ``device``); another pipeline class over the same directory (img2img
+    over a text-to-image checkpoint, say) is made with ``from_pipe``, which shares the
+    loaded modules instead of loading the weights a second time. Both are kept. Not
+    thread-safe: like the pipelines themselves, it is used from the one pipeline thread.
+    """
+
+    def __init__(self, device: str, dtype: torch.dtype) -> None:
+        self.device = device
+        self.dtype = dtype
+        self._loaded: dict[Path, dict[str, Any]] = {}
+
+    def preload(self, model: Mapping[str, Any]) -> Any:
+        """Load a frozen model (``kinds.base.model_ref``) as its own pipeline class now,
+        so a missing or broken directory fails at start-up, not on a customer's job."""
+        return self.get(model)
+
+    def get(self, model: Mapping[str, Any], pipeline: str | None = None) -> Any:
+        path = Path(model["path"])
+        own = str(model["pipeline"])
+        wanted = pipeline or own
+        by_class = self._loaded.get(path)
+        if by_class is None:
+            by_class = {own: self._load(path, own)}
+            self._loaded[path] = by_class
+        if wanted not in by_class:
+            import diffusers
+
+            base = next(iter(by_class.values()))
+            started = time.perf_counter()
+            # dtype must be passed: from_pipe casts the new pipeline (and so the modules
+            # it shares with ``base``) to float32 when it is not given.
+            pipe = getattr(diffusers, wanted).from_pipe(base, dtype=self.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            log.info(
+                "made %s from the %s loaded from %s in %.1fs",
+                wanted, type(base).__name__, path, time.perf_counter() - started,
+            )  # fmt: skip
+            by_class[wanted] = pipe
+        return by_class[wanted]
 
     def _load(self, path: Path, pipeline: str) -> Any:
-        if path in self._pipes:
-            return self._pipes[path]
         import diffusers
 
         if not (path / "model_index.json").is_file():
@@ -137,55 +205,4 @@ class PipelineRunner:
             "loaded %s from %s on %s/%s in %.1fs",
             pipeline, path, self.device, self.dtype, time.perf_counter() - started,
         )  # fmt: skip
-        self._pipes[path] = pipe
         return pipe
-
-    async def render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._render, job, on_step)
-
-    def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
-        import torch
-
-        pipe = self._load(job.entry.path, job.entry.pipeline)
-        steps = job.steps
-        preview_every = max(1, steps // PREVIEWS_PER_JOB) if job.preview else 0
-
-        def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            # Called between denoising steps. Without previews it only passes numbers on (no
-            # GPU synchronisation); `on_step` raises Interrupted to stop the run here.
-            step = i + 1
-            preview = None
-            if preview_every and step % preview_every == 0 and step < steps:
-                preview = latents_preview(pipe, kwargs["latents"], job.height, job.width)
-            on_step(step, steps, preview)
-            return kwargs
-
-        started = time.perf_counter()
-        # A CPU generator gives the same image for a seed on any device.
-        generator = torch.Generator(device="cpu").manual_seed(job.seed)
-        with torch.inference_mode():
-            result = pipe(
-                prompt=job.prompt,
-                width=job.width,
-                height=job.height,
-                num_inference_steps=steps,
-                guidance_scale=job.guidance,
-                generator=generator,
-                max_sequence_length=job.entry.max_sequence_length,
-                callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=["latents"],
-                output_type="pil",
-            )
-        image: Image = result.images[0]
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return Rendered(
-            png=buffer.getvalue(),
-            seconds=time.perf_counter() - started,
-            device=self.device,
-            dtype=str(self.dtype).removeprefix("torch."),
-        )
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)

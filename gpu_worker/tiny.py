@@ -28,6 +28,26 @@ Why the shapes are what they are:
   ``max_sequence_length=512`` and no special call arguments are needed.
 * Both text encoders' ``vocab_size`` is the tokenizer's ``len()``, so every id the
   tokenizers can produce is covered.
+
+:func:`build_tiny_flux_fill` writes the same pipeline for ``diffusers.FluxFillPipeline``
+(inpainting and outpainting): the tokenizers, text encoders, VAE and scheduler are
+:func:`build_tiny_flux`'s own (same seed, same weights); only the transformer differs.
+FLUX.1-Fill concatenates three things along the channel axis of each packed 2x2 latent
+patch before the transformer sees it:
+
+* the noisy latents: ``16 * 2 * 2 = 64`` channels, as in FLUX;
+* the VAE latents of the masked image (the image with the repainted area zeroed):
+  another ``16 * 2 * 2 = 64``;
+* the mask, not encoded but folded: each latent pixel covers ``8 x 8`` image pixels
+  (``vae_scale_factor`` 8), which become ``8 * 8 = 64`` channels, packed in 2x2 patches
+  to ``64 * 4 = 256``.
+
+So its ``in_channels`` is ``64 + 64 + 256 = 384`` (as in the real FLUX.1-Fill-dev), and
+``out_channels=64``: it still predicts only the latents' own 64 packed channels.
+FluxImg2ImgPipeline and FluxKontextPipeline need no build of their own: they take
+FluxPipeline's components (Kontext appends the reference image's latents as extra
+*tokens*, not channels), and load from the :func:`build_tiny_flux` directory.
+:func:`build_tiny_models` builds both directories under one root.
 """
 
 from __future__ import annotations
@@ -35,10 +55,12 @@ from __future__ import annotations
 import importlib
 import json
 import pathlib
+import shutil
 import string
 import tempfile
+from typing import Any
 
-__all__ = ["build_tiny_flux"]
+__all__ = ["build_tiny_flux", "build_tiny_flux_fill", "build_tiny_models"]
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
@@ -56,6 +78,18 @@ _T5_D_MODEL = 32
 
 _VAE_SCALING_FACTOR = 0.3611
 _VAE_SHIFT_FACTOR = 0.1159
+
+_LATENT_CHANNELS = 16
+_VAE_SCALE_FACTOR = 8  # 2 ** (four VAE blocks - 1)
+_PACKED_LATENT_CHANNELS = _LATENT_CHANNELS * 2 * 2
+_PACKED_MASK_CHANNELS = _VAE_SCALE_FACTOR * _VAE_SCALE_FACTOR * 2 * 2
+FILL_IN_CHANNELS = 2 * _PACKED_LATENT_CHANNELS + _PACKED_MASK_CHANNELS  # 384
+
+TINY_FLUX = "tiny-flux"
+TINY_FLUX_FILL = "tiny-flux-fill"
+# Offset from the build seed for the fill transformer's weights, so they do not repeat
+# the draws of any other component.
+_FILL_SEED_OFFSET = 1_000_003
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -116,6 +150,64 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
     The same ``seed`` always gives byte-identical weights.  The global torch RNG state
     is left as it was.
     """
+    _tiny_flux(seed).save_pretrained(directory)
+
+
+def build_tiny_flux_fill(directory: pathlib.Path, *, seed: int = 0) -> None:
+    """Build a tiny random ``FluxFillPipeline`` into ``directory``: :func:`build_tiny_flux`'s
+    components for ``seed`` with a transformer of ``in_channels=384, out_channels=64``
+    (see the module docstring).  Deterministic per ``seed``; the global torch RNG state
+    is left as it was."""
+    import torch
+
+    diffusers = importlib.import_module("diffusers")
+    components = dict(_tiny_flux(seed).components)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + _FILL_SEED_OFFSET)
+        components["transformer"] = _tiny_transformer(
+            diffusers, in_channels=FILL_IN_CHANNELS, out_channels=_PACKED_LATENT_CHANNELS
+        )
+    # FluxFillPipeline has no IP-adapter image encoder.
+    components.pop("image_encoder", None)
+    components.pop("feature_extractor", None)
+    diffusers.FluxFillPipeline(**components).save_pretrained(directory)
+
+
+def build_tiny_models(root: pathlib.Path, *, seed: int = 0) -> list[pathlib.Path]:
+    """Build ``root/tiny-flux`` and ``root/tiny-flux-fill`` (the directories
+    ``deploy/models.dev.toml`` names), skipping one that already holds a pipeline.
+
+    Each is written to a temporary sibling and renamed into place, so a build that is
+    interrupted, or that races another process building the same directory, never
+    leaves a half-written directory behind a ``model_index.json``.  Returns the
+    directories built now.
+    """
+    built = []
+    for name, build in ((TINY_FLUX, build_tiny_flux), (TINY_FLUX_FILL, build_tiny_flux_fill)):
+        target = root / name
+        if (target / "model_index.json").is_file():
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            build(staging, seed=seed)
+            staging.chmod(0o755)  # mkdtemp makes it private to this user
+            try:
+                staging.rename(target)
+            except OSError:
+                # Another process finished first (or an empty directory is in the way):
+                # keep what is there if it is a pipeline, else report the conflict.
+                if not (target / "model_index.json").is_file():
+                    raise
+                continue
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        built.append(target)
+    return built
+
+
+def _tiny_flux(seed: int) -> Any:
+    """The tiny ``FluxPipeline`` of :func:`build_tiny_flux`, in memory."""
     import torch
     from transformers import (
         CLIPTextConfig,
@@ -167,18 +259,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
                 eos_token_id=tokenizer_2.eos_token_id,
             )
         )
-        transformer = diffusers.FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=64,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=_T5_D_MODEL,
-            pooled_projection_dim=_CLIP_HIDDEN,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 4, 8),
-        )
+        transformer = _tiny_transformer(diffusers, in_channels=_PACKED_LATENT_CHANNELS)
         vae = diffusers.AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -186,7 +267,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
             up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=(4, 4, 4, 4),
             layers_per_block=1,
-            latent_channels=16,
+            latent_channels=_LATENT_CHANNELS,
             norm_num_groups=2,
             sample_size=64,
             scaling_factor=_VAE_SCALING_FACTOR,
@@ -205,7 +286,7 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    pipe = diffusers.FluxPipeline(
+    return diffusers.FluxPipeline(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
@@ -214,4 +295,20 @@ def build_tiny_flux(directory: pathlib.Path, *, seed: int = 0) -> None:
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
-    pipe.save_pretrained(directory)
+
+
+def _tiny_transformer(diffusers: Any, *, in_channels: int, out_channels: int | None = None) -> Any:
+    """The tiny FLUX transformer; ``out_channels=None`` means ``in_channels``."""
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_D_MODEL,
+        pooled_projection_dim=_CLIP_HIDDEN,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )

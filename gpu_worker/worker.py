@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import secrets
 import threading
@@ -32,13 +33,16 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import kinds
 from billing.catalog import Catalog
 from billing.db import Store, UnitOfWork, make_engine, make_sessionmaker
 from billing.models import Generation
 from billing.service import generations
+from billing.service.generations import NewAsset
 from gpu_worker import sweeper
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
 from gpu_worker.supervisor import Supervisor
+from kinds.base import model_ref
 from runtime.queue import (
     RUN_GENERATION,
     WORKER_TTL_S,
@@ -54,6 +58,8 @@ from runtime.settings import Settings, get_settings
 from runtime.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 FAILURE_MESSAGE = "Image generation failed; the credits were released"
 TIMEOUT_MESSAGE = "Image generation timed out; the credits were released"
@@ -150,7 +156,9 @@ class _Live:
     def __init__(self, state: WorkerState, generation: Generation) -> None:
         self.state = state
         self.generation = generation
-        self.size = size_key(generation.version, generation.width, generation.height)
+        self.size = size_key(
+            generation.version, generation.width, generation.height, generation.kind
+        )
         self.latest: tuple[int, int] | None = None  # set from the pipeline thread
         self.preview: bytes | None = None
         self.step_times: list[float] = []
@@ -249,12 +257,14 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         generation = await generations.begin_processing(uow, generation_id)
     if generation is None:
         return "skipped: already finished"
+    async with _retry_on_store_errors():
+        inputs = await _inputs(state, generation)
     live = _Live(state, generation)
     render_timeout = max(1, state.settings.job_timeout_s - TIMEOUT_MARGIN_S)
     message = FAILURE_MESSAGE
     try:
         async with asyncio.timeout(render_timeout):
-            key, metadata = await _render(state, generation, live)
+            outputs, metadata = await _render(state, generation, live, inputs)
     except Interrupted:
         # Cancelled (the API released the credits), or finished by a duplicate run.
         log.info("generation %s stopped: no longer processing", generation_id)
@@ -272,18 +282,18 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
                 done = await generations.complete(
                     completing,
                     generation_id,
-                    image_key=key,
+                    outputs=outputs,
                     metadata=metadata,
-                    image_url=state.storage.url(key),
+                    output_urls=[state.storage.url(o.key) for o in outputs],
                 )
         except BaseException:
-            # No job points to the image unless the completion committed (and only the
-            # dispatch after it was cut short, by a cancellation): then it stays.
+            # No job points to the images unless the completion committed (and only the
+            # dispatch after it was cut short, by a cancellation): then they stay.
             if completing is None or not completing.committed:
-                await state.storage.delete(key)
+                await _delete(state, outputs)
             raise
         if done is None:
-            await state.storage.delete(key)
+            await _delete(state, outputs)
             return "skipped: no longer processing"
         with contextlib.suppress(RedisError, OSError):  # measurements are best effort
             await state.timings.record(
@@ -297,23 +307,22 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     return "failed"
 
 
+async def _inputs(state: WorkerState, generation: Generation) -> dict[str, bytes]:
+    """The job's stored input images by role (image, mask)."""
+    async with state.store.sessions() as session:
+        stored = await generations.assets(session, generation)
+    return {a.role: await state.storage.get(a.key) for a in stored if a.role != "output"}
+
+
 async def _render(
-    state: WorkerState, generation: Generation, live: _Live
-) -> tuple[str, dict[str, Any]]:
-    entry = state.catalog.resolve(generation.provider, generation.version)
+    state: WorkerState, generation: Generation, live: _Live, inputs: dict[str, bytes]
+) -> tuple[list[NewAsset], dict[str, Any]]:
+    kind = kinds.get(generation.kind)
+    params = _params(state, generation)
     ticker = asyncio.create_task(live.run())
     lease = asyncio.create_task(_keep_lease(state, generation, live))
     try:
-        job = RenderJob(
-            entry=entry,
-            prompt=generation.prompt,
-            width=generation.width,
-            height=generation.height,
-            steps=generation.steps,
-            guidance=generation.guidance,
-            seed=generation.seed,
-            preview=generation.preview,
-        )
+        job = RenderJob(kind=kind, params=params, inputs=inputs)
         rendered = await state.runner.render(job, live.on_step)
     finally:
         live.stop()  # the ticker finishes a write in flight: its events are dispatched
@@ -323,25 +332,66 @@ async def _render(
                 await task
     if live.cancelled.is_set():
         raise Interrupted  # cancelled after the last step: nothing is stored
-    # An unguessable name per run, made public (written to the job) only by complete():
-    # a run that does not complete the job deletes its file, so a job cancelled or failed
-    # while its image was being encoded never leaves a free image behind.
-    key = f"{generation.id}-{secrets.token_hex(8)}.png"
-    await state.storage.put(key, rendered.png, "image/png")
+    if not rendered.outputs:
+        raise RuntimeError(f"the {kind.name} run made no image")
+    # Unguessable names per run, made public (written to the job) only by complete():
+    # a run that does not complete the job deletes its files, so a job cancelled or failed
+    # while its images were being encoded never leaves a free image behind.
+    token = secrets.token_hex(8)
+    outputs: list[NewAsset] = []
+    try:
+        for position, encoded in enumerate(rendered.outputs):
+            key = f"{generation.id}-{token}-{position}.{EXTENSIONS[encoded.format]}"
+            await state.storage.put(key, encoded.data, encoded.mime)
+            outputs.append(
+                NewAsset(
+                    role="output",
+                    key=key,
+                    mime=encoded.mime,
+                    width=encoded.width,
+                    height=encoded.height,
+                    bytes=len(encoded.data),
+                    sha256=hashlib.sha256(encoded.data).hexdigest(),
+                    position=position,
+                    format=encoded.format,
+                )
+            )
+    except BaseException:
+        await _delete(state, outputs)
+        raise
+    first = outputs[0]
     metadata = {
         **generation.meta,
         "duration": round(rendered.seconds, 3),
         "steps": generation.steps,
         "seed": generation.seed,
-        "width": generation.width,
-        "height": generation.height,
+        "width": first.width,
+        "height": first.height,
         "version": generation.version,
         "device": rendered.device,
         "dtype": rendered.dtype,
-        "format": "png",
-        "bytes": len(rendered.png),
+        "format": first.format,
+        "bytes": first.bytes,
+        "count": len(outputs),
     }
-    return key, metadata
+    return outputs, metadata
+
+
+def _params(state: WorkerState, generation: Generation) -> dict[str, Any]:
+    """The job's frozen params. A job accepted before params froze the model (migration
+    0008) has no model path: its model is resolved from this worker's registry, the one
+    case the worker resolves one."""
+    params = dict(generation.params)
+    model = params.get("model") or {}
+    if "path" not in model:
+        entry = state.catalog.resolve(generation.provider, generation.version)
+        params["model"] = model_ref(entry)
+    return params
+
+
+async def _delete(state: WorkerState, outputs: list[NewAsset]) -> None:
+    for output in outputs:
+        await state.storage.delete(output.key)
 
 
 async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -> None:

@@ -154,8 +154,12 @@ class Keys:
         return f"{self.queue_name}:workers"
 
 
-def size_key(version: str, width: int, height: int) -> str:
-    return f"{version}:{width}x{height}"
+def size_key(version: str, width: int, height: int, kind: str = "text_to_image") -> str:
+    """What step and job times are measured by: the model version, the output size and
+    (for other kinds than text-to-image, whose keys predate kinds) the kind."""
+    if kind == "text_to_image":
+        return f"{version}:{width}x{height}"
+    return f"{kind}:{version}:{width}x{height}"
 
 
 class Dispatcher:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     storage_dir: Path = ROOT / "var" / "storage"
     public_url: str = "http://127.0.0.1:8000"
     models: Path = ROOT / "deploy" / "models.dev.toml"
+    # The price table (billing/prices.toml's format); every job kind needs a row in it.
+    prices: Path = ROOT / "billing" / "prices.toml"
     # Pepper for the keyed hash of API keys: the database alone cannot verify a key.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
 
@@ -89,6 +91,8 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=2000, ge=50)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # A multipart request (image uploads) may be larger: an image and a mask at most.
+    max_upload_body_bytes: int = Field(default=34 * 1024 * 1024, ge=1024)
     # Websocket keep-alive: `ka` (graphql-ws) or `ping` (graphql-transport-ws) this often,
     # so clients that watch for liveness (gql's keep_alive_timeout) and idle-closing
     # proxies keep the connection.
@@ -97,6 +101,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256
     max_side: int = 2048
+    # Image inputs (uploads, image_url, image_id) of the job kinds.
+    max_input_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_input_megapixels: float = Field(default=16.0, gt=0, le=64)
+    input_fetch_timeout_s: float = Field(default=10.0, gt=0, le=60)
     db_pool_size: int = 10
     db_max_overflow: int = 20
 

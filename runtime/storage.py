@@ -1,6 +1,6 @@
-"""Where finished images go. ``Storage`` is the interface; ``LocalStorage`` writes under a
-directory the API serves at ``/files/``. An S3-compatible backend implements the same
-three methods."""
+"""Where images go: jobs' inputs and outputs. ``Storage`` is the interface;
+``LocalStorage`` writes under a directory the API serves at ``/files/``. An S3-compatible
+backend implements the same methods."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def check_key(key: str) -> str:
 
 class Storage(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    async def get(self, key: str) -> bytes:
+        """The stored bytes; FileNotFoundError when there are none."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -53,6 +57,9 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    async def get(self, key: str) -> bytes:
+        return await asyncio.to_thread((self.root / check_key(key)).read_bytes)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread((self.root / check_key(key)).unlink, missing_ok=True)

@@ -18,9 +18,11 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from schema.errors import ErrorMapping, map_errors_in_place
+from schema.kind_schema import kind_mutations, kind_queries
 from schema.ratelimit import RequestRateLimit
 from schema.resolvers import Mutation, Query, Subscription
 from schema.scalars import SCALARS
@@ -63,8 +65,8 @@ def build_schema(hardening: Hardening = Hardening()) -> FluxgateSchema:  # froze
     if not hardening.introspection:
         extensions.append(DisableIntrospection)
     return FluxgateSchema(
-        query=Query,
-        mutation=Mutation,
+        query=merge_types("Query", (Query, kind_queries())),
+        mutation=merge_types("Mutation", (Mutation, kind_mutations())),
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),

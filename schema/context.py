@@ -35,6 +35,15 @@ class Payments:
     cancel_url: str
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """Image inputs of the job kinds (FLUXGATE_MAX_INPUT_*, FLUXGATE_INPUT_FETCH_TIMEOUT_S)."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_megapixels: float = 16.0
+    fetch_timeout_s: float = 10.0
+
+
 @dataclass
 class Services:
     """Built once by the app's lifespan; shared by every request."""
@@ -45,6 +54,7 @@ class Services:
     prices: PriceTable
     limits: Limits
     storage: Storage
+    inputs: InputLimits
     queue: QueueInspector
     broker: Broker
     pepper: bytes

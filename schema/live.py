@@ -84,7 +84,7 @@ async def present(
     held) by then, so a failure here must never turn its acceptance into an error."""
     live = dict(live or {})
     inspector = ctx.services.queue
-    size = size_key(g.version, g.width, g.height)
+    size = size_key(g.version, g.width, g.height, g.kind)
     try:
         if g.status == models.GenerationStatus.QUEUED.value:
             position, eta = await inspector.eta_queued(g.id, size, g.steps)

@@ -12,6 +12,8 @@ from billing import models
 from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
 from billing.service import accounts, generations, ledger, payments, webhooks
+from kinds import text_to_image
+from kinds.text_to_image import plan_request
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
 from schema.live import follow, follow_account, present
@@ -41,12 +43,19 @@ def _validate(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> 
 async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> Generation:
     caller = await ctx.caller()
     request = _validate(ctx, raw, fields)
+    job = plan_request(request).job(
+        text_to_image.KIND.name,
+        request_hash=request.request_hash,
+        webhook_url=request.webhook_url,
+        webhook_events=request.webhook_events,
+        preview=request.preview,
+    )
     async with ctx.transaction() as uow:
         generation = await generations.submit(
             uow,
             account_id=caller.account.id,
             api_key_id=caller.api_key_id,
-            request=request,
+            request=job,
             idempotency_key=ctx.idempotency_key,
             plans=ctx.services.plans,
         )

@@ -9,7 +9,7 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
-from billing import models
+from billing import models, repository
 from billing.plans import PlanLimits
 from billing.pricing import Quote
 from billing.service.generations import Page
@@ -23,9 +23,29 @@ class GenerationType(Enum):
     IMAGE = "IMAGE"
 
 
-@strawberry.type(description="One generation job and, once completed, its image.")
+@strawberry.type(description="An image a job made.")
+class ImageOutput:
+    id: strawberry.ID = strawberry.field(description="Pass as imageId to edit it further.")
+    url: str
+    width: int
+    height: int
+    format: str = strawberry.field(description="png | jpeg | webp")
+
+
+@strawberry.type(description="An image a job was given.")
+class ImageInput:
+    role: str = strawberry.field(description="image | mask")
+    url: str
+    width: int
+    height: int
+
+
+@strawberry.type(description="One job of any kind and, once completed, its images.")
 class Generation:
     id: strawberry.ID
+    kind: str = strawberry.field(
+        description="The job kind: text_to_image, image_to_image, edit, inpaint, outpaint…"
+    )
     status: str = strawberry.field(
         description="queued | processing | completed | failed | cancelled"
     )
@@ -35,7 +55,10 @@ class Generation:
     version: str
     quality: str
     prompt: str
-    url: str | None = strawberry.field(description="The image; null until completed.")
+    url: str | None = strawberry.field(description="The (first) image; null until completed.")
+    outputs: list[ImageOutput] = strawberry.field(
+        description="Every image the job made, in order; empty until completed."
+    )
     width: int
     height: int
     seed: int
@@ -61,6 +84,19 @@ class Generation:
     started_at: UtcDateTime | None
     completed_at: UtcDateTime | None
 
+    @strawberry.field(description="The images the job was given (image, mask), in order.")
+    async def inputs(self, info: strawberry.Info) -> list[ImageInput]:
+        if self.kind == "text_to_image":  # takes none: no query
+            return []
+        services = info.context.services
+        async with services.store.sessions() as session:
+            stored = await repository.assets_of(session, str(self.id))
+        return [
+            ImageInput(role=a.role, url=services.storage.url(a.key), width=a.width, height=a.height)
+            for a in stored
+            if a.role != models.AssetRole.OUTPUT.value
+        ]
+
     @classmethod
     def from_model(
         cls, g: models.Generation, storage: Storage, live: dict[str, Any] | None = None
@@ -68,8 +104,20 @@ class Generation:
         live = live or {}
         done = g.status == models.GenerationStatus.COMPLETED.value and g.image_key
         duration = g.meta.get("duration")
+        outputs = [
+            ImageOutput(
+                id=strawberry.ID(str(o["id"])),
+                url=storage.url(o["key"]),
+                width=int(o["width"]),
+                height=int(o["height"]),
+                format=str(o["format"]),
+            )
+            for o in (g.outputs if done else [])
+        ]
         return cls(
             id=strawberry.ID(g.id),
+            kind=g.kind,
+            outputs=outputs,
             status=g.status,
             type=GenerationType(g.type),
             provider=g.provider,
@@ -219,10 +267,16 @@ class PriceQuote:
     quality: str
     credits_available: int
     sufficient: bool = strawberry.field(description="Whether the balance covers it now.")
+    kind: str = strawberry.field(description="The job kind priced.")
+    count: int = strawberry.field(description="Images the job makes (each priced).")
+    unit_credits: int = strawberry.field(description="One image's price.")
 
     @classmethod
     def from_quote(cls, q: Quote, *, service: str, available: int) -> PriceQuote:
         return cls(
+            kind=q.kind,
+            count=q.count,
+            unit_credits=q.unit_credits,
             credits=q.credits,
             tier=q.tier,
             megapixels=q.megapixels,

@@ -18,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+import kinds
 from billing.catalog import Catalog
 from billing.db import Store, make_engine, make_sessionmaker
 from billing.errors import ErrorCode
 from billing.netguard import AddressPolicy
 from billing.packs import default_packs
 from billing.plans import default_plan_book
-from billing.pricing import default_price_table
+from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import payments
 from billing.stripe_client import StripeGateway
@@ -34,9 +35,9 @@ from runtime.events import Broker
 from runtime.settings import Settings, get_settings
 from runtime.storage import LocalStorage
 from schema import Hardening, build_schema
-from schema.context import Payments, Services
+from schema.context import InputLimits, Payments, Services
 from schema.limiter import RequestLimiter
-from server import dashboard, rest
+from server import dashboard, jobs_rest, rest
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
 from server.middleware import BodySizeLimit, RateLimitHeaders
@@ -106,16 +107,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
         broker = Broker(pool, queue.Keys(settings.queue_name).events)
         await broker.start()
         dispatcher = queue.Dispatcher(pool, settings.queue_name)
+        prices = PriceTable.load(settings.prices)
+        unpriced = sorted(set(kinds.names()) - prices.kinds)
+        if unpriced:
+            raise RuntimeError(f"{settings.prices} has no [kind_surcharge] row for {unpriced}")
         app.state.services = Services(
             store=Store(make_sessionmaker(engine), dispatcher.dispatch),
             catalog=Catalog.load(settings.models),
-            prices=default_price_table(),
+            prices=prices,
             limits=Limits(
                 min_side=settings.min_side,
                 max_side=settings.max_side,
                 max_prompt_chars=settings.max_prompt_chars,
             ),
             storage=LocalStorage(settings.storage_dir, settings.public_base),
+            inputs=InputLimits(
+                max_bytes=settings.max_input_bytes,
+                max_megapixels=settings.max_input_megapixels,
+                fetch_timeout_s=settings.input_fetch_timeout_s,
+            ),
             queue=queue.QueueInspector(pool, settings.queue_name),
             broker=broker,
             pepper=settings.secret_key.get_secret_value().encode(),
@@ -154,7 +164,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     graphql = GraphQLApp(
         schema,
-        multipart_uploads_enabled=False,
+        # Image inputs by the GraphQL multipart request spec. Cross-site requests cannot
+        # abuse it: a multipart POST must carry the API key in a header (server/graphql.py),
+        # which no browser sends cross-origin without a CORS preflight this API refuses.
+        multipart_uploads_enabled=True,
         keep_alive=True,
         keep_alive_interval=settings.ws_keepalive_s,
         # Subscriptions are capped per account (the plan's max_subscriptions), across
@@ -167,6 +180,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/text_to_image", rest.text_to_image, methods=["POST"]),
         Route("/v1/text_to_image/{id}", rest.get_text_to_image, methods=["GET"]),
         Route("/v1/text_to_image/{id}/cancel", rest.cancel_text_to_image, methods=["POST"]),
+        Route("/v1/jobs/{id}", jobs_rest.get_job, methods=["GET"]),
+        Route("/v1/jobs/{id}/cancel", jobs_rest.cancel_job, methods=["POST"]),
+        # Every other job kind (kinds/): image_to_image, edit, inpaint, outpaint...
+        Route("/v1/{kind}", jobs_rest.submit_job, methods=["POST"]),
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
@@ -177,7 +194,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers={**EXCEPTION_HANDLERS, Exception: internal_error},
         middleware=[
-            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+            Middleware(
+                BodySizeLimit,
+                max_bytes=settings.max_body_bytes,
+                max_upload_bytes=settings.max_upload_body_bytes,
+            ),
             Middleware(RateLimitHeaders),
             Middleware(
                 SessionMiddleware,

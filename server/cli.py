@@ -361,6 +361,20 @@ def models_build_tiny(
     typer.echo(f"tiny FLUX pipeline written to {directory}")
 
 
+@models_app.command("build-dev")
+def models_build_dev(
+    root: Annotated[Path, typer.Argument(help="Where deploy/models.dev.toml's models go")] = Path(
+        "var/models"
+    ),
+) -> None:
+    """Build every tiny random-weight model the development registry names (tiny-flux,
+    tiny-flux-fill) under ROOT; models already there are kept."""
+    from gpu_worker.tiny import build_tiny_models
+
+    built = build_tiny_models(root)
+    typer.echo(f"built: {', '.join(map(str, built))}" if built else f"{root}: all present")
+
+
 @dev_app.command("bootstrap")
 def dev_bootstrap(
     key_file: Annotated[Path, typer.Option(help="Where the dev key is kept")] = Path(

@@ -259,10 +259,19 @@ async def job_page(request: Request, caller: accounts.Caller) -> Response:
     try:
         async with services.sessions() as session:
             job = await generations.get(session, caller.account.id, job_id)
+            stored = await generations.assets(session, job)
     except FluxgateError:
         return _not_found("Generation")
-    url = services.storage.url(job.image_key) if job.image_key else None
-    return _render(request, "job.html", caller, page="ledger", job=job, url=url)
+    images = [
+        {"role": a.role, "url": services.storage.url(a.key), "width": a.width,
+         "height": a.height, "mime": a.mime}
+        for a in stored
+    ]  # fmt: skip
+    inputs = [i for i in images if i["role"] != "output"]
+    outputs = [i for i in images if i["role"] == "output"] if job.status == "completed" else []
+    return _render(
+        request, "job.html", caller, page="ledger", job=job, inputs=inputs, outputs=outputs
+    )
 
 
 @signed_in

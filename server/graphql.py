@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -51,6 +52,8 @@ from billing.errors import ErrorCode, Unauthenticated
 from schema.context import Context, Services, key_from_params
 from server.auth import api_key_from, idempotency_key_from
 from server.errors import CODE_BY_STATUS, BadBody, decode_json, error_response
+
+log = logging.getLogger(__name__)
 
 
 def build_context(conn: Request | WebSocket, services: Services) -> Context:
@@ -369,8 +372,14 @@ class GraphQLApp(GraphQL[Context, None]):
     ) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "POST":
             content_type, _ = parse_content_type(request.content_type or "")
+            if content_type == "multipart/form-data":
+                return await self._parse_multipart(request)
             if content_type != "application/json":
-                raise HTTPException(415, "Send GraphQL requests as application/json")
+                raise HTTPException(
+                    415,
+                    "Send GraphQL requests as application/json (or multipart/form-data "
+                    "with files, by the GraphQL multipart request spec)",
+                )
             body = self.parse_json(await request.get_body())
             if not isinstance(body, dict):
                 raise HTTPException(
@@ -384,6 +393,34 @@ class GraphQLApp(GraphQL[Context, None]):
                 400, "The operation's `operationName` must be a string or null", OPERATION_NAME
             )
         # Subscriptions run over websockets only: no incremental HTTP transport.
+        return replace(data, protocol="http")
+
+    async def _parse_multipart(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData:
+        """An upload (the GraphQL multipart request spec). CSRF: a browser sends a
+        cross-site form POST without custom headers, so a multipart request must carry
+        the API key in a header (Authorization or X-API-Key), which no page on another
+        origin can add without a CORS preflight (refused: this API sends no CORS headers)."""
+        headers = request.headers
+        if not (headers.get("authorization") or headers.get("x-api-key")):
+            raise FieldHTTPException(
+                400,
+                "A multipart request must carry the API key in the Authorization or "
+                "X-API-Key header",
+                "Authorization",
+            )
+        try:
+            data = await super().parse_http_body(request)
+        except HTTPException:
+            raise
+        except Exception as exc:  # a malformed multipart body or operations/map JSON
+            log.info("malformed multipart request: %s: %s", type(exc).__name__, exc)
+            raise HTTPException(400, "The multipart request is malformed") from None
+        if isinstance(data, list):
+            raise HTTPException(400, "Batched operations are not supported")
+        if not isinstance(data.operation_name, str | None):
+            raise FieldHTTPException(
+                400, "The operation's `operationName` must be a string or null", OPERATION_NAME
+            )
         return replace(data, protocol="http")
 
     async def execute_single(  # strawberry's signature

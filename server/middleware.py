@@ -61,20 +61,26 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, by Content-Length or while
-    reading a streamed body, before anything parses them."""
+    """Refuses request bodies over ``max_bytes`` (``max_upload_bytes`` for a multipart
+    body: image uploads) with 413, by Content-Length or while reading a streamed body,
+    before anything parses them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send)
+            if name == b"content-type" and value.lower().startswith(b"multipart/form-data"):
+                limit = self.max_upload_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(send, limit)
                 return
         received = 0
         started = False
@@ -84,7 +90,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _TooLarge
             return message
 
@@ -97,14 +103,14 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = json.dumps(
             {
                 "errors": [
                     {
-                        "message": f"Request body larger than {self.max_bytes} bytes",
+                        "message": f"Request body larger than {limit} bytes",
                         "extensions": {"code": "BAD_USER_INPUT", "field": "body"},
                     }
                 ]

@@ -4,6 +4,7 @@ and every rule are identical; only the HTTP status differs by error code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from graphql import GraphQLError
@@ -15,7 +16,10 @@ from schema.context import Context
 from server.errors import BadBody, ErrorResponse, decode_json, error_response
 from server.graphql import build_context
 
-__all__ = ["cancel_text_to_image", "error_response", "get_text_to_image", "text_to_image"]
+__all__ = [
+    "authenticated", "cancel_text_to_image", "error_response", "execute", "get_text_to_image",
+    "text_to_image",
+]  # fmt: skip
 
 STATUS_BY_CODE = {
     ErrorCode.BAD_USER_INPUT.value: 400,
@@ -52,7 +56,7 @@ query Generation($id: ID!) {{
 }}"""
 
 
-async def _authenticated(request: Request) -> Context | JSONResponse:
+async def authenticated(request: Request) -> Context | JSONResponse:
     """The request's context, or the 401 response. Authentication comes first, so a bad
     key is a 401 whatever else is wrong with the request."""
     context = build_context(request, request.app.state.services)
@@ -63,9 +67,17 @@ async def _authenticated(request: Request) -> Context | JSONResponse:
     return context
 
 
-async def _execute(
-    request: Request, context: Context, document: str, variables: dict[str, Any]
+async def execute(
+    request: Request,
+    context: Context,
+    document: str,
+    variables: dict[str, Any],
+    *,
+    envelope: Callable[[dict[str, Any]], Any] | None = None,
+    status: int = 200,
 ) -> JSONResponse:
+    """Run ``document`` through the schema; a refusal is ``{"errors": [...]}`` with its
+    code's status, a success ``{"data": ...}`` (or ``envelope(data)``) with ``status``."""
     schema = request.app.state.schema
     result = await schema.execute(document, variable_values=variables, context_value=context)
     if result.errors:
@@ -80,7 +92,8 @@ async def _execute(
         )
     # The documents name their field as the envelope shows it: seed 001 shows the accepted
     # and the completed job under "generateImage" (the poll aliases `generation` so).
-    return JSONResponse({"data": result.data})
+    data = result.data or {}
+    return JSONResponse(envelope(data) if envelope else {"data": data}, status_code=status)
 
 
 def _format(error: GraphQLError) -> dict[str, Any]:
@@ -91,7 +104,7 @@ def _format(error: GraphQLError) -> dict[str, Any]:
 
 
 async def text_to_image(request: Request) -> JSONResponse:
-    context = await _authenticated(request)
+    context = await authenticated(request)
     if isinstance(context, JSONResponse):
         return context
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -109,18 +122,18 @@ async def text_to_image(request: Request) -> JSONResponse:
         return error_response(400, ErrorCode.BAD_USER_INPUT.value, exc.message, field="body")
     if not isinstance(body, dict):
         return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
-    return await _execute(request, context, GENERATE_IMAGE, {"input": body})
+    return await execute(request, context, GENERATE_IMAGE, {"input": body})
 
 
 async def get_text_to_image(request: Request) -> JSONResponse:
-    context = await _authenticated(request)
+    context = await authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await _execute(request, context, GET_GENERATION, {"id": request.path_params["id"]})
+    return await execute(request, context, GET_GENERATION, {"id": request.path_params["id"]})
 
 
 async def cancel_text_to_image(request: Request) -> JSONResponse:
-    context = await _authenticated(request)
+    context = await authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await _execute(request, context, CANCEL_GENERATION, {"id": request.path_params["id"]})
+    return await execute(request, context, CANCEL_GENERATION, {"id": request.path_params["id"]})

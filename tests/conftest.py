@@ -52,10 +52,14 @@ def free_port() -> int:
 
 
 def ensure_tiny_model() -> Path:
-    if not (TINY_MODEL / "model_index.json").exists():
-        from gpu_worker.tiny import build_tiny_flux
+    """The tiny models deploy/models.dev.toml names (tiny-flux, tiny-flux-fill)."""
+    if (
+        not (TINY_MODEL / "model_index.json").exists()
+        or not (TINY_MODEL.with_name("tiny-flux-fill") / "model_index.json").exists()
+    ):
+        from gpu_worker.tiny import build_tiny_models
 
-        build_tiny_flux(TINY_MODEL)
+        build_tiny_models(TINY_MODEL.parent)
     return TINY_MODEL
 
 

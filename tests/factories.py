@@ -12,7 +12,10 @@ import httpx
 import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.requests import ImageRequest
 from billing.service import accounts, ledger
+from billing.service.generations import JobSpec, NewAsset
+from kinds.text_to_image import plan_request
 from runtime.queue import Keys
 from runtime.settings import Settings
 
@@ -118,3 +121,22 @@ async def subscribed(settings: Settings, account: TestAccount, count: int = 1) -
             await asyncio.sleep(0.01)
     finally:
         await client.aclose()
+
+
+def t2i_job(request: ImageRequest) -> JobSpec:
+    """A validated seed-001 request as the text_to_image job the API accepts for it."""
+    return plan_request(request).job(
+        "text_to_image",
+        request_hash=request.request_hash,
+        webhook_url=request.webhook_url,
+        webhook_events=request.webhook_events,
+        preview=request.preview,
+    )
+
+
+def output(key: str = "k.png", width: int = 256, height: int = 256) -> NewAsset:
+    """An output image's record, as a worker completes a job with."""
+    return NewAsset(
+        role="output", key=key, mime="image/png", width=width, height=height, bytes=10,
+        sha256="0" * 64,
+    )  # fmt: skip

@@ -38,7 +38,7 @@ def test_readme_states_what_the_service_does() -> None:
     running service in tests/gpu_worker/test_progress_marks.py (URL form, marks) and
     tests/server/test_queue_position.py (0 = next, running jobs not counted)."""
     assert "/files/<job id>.png" not in README and "/files/{id}.png" not in README
-    assert "/files/<job id>-<16 hex>.png" in README
+    assert "/files/<job id>-<16 hex>-<n>.<png|jpg|webp>" in README
     assert "not counting those already running; 0 = next" in README
     for mark in ("`progress.25`", "`progress.50`", "`progress.75`"):
         assert mark in README

@@ -25,9 +25,8 @@ from billing.db import (
     UnitOfWork,
 )
 from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound, RateLimited
-from billing.models import Generation, GenerationStatus, snapshot, utcnow
+from billing.models import AssetRole, Generation, GenerationStatus, snapshot, utcnow
 from billing.plans import PlanBook, PlanLimits, default_plan_book
-from billing.requests import ImageRequest
 from billing.service import ledger, webhooks
 
 MAX_PAGE = 100
@@ -39,12 +38,53 @@ def new_generation_id() -> str:
     return secrets.token_hex(12)
 
 
+@dataclass(frozen=True, slots=True)
+class NewAsset:
+    """An image stored for a job (an input, or an output of its run)."""
+
+    role: str
+    key: str
+    mime: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str | None
+    position: int = 0
+    format: str = "png"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A priced job of any kind, ready to accept. ``params`` is everything the worker
+    needs (frozen here); the other fields are the summary every surface shows."""
+
+    kind: str
+    params: dict[str, Any]
+    credits: int
+    provider: str
+    version: str
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    quality: str
+    metadata: dict[str, Any]
+    request_hash: str
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+    preview: bool = False
+    type: str = "IMAGE"
+    inputs: tuple[NewAsset, ...] = ()
+
+
 async def submit(
     uow: UnitOfWork,
     *,
     account_id: uuid.UUID,
     api_key_id: uuid.UUID | None,
-    request: ImageRequest,
+    request: JobSpec,
     idempotency_key: str | None = None,
     plans: PlanBook | None = None,
     now: datetime | None = None,
@@ -76,6 +116,8 @@ async def submit(
             "account_id": account_id,
             "api_key_id": api_key_id,
             "type": request.type,
+            "kind": request.kind,
+            "params": {**request.params, "preview": request.preview},
             "provider": request.provider,
             "version": request.version,
             "quality": request.quality,
@@ -85,13 +127,13 @@ async def submit(
             "steps": request.steps,
             "guidance": request.guidance,
             "seed": request.seed,
-            "credit_cost": request.quote.credits,
+            "credit_cost": request.credits,
             "status": GenerationStatus.QUEUED.value,
             "total_steps": request.steps,
             "webhook_url": request.webhook_url,
             "webhook_events": request.webhook_events,
             "preview": request.preview,
-            "metadata": _metadata(request),
+            "metadata": {**request.metadata, "duration": None},
             "idempotency_key": idempotency_key,
             "request_hash": request.request_hash if idempotency_key else None,
             "created_at": now,
@@ -105,7 +147,11 @@ async def submit(
         if existing.request_hash != request.request_hash:
             raise IdempotencyKeyReused()
         return existing
-    await ledger.reserve(uow.session, account_id, generation_id, request.quote.credits)
+    await ledger.reserve(uow.session, account_id, generation_id, request.credits)
+    await repo.insert_assets(
+        uow.session,
+        [_asset_row(a, account_id, generation_id, now) for a in request.inputs],
+    )
     generation = await repo.get_generation(uow.session, generation_id)
     assert generation is not None
     uow.emit(GenerationAccepted(generation_id))
@@ -140,19 +186,46 @@ async def _check_caps(
             )
 
 
-def _metadata(request: ImageRequest) -> dict[str, Any]:
+def _asset_row(
+    asset: NewAsset, account_id: uuid.UUID, generation_id: str, now: datetime
+) -> dict[str, Any]:
     return {
-        "width": request.width,
-        "height": request.height,
-        "seed": request.seed,
-        "steps": request.steps,
-        "guidance": request.guidance,
-        "version": request.version,
-        "quality": request.quality,
-        "tier": request.quote.tier,
-        "megapixels": request.quote.megapixels,
-        "duration": None,
+        "id": uuid.uuid4(),
+        "account_id": account_id,
+        "generation_id": generation_id,
+        "role": asset.role,
+        "position": asset.position,
+        "key": asset.key,
+        "mime": asset.mime,
+        "width": asset.width,
+        "height": asset.height,
+        "bytes": asset.bytes,
+        "sha256": asset.sha256,
+        "created_at": now,
     }
+
+
+async def assets(session: AsyncSession, generation: Generation) -> Sequence[Any]:
+    """A job's stored images: inputs, then outputs."""
+    return await repo.assets_of(session, generation.id)
+
+
+async def source_image(
+    session: AsyncSession, account_id: uuid.UUID, image_id: str, field: str
+) -> Any:
+    """The stored image an ``image_id`` names: an output asset's id, or a job's id (its
+    first output). Another account's image is indistinguishable from a missing one."""
+    asset = None
+    try:
+        asset_id = uuid.UUID(image_id)
+    except ValueError:
+        if 0 < len(image_id) <= 40:
+            asset = await repo.first_output_for_account(session, account_id, image_id)
+    else:
+        asset = await repo.get_asset_for_account(session, account_id, asset_id)
+    if asset is None:
+        raise NotFound("Image")
+    return asset
 
 
 async def get(session: AsyncSession, account_id: uuid.UUID, generation_id: str) -> Generation:
@@ -263,9 +336,9 @@ async def complete(
     uow: UnitOfWork,
     generation_id: str,
     *,
-    image_key: str,
+    outputs: Sequence[NewAsset],
     metadata: dict[str, Any],
-    image_url: str | None = None,
+    output_urls: Sequence[str] = (),
 ) -> Generation | None:
     """Mark done and capture the hold. None if the job was no longer processing.
 
@@ -274,6 +347,11 @@ async def complete(
     step, and queues the progress webhooks of every mark not yet announced (each is
     recorded at most once per job, so marks already sent are not repeated)."""
     now = utcnow()
+    ids = [uuid.uuid4() for _ in outputs]
+    summary = [
+        {"id": str(i), "key": o.key, "width": o.width, "height": o.height, "format": o.format}
+        for i, o in zip(ids, outputs, strict=True)
+    ]
     columns = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
     total = case((columns.total_steps > 0, columns.total_steps), else_=columns.steps)
     generation = await repo.transition(
@@ -282,7 +360,8 @@ async def complete(
         from_statuses=(GenerationStatus.PROCESSING,),
         values={
             "status": GenerationStatus.COMPLETED.value,
-            "image_key": image_key,
+            "image_key": outputs[0].key if outputs else None,
+            "outputs": summary,
             "metadata": metadata,
             "progress": 100,
             "step": total,
@@ -293,9 +372,14 @@ async def complete(
     )
     if generation is None:
         return None
+    rows = []
+    for asset_id, (position, output) in zip(ids, enumerate(outputs), strict=True):
+        row = _asset_row(output, generation.account_id, generation.id, now)
+        rows.append({**row, "id": asset_id, "position": position, "role": AssetRole.OUTPUT.value})
+    await repo.insert_assets(uow.session, rows)
     for mark in webhooks.PROGRESS_MARKS:
         await webhooks.record(uow, generation, f"progress.{mark}")
-    await _settle(uow, generation, capture=True, image_url=image_url)
+    await _settle(uow, generation, capture=True, output_urls=output_urls)
     return generation
 
 
@@ -342,7 +426,7 @@ async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> 
 
 
 async def _settle(
-    uow: UnitOfWork, generation: Generation, *, capture: bool, image_url: str | None = None
+    uow: UnitOfWork, generation: Generation, *, capture: bool, output_urls: Sequence[str] = ()
 ) -> None:
     """What every final state does: capture or release the hold (once per job), announce
     the state to subscribers, and queue its webhook (the event is named by the status)."""
@@ -350,7 +434,7 @@ async def _settle(
         uow.session, generation.account_id, generation.id, generation.credit_cost, capture=capture
     )
     uow.emit(GenerationUpdated(snapshot(generation)))
-    await webhooks.record(uow, generation, generation.status, image_url=image_url)
+    await webhooks.record(uow, generation, generation.status, output_urls=output_urls)
 
 
 STALE_MESSAGE = "The worker running this job stopped; credits released"

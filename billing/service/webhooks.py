@@ -62,9 +62,10 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def payload(generation: Generation, event: str, image_url: str | None) -> dict[str, Any]:
+def payload(generation: Generation, event: str, output_urls: Sequence[str] = ()) -> dict[str, Any]:
     """Seed 001's payload (id, status, url, service, createdAt, completedAt, metadata with
-    duration, width, height), plus the event name and a few more facts."""
+    duration, width, height), plus the event name, the job's kind and every output (url,
+    width, height, format; ``url`` is the first)."""
     meta = generation.meta or {}
     status, progress = generation.status, generation.progress
     completed_at: datetime | None = generation.completed_at
@@ -77,7 +78,12 @@ def payload(generation: Generation, event: str, image_url: str | None) -> dict[s
         "id": generation.id,
         "event": event,
         "status": status,
-        "url": image_url,
+        "url": output_urls[0] if output_urls else None,
+        "kind": generation.kind,
+        "outputs": [
+            {"url": url, "width": o["width"], "height": o["height"], "format": o["format"]}
+            for url, o in zip(output_urls, generation.outputs or [], strict=False)
+        ],
         "service": generation.provider,
         "version": generation.version,
         "createdAt": _iso(generation.created_at),
@@ -95,14 +101,14 @@ def payload(generation: Generation, event: str, image_url: str | None) -> dict[s
 
 
 async def record(
-    uow: UnitOfWork, generation: Generation, event: str, *, image_url: str | None = None
+    uow: UnitOfWork, generation: Generation, event: str, *, output_urls: Sequence[str] = ()
 ) -> None:
     """Queue ``event`` of ``generation`` for its webhook, if it has one and wants it.
     At most once per job and event, however often the job runs."""
     if not generation.webhook_url or not _wants(generation, event):
         return
     event_id = "msg_" + secrets.token_hex(12)
-    body = json.dumps(payload(generation, event, image_url), separators=(",", ":"))
+    body = json.dumps(payload(generation, event, output_urls), separators=(",", ":"))
     now = utcnow()
     inserted = await repo.insert_webhook_event(
         uow.session,

@@ -24,7 +24,7 @@ from billing.pricing import default_price_table
 from billing.requests import ImageRequest, Limits, RawImageRequest, validate
 from billing.service import generations, ledger
 from runtime.settings import ROOT, Settings
-from tests.factories import TestAccount, audit, balance, create_account
+from tests.factories import TestAccount, audit, balance, create_account, output, t2i_job
 
 Sessions = async_sessionmaker[AsyncSession]
 _G = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
@@ -75,7 +75,7 @@ async def submit(
             uow,
             account_id=account.id,
             api_key_id=account.api_key_id,
-            request=req or request(),
+            request=t2i_job(req or request()),
         )
         assert uow.events == [
             GenerationAccepted(generation.id),
@@ -412,7 +412,7 @@ async def test_complete_then_fail_settles_once(sessions: Sessions, settings: Set
         assert running is not None
         assert running.status == GenerationStatus.PROCESSING.value
     async with unit_of_work_without_dispatch(sessions) as uow:
-        done = await generations.complete(uow, job.id, image_key="k.png", metadata={"a": 1})
+        done = await generations.complete(uow, job.id, outputs=[output()], metadata={"a": 1})
         assert done is not None
         [event] = uow.events
         assert isinstance(event, GenerationUpdated)
@@ -438,7 +438,7 @@ async def test_fail_releases_then_complete_captures_nothing(
         assert failed.status == GenerationStatus.FAILED.value
     await assert_balance(sessions, acct.id, 50, 0)
     async with unit_of_work_without_dispatch(sessions) as uow:
-        assert await generations.complete(uow, job.id, image_key="k", metadata={}) is None
+        assert await generations.complete(uow, job.id, outputs=[output("k")], metadata={}) is None
     await assert_balance(sessions, acct.id, 50, 0)
 
 
@@ -617,7 +617,7 @@ async def test_concurrent_reserves_never_overdraw(sessions: Sessions, settings: 
     async def attempt() -> Generation:
         async with unit_of_work_without_dispatch(sessions) as uow:
             return await generations.submit(
-                uow, account_id=acct.id, api_key_id=acct.api_key_id, request=req
+                uow, account_id=acct.id, api_key_id=acct.api_key_id, request=t2i_job(req)
             )
 
     results = await asyncio.gather(*(attempt() for _ in range(20)), return_exceptions=True)

@@ -19,7 +19,9 @@ STANDARD_SIDES = range(512, 1024 + 1, 16)
 
 
 def _versions(path: Path) -> list[str]:
-    return sorted({e.version for e in Catalog.load(path).entries})
+    """The text-to-image versions: seed 001's price ranges are for them (other kinds add
+    their own surcharge per image, tested in tests/kinds)."""
+    return sorted({e.version for e in Catalog.load(path).entries if e.pipeline == "FluxPipeline"})
 
 
 DEV_VERSIONS = _versions(ROOT / "deploy" / "models.dev.toml")

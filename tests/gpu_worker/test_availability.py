@@ -50,7 +50,7 @@ from tests.conftest import (
     recreate_database,
     wait_healthy,
 )
-from tests.factories import TestAccount, audit, create_account
+from tests.factories import TestAccount, audit, create_account, t2i_job
 from tests.gpu_worker.test_worker import make_ctx
 from tests.redis_server import RedisServer
 from tests.runners import SlowRunner
@@ -112,7 +112,7 @@ async def submit_unqueued(
     )
     async with unit_of_work_without_dispatch(sessions) as uow:
         return await generations.submit(
-            uow, account_id=account.id, api_key_id=account.api_key_id, request=request
+            uow, account_id=account.id, api_key_id=account.api_key_id, request=t2i_job(request)
         )
 
 

@@ -64,8 +64,8 @@ async def test_fast_job_records_last_step_and_every_progress_mark(
             assert done["status"] == "completed", done
             assert done["progress"] == 100
             assert done["totalSteps"] > 0 and done["step"] == done["totalSteps"], done
-            # The form the README documents: /files/<job id>-<16 hex>.png
-            assert re.fullmatch(rf"{fast_api}/files/{job}-[0-9a-f]{{16}}\.png", done["url"])
+            # The form the README documents: /files/<job id>-<16 hex>-<output index>.png
+            assert re.fullmatch(rf"{fast_api}/files/{job}-[0-9a-f]{{16}}-0\.png", done["url"])
 
             # The marks are queued in the completion's transaction: all four exist now.
             found = await deliveries(http, account, job, until="delivered")

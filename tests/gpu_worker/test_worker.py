@@ -34,7 +34,7 @@ from gpu_worker.worker import (
 )
 from runtime import queue
 from runtime.settings import Settings
-from tests.factories import TestAccount, audit
+from tests.factories import TestAccount, audit, t2i_job
 from tests.runners import ExplodingRunner, SlowRunner
 
 
@@ -74,7 +74,7 @@ async def submit_unqueued(
     )
     async with unit_of_work_without_dispatch(sessions) as uow:
         g = await generations.submit(
-            uow, account_id=account.id, api_key_id=account.api_key_id, request=request
+            uow, account_id=account.id, api_key_id=account.api_key_id, request=t2i_job(request)
         )
     return g
 

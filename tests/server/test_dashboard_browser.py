@@ -124,7 +124,19 @@ async def test_dashboard_end_to_end(
     figure = page.locator(f"#generations figure[data-id='{job['id']}']")
     await expect(figure).to_contain_text("completed")
     await expect(figure).to_contain_text(f"{cost} credits")
-    assert await figure.locator("img").evaluate("img => img.naturalWidth") == 256
+    # The thumbnail loads lazily: wait for its load (or error) event, not a fixed time.
+    width = await figure.locator("img").evaluate(
+        """async img => {
+            if (!(img.complete && img.naturalWidth)) {
+                await new Promise(done => {
+                    img.addEventListener("load", done, {once: true});
+                    img.addEventListener("error", done, {once: true});
+                });
+            }
+            return img.naturalWidth;
+        }"""
+    )
+    assert width == 256
     today = time.strftime("%Y-%m-%d", time.gmtime())
     bar = page.locator(f"#usage-chart rect.credits[data-day='{today}']")
     assert await bar.get_attribute("data-credits") == str(cost)

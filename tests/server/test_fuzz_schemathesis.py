@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import graphql
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from schemathesis.core.result import Ok
+from schemathesis.graphql import nodes
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,6 +34,31 @@ from tests.server.test_hostile_input import (
 
 EXAMPLES_PER_OPERATION = 30
 CREDITS = 100_000
+
+# The JSON scalar (createJob's and priceJob's input): objects of the job kinds' own field
+# names (and a few others) with scalar values, so the kinds' validation is exercised.
+_JSON_KEYS = st.sampled_from([
+    "prompt", "service", "version", "strength", "width", "height", "count", "format",
+    "seed", "steps", "guidance", "left", "right", "top", "bottom", "aspect_ratio",
+    "imageUrl", "image_id", "maskId", "negativePrompt", "output_quality", "preview",
+    "webhookUrl", "webhook_events", "unknown",
+])  # fmt: skip
+_JSON_VALUES = st.one_of(
+    st.text(max_size=20).map(nodes.String),
+    st.integers(min_value=-(2**40), max_value=2**40).map(nodes.Int),
+    st.floats(allow_nan=False, allow_infinity=False).map(nodes.Float),
+    st.booleans().map(nodes.Boolean),
+)
+schemathesis.graphql.scalar(
+    "JSON",
+    st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=6).map(
+        lambda d: nodes.Object(
+            [graphql.ObjectFieldNode(name=graphql.NameNode(value=k), value=v) for k, v in d.items()]
+        )
+    ),
+)
+# Uploads come as multipart parts, which a generated document cannot carry: null.
+schemathesis.graphql.scalar("Upload", st.just(graphql.NullValueNode()))
 
 
 def fuzz(url: str, api_key: str) -> tuple[int, list[str]]:

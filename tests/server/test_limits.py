@@ -22,7 +22,7 @@ from billing.requests import Limits, RawImageRequest, validate
 from billing.service import accounts, generations
 from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port, spawn_api
-from tests.factories import TestAccount, audit, create_account, gql, wait_for_final
+from tests.factories import TestAccount, audit, create_account, gql, t2i_job, wait_for_final
 from tests.runners import SlowRunner
 
 ME = "{ me { id limits { requestsPerMinute concurrentJobs jobsPerDay } } }"
@@ -190,7 +190,7 @@ async def test_daily_cap_at_the_utc_day_boundary(
     async def submit_at(now: datetime) -> None:
         async with unit_of_work_without_dispatch(sessions) as uow:
             await generations.submit(
-                uow, account_id=account.id, api_key_id=None, request=request, now=now
+                uow, account_id=account.id, api_key_id=None, request=t2i_job(request), now=now
             )
 
     day = midnight - timedelta(days=1)

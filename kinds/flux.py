@@ -1,0 +1,182 @@
+"""What the FLUX kinds share: resolving the model a request names, checking prompts and
+sizes, freezing the common options into a job's params, and running a diffusers FLUX
+pipeline with progress, previews and cancellation between steps."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from billing.catalog import ModelEntry
+from billing.errors import BadUserInput
+from billing.text import unstorable
+from kinds.base import FluxOptions, Limits, Output, PlanContext, StepCallback, model_ref
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DIMENSION_STEP = 16
+PREVIEWS_PER_JOB = 4
+PREVIEW_MAX_SIDE = 128
+
+# Approximate RGB of FLUX's 16 latent channels (a linear fit, as ComfyUI's latent_formats.Flux
+# uses for its previews): a preview costs one small matrix product instead of a VAE decode.
+FLUX_LATENT_RGB = (
+    (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
+    (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
+    (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
+    (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+    (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
+    (-0.1262, -0.0982, -0.0778),
+)  # fmt: skip
+FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+
+
+def resolve_model(
+    ctx: PlanContext, params: FluxOptions, *, default_service: str, pipelines: tuple[str, ...]
+) -> ModelEntry:
+    """The registry entry the request names (or the kind's default service), refused
+    unless its pipeline class can run this kind."""
+    service = params.service or default_service
+    entry = ctx.catalog.resolve(service, params.version or None, fields=("service", "version"))
+    if entry.pipeline not in pipelines:
+        usable = sorted({e.provider for e in ctx.catalog.entries if e.pipeline in pipelines})
+        raise BadUserInput(
+            "service",
+            f"service {service!r} cannot run this operation; use one of: "
+            f"{', '.join(usable) or 'none is installed'}",
+        )
+    return entry
+
+
+def check_prompt(prompt: str, limits: Limits, field: str = "prompt") -> str:
+    prompt = prompt.strip()
+    if not prompt:
+        raise BadUserInput(field, f"{field} must not be empty")
+    if len(prompt) > limits.max_prompt_chars:
+        raise BadUserInput(field, f"{field} is longer than {limits.max_prompt_chars} characters")
+    if unstorable(prompt):
+        raise BadUserInput(field, f"{field} contains a NUL character or a lone surrogate")
+    return prompt
+
+
+def check_side(value: int, field: str, limits: Limits) -> int:
+    if not limits.min_side <= value <= limits.max_side:
+        raise BadUserInput(
+            field, f"{field} must be between {limits.min_side} and {limits.max_side} (got {value})"
+        )
+    if value % DIMENSION_STEP:
+        lower = value - value % DIMENSION_STEP
+        raise BadUserInput(
+            field,
+            f"{field} must be a multiple of {DIMENSION_STEP} (got {value}; "
+            f"nearest: {lower} or {lower + DIMENSION_STEP})",
+        )
+    return value
+
+
+def fit_size(width: int, height: int, limits: Limits, field: str = "image") -> tuple[int, int]:
+    """The output size for an input image: its aspect ratio kept, scaled down to fit the
+    largest side allowed, and each side rounded down to a multiple of 16 (FLUX's step).
+    Refused when the image is too small for the smallest side allowed."""
+    scale = min(1.0, limits.max_side / max(width, height))
+    w = int(width * scale) // DIMENSION_STEP * DIMENSION_STEP
+    h = int(height * scale) // DIMENSION_STEP * DIMENSION_STEP
+    if min(w, h) < limits.min_side:
+        raise BadUserInput(
+            field,
+            f"{field} is {width}x{height}; each side must be at least {limits.min_side} px "
+            f"(after scaling to at most {limits.max_side} px)",
+        )
+    return w, h
+
+
+def common_params(params: FluxOptions, entry: ModelEntry, limits: Limits) -> dict[str, Any]:
+    """The options every FLUX kind freezes into its params: the model, prompt, steps,
+    guidance, the seed (drawn now if random, so a retried job renders the same image)."""
+    negative = params.negative_prompt
+    if negative is not None:
+        negative = check_prompt(negative, limits, "negative_prompt") if negative.strip() else None
+    return {
+        "model": model_ref(entry),
+        "prompt": check_prompt(params.prompt, limits),
+        "negative_prompt": negative,
+        "true_cfg_scale": params.true_cfg_scale if negative else 1.0,
+        "steps": params.steps or entry.steps,
+        "guidance": entry.guidance if params.guidance is None else params.guidance,
+        "seed": params.seed if params.seed >= 0 else secrets.randbelow(2**31),
+        "format": params.format,
+        "output_quality": params.output_quality,
+        "count": params.count,
+    }
+
+
+def latents_preview(pipe: Any, latents: Any, height: int, width: int) -> bytes:
+    """A small PNG of the current latents, from a linear projection of their channels."""
+    import torch
+    from PIL import Image as PILImage
+
+    unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)[0]
+    factors = torch.tensor(FLUX_LATENT_RGB, dtype=torch.float32, device=unpacked.device)
+    bias = torch.tensor(FLUX_LATENT_RGB_BIAS, dtype=torch.float32, device=unpacked.device)
+    rgb = torch.einsum("chw,cr->hwr", unpacked.float(), factors) + bias
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
+    image = PILImage.fromarray(pixels, mode="RGB")
+    image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_flux(
+    pipe: Any,
+    params: Mapping[str, Any],
+    on_step: StepCallback,
+    *,
+    width: int,
+    height: int,
+    preview: bool = False,
+    **call: Any,
+) -> list[Output]:
+    """Run a FLUX pipeline with the frozen common options plus ``call`` (the kind's own
+    arguments: image, mask_image, strength...). Progress (and optional previews of the
+    latents) go to ``on_step`` between denoising steps; it raises to stop the run there,
+    which also skips the VAE decode of abandoned latents."""
+    import torch
+
+    steps = int(params["steps"])
+    preview_every = max(1, steps // PREVIEWS_PER_JOB) if preview else 0
+    model = params["model"]
+
+    def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        step = i + 1
+        shot = None
+        if preview_every and step % preview_every == 0 and step < steps:
+            shot = latents_preview(pipe, kwargs["latents"], height, width)
+        on_step(step, steps, shot)
+        return kwargs
+
+    negative = params.get("negative_prompt")
+    if negative:
+        call.update(negative_prompt=negative, true_cfg_scale=params["true_cfg_scale"])
+    # A CPU generator gives the same images for a seed on any device.
+    generator = torch.Generator(device="cpu").manual_seed(int(params["seed"]))
+    with torch.inference_mode():
+        result = pipe(
+            prompt=params["prompt"],
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=float(params["guidance"]),
+            num_images_per_prompt=int(params.get("count", 1)),
+            generator=generator,
+            max_sequence_length=int(model["max_sequence_length"]),
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="pil",
+            **call,
+        )
+    images: list[Image] = list(result.images)
+    return [Output(image=image) for image in images]

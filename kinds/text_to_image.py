@@ -1,0 +1,160 @@
+"""``text_to_image``: FLUX from a prompt (seed 001's ``generate``/``generateImage``, the
+REST ``POST /v1/text_to_image``). Its request rules are billing/requests.py's, shared by
+every surface; this module freezes a validated request into a job and runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from billing.errors import BadUserInput
+from billing.requests import ImageRequest, RawImageRequest, validate
+from kinds.base import (
+    FluxOptions,
+    ImageInfo,
+    JobKind,
+    KindParams,
+    Output,
+    Pipelines,
+    Plan,
+    PlanContext,
+    StepCallback,
+    model_ref,
+)
+from kinds.flux import check_prompt, run_flux
+from kinds.registry import register
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+class TextToImageParams(FluxOptions):
+    width: int | None = Field(default=None, description="Multiple of 16; default 1024.")
+    height: int | None = Field(default=None, description="Multiple of 16; default 1024.")
+    quality: Literal["standard", "high"] = "standard"
+
+
+def plan_request(
+    request: ImageRequest,
+    *,
+    negative_prompt: str | None = None,
+    true_cfg_scale: float = 1.0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    image_format: str = "png",
+    output_quality: int = 90,
+    count: int = 1,
+) -> Plan:
+    """A validated seed-001 request made into a job (``generate``/``generateImage`` and
+    the REST shim come this way)."""
+    params: dict[str, Any] = {
+        "model": model_ref(request.model),
+        "prompt": request.prompt,
+        "negative_prompt": negative_prompt,
+        "true_cfg_scale": true_cfg_scale if negative_prompt else 1.0,
+        "steps": steps or request.steps,
+        "guidance": request.guidance if guidance is None else guidance,
+        "seed": request.seed,
+        "width": request.width,
+        "height": request.height,
+        "quality": request.quality,
+        "format": image_format,
+        "output_quality": output_quality,
+        "count": count,
+    }
+    return Plan(
+        params=params,
+        quote=request.quote,
+        provider=request.provider,
+        version=request.version,
+        prompt=request.prompt,
+        width=request.width,
+        height=request.height,
+        steps=int(params["steps"]),
+        guidance=float(params["guidance"]),
+        seed=request.seed,
+        quality=request.quality,
+    )
+
+
+class TextToImage(JobKind):
+    name = "text_to_image"
+    title = "Text to image"
+    Params = TextToImageParams
+    inputs = ()
+
+    def plan(self, params: KindParams, inputs: Mapping[str, ImageInfo], ctx: PlanContext) -> Plan:
+        assert isinstance(params, TextToImageParams)
+        if not params.service:
+            raise BadUserInput("service", "service is required")
+        request = validate(
+            RawImageRequest(
+                provider=params.service,
+                prompt=params.prompt,
+                width=params.width,
+                height=params.height,
+                version=params.version,
+                quality=params.quality,
+                seed=params.seed if params.seed >= 0 else None,
+            ),
+            catalog=ctx.catalog,
+            prices=ctx.prices,
+            limits=ctx.limits,
+            fields={
+                "provider": "service", "prompt": "prompt", "width": "width",
+                "height": "height", "version": "version", "quality": "quality",
+                "seed": "seed", "webhook_url": "webhook_url", "type": "type",
+                "webhook_events": "webhook_events",
+            },
+        )  # fmt: skip
+        negative = params.negative_prompt
+        if negative is not None and negative.strip():
+            negative = check_prompt(negative, ctx.limits, "negative_prompt")
+        else:
+            negative = None
+        quote = ctx.prices.quote(
+            width=request.width,
+            height=request.height,
+            version=request.version,
+            quality=request.quality,
+            kind=self.name,
+            count=params.count,
+        )
+        return plan_request(
+            _with_quote(request, quote),
+            negative_prompt=negative,
+            true_cfg_scale=params.true_cfg_scale,
+            steps=params.steps,
+            guidance=params.guidance,
+            image_format=params.format,
+            output_quality=params.output_quality,
+            count=params.count,
+        )
+
+    def run(
+        self,
+        pipelines: Pipelines,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Image],
+        on_step: StepCallback,
+    ) -> list[Output]:
+        pipe = pipelines.get(params["model"], "FluxPipeline")
+        return run_flux(
+            pipe,
+            params,
+            on_step,
+            width=int(params["width"]),
+            height=int(params["height"]),
+            preview=bool(params.get("preview")),
+        )
+
+
+def _with_quote(request: ImageRequest, quote: Any) -> ImageRequest:
+    from dataclasses import replace
+
+    return replace(request, quote=quote)
+
+
+KIND = register(TextToImage())
