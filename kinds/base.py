@@ -57,7 +57,7 @@ class KindParams(BaseModel):
 class OutputOptions(KindParams):
     """How the images of a job are returned: every kind that makes images has these."""
 
-    format: Literal["png", "jpeg", "webp"] = "png"
+    format: Literal["png", "jpeg", "webp"] = Field(default="png", description="png | jpeg | webp.")
     output_quality: int = Field(default=90, ge=1, le=100, description="JPEG/WebP quality.")
     count: int = Field(default=1, ge=1, le=MAX_COUNT, description="Images to make (priced each).")
 
@@ -65,13 +65,23 @@ class OutputOptions(KindParams):
 class FluxOptions(OutputOptions):
     """The options of a FLUX pipeline run; ``None`` means the model's default."""
 
-    service: str | None = Field(default=None, max_length=64)
-    version: str | None = Field(default=None, max_length=64)
+    service: str | None = Field(
+        default=None, max_length=64, description="The model; omitted: the kind's default."
+    )
+    version: str | None = Field(
+        default=None, max_length=64, description="The service's version; omitted: its default."
+    )
     prompt: str = Field(min_length=1)
-    negative_prompt: str | None = None
+    negative_prompt: str | None = Field(
+        default=None, description="What to avoid (true CFG, with true_cfg_scale > 1)."
+    )
     true_cfg_scale: float = Field(default=1.0, ge=1.0, le=10.0)
-    steps: int | None = Field(default=None, ge=1, le=100)
-    guidance: float | None = Field(default=None, ge=0.0, le=30.0)
+    steps: int | None = Field(
+        default=None, ge=1, le=100, description="Denoising steps; omitted: the model's."
+    )
+    guidance: float | None = Field(
+        default=None, ge=0.0, le=30.0, description="Guidance scale; omitted: the model's."
+    )
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1: random.")
 
 

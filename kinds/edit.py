@@ -29,8 +29,15 @@ from kinds.base import (
     PlanContext,
     StepCallback,
 )
-from kinds.flux import common_params, resolve_model, run_flux
-from kinds.image_to_image import fitted, image_plan, input_info, output_size
+from kinds.flux import (
+    common_params,
+    fitted,
+    image_plan,
+    input_info,
+    output_size,
+    resolve_model,
+    run_flux,
+)
 from kinds.registry import register
 
 if TYPE_CHECKING:

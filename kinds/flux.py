@@ -1,6 +1,7 @@
 """What the FLUX kinds share: resolving the model a request names, checking prompts and
-sizes, freezing the common options into a job's params, and running a diffusers FLUX
-pipeline with progress, previews and cancellation between steps."""
+sizes, freezing the common options into a job's params, choosing the output size of an
+image input and pricing the plan, fitting a PIL image to the output, and running a
+diffusers FLUX pipeline with progress, previews and cancellation between steps."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 from billing.catalog import ModelEntry
 from billing.errors import BadUserInput
 from billing.text import unstorable
-from kinds.base import FluxOptions, Limits, Output, PlanContext, StepCallback, model_ref
+from kinds.base import (
+    FluxOptions,
+    ImageInfo,
+    Limits,
+    Output,
+    Plan,
+    PlanContext,
+    StepCallback,
+    model_ref,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -111,6 +121,64 @@ def common_params(params: FluxOptions, entry: ModelEntry, limits: Limits) -> dic
         "output_quality": params.output_quality,
         "count": params.count,
     }
+
+
+# --- what the kinds that take an image share ------------------------------------------
+
+
+def input_info(inputs: Mapping[str, ImageInfo], name: str) -> ImageInfo:
+    info = inputs.get(name)
+    if info is None:
+        raise BadUserInput(name, f"{name} is required")
+    return info
+
+
+def output_size(
+    width: int | None, height: int | None, image: ImageInfo, limits: Limits
+) -> tuple[int, int]:
+    """The requested ``width``/``height`` (both or neither), else the image's size fitted
+    to the limits (``kinds.flux.fit_size``)."""
+    if width is None and height is None:
+        return fit_size(image.width, image.height, limits)
+    if width is None or height is None:
+        missing = "width" if width is None else "height"
+        raise BadUserInput(
+            missing, "give both width and height, or neither (then the image's size is used)"
+        )
+    return check_side(width, "width", limits), check_side(height, "height", limits)
+
+
+def image_plan(kind: str, entry: ModelEntry, params: dict[str, Any], ctx: PlanContext) -> Plan:
+    """The job of an image kind whose frozen ``params`` are complete (``common_params``
+    plus ``width``, ``height`` and the kind's own values), priced per output image."""
+    width, height = int(params["width"]), int(params["height"])
+    quote = ctx.prices.quote(
+        width=width, height=height, version=entry.version, kind=kind, count=int(params["count"])
+    )
+    return Plan(
+        params=params,
+        quote=quote,
+        provider=entry.provider,
+        version=entry.version,
+        prompt=params["prompt"],
+        width=width,
+        height=height,
+        steps=int(params["steps"]),
+        guidance=float(params["guidance"]),
+        seed=int(params["seed"]),
+    )
+
+
+def fitted(
+    image: Image, width: int, height: int, *, mode: str = "RGB", nearest: bool = False
+) -> Image:
+    """``image`` in ``mode``, scaled to cover ``width``x``height`` and centre-cropped to it
+    (the aspect ratio kept). ``nearest`` for masks, whose values must stay 0 or 255."""
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    method = PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.LANCZOS
+    return ImageOps.fit(image.convert(mode), (width, height), method=method)
 
 
 def latents_preview(pipe: Any, latents: Any, height: int, width: int) -> bytes:

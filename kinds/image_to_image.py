@@ -6,8 +6,6 @@ The output has the input's size (scaled down to the largest side allowed, each s
 rounded down to a multiple of 16) unless the request gives ``width`` and ``height``; the
 image is then scaled to cover that size and centre-cropped, never stretched.
 
-This module also holds what the kinds that take an image share: reading an input's size,
-choosing the output size, pricing a plan and fitting a PIL image to the output.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from billing.catalog import ModelEntry
 from billing.errors import BadUserInput
 from kinds.base import (
     FluxOptions,
@@ -25,14 +22,21 @@ from kinds.base import (
     InputSpec,
     JobKind,
     KindParams,
-    Limits,
     Output,
     Pipelines,
     Plan,
     PlanContext,
     StepCallback,
 )
-from kinds.flux import check_side, common_params, fit_size, resolve_model, run_flux
+from kinds.flux import (
+    common_params,
+    fitted,
+    image_plan,
+    input_info,
+    output_size,
+    resolve_model,
+    run_flux,
+)
 from kinds.registry import register
 
 if TYPE_CHECKING:
@@ -53,61 +57,6 @@ class ImageToImageParams(FluxOptions):
     )
     width: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
     height: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
-
-
-def input_info(inputs: Mapping[str, ImageInfo], name: str) -> ImageInfo:
-    info = inputs.get(name)
-    if info is None:
-        raise BadUserInput(name, f"{name} is required")
-    return info
-
-
-def output_size(
-    width: int | None, height: int | None, image: ImageInfo, limits: Limits
-) -> tuple[int, int]:
-    """The requested ``width``/``height`` (both or neither), else the image's size fitted
-    to the limits (``kinds.flux.fit_size``)."""
-    if width is None and height is None:
-        return fit_size(image.width, image.height, limits)
-    if width is None or height is None:
-        missing = "width" if width is None else "height"
-        raise BadUserInput(
-            missing, "give both width and height, or neither (then the image's size is used)"
-        )
-    return check_side(width, "width", limits), check_side(height, "height", limits)
-
-
-def image_plan(kind: str, entry: ModelEntry, params: dict[str, Any], ctx: PlanContext) -> Plan:
-    """The job of an image kind whose frozen ``params`` are complete (``common_params``
-    plus ``width``, ``height`` and the kind's own values), priced per output image."""
-    width, height = int(params["width"]), int(params["height"])
-    quote = ctx.prices.quote(
-        width=width, height=height, version=entry.version, kind=kind, count=int(params["count"])
-    )
-    return Plan(
-        params=params,
-        quote=quote,
-        provider=entry.provider,
-        version=entry.version,
-        prompt=params["prompt"],
-        width=width,
-        height=height,
-        steps=int(params["steps"]),
-        guidance=float(params["guidance"]),
-        seed=int(params["seed"]),
-    )
-
-
-def fitted(
-    image: Image, width: int, height: int, *, mode: str = "RGB", nearest: bool = False
-) -> Image:
-    """``image`` in ``mode``, scaled to cover ``width``x``height`` and centre-cropped to it
-    (the aspect ratio kept). ``nearest`` for masks, whose values must stay 0 or 255."""
-    from PIL import Image as PILImage
-    from PIL import ImageOps
-
-    method = PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.LANCZOS
-    return ImageOps.fit(image.convert(mode), (width, height), method=method)
 
 
 def denoising_steps(steps: int, strength: float) -> int:

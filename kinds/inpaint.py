@@ -29,8 +29,15 @@ from kinds.base import (
     PlanContext,
     StepCallback,
 )
-from kinds.flux import common_params, fit_size, resolve_model, run_flux
-from kinds.image_to_image import fitted, image_plan, input_info
+from kinds.flux import (
+    common_params,
+    fit_size,
+    fitted,
+    image_plan,
+    input_info,
+    resolve_model,
+    run_flux,
+)
 from kinds.registry import register
 
 if TYPE_CHECKING:

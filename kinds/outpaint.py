@@ -40,8 +40,15 @@ from kinds.base import (
     PlanContext,
     StepCallback,
 )
-from kinds.flux import DIMENSION_STEP, common_params, resolve_model, run_flux
-from kinds.image_to_image import fitted, image_plan, input_info
+from kinds.flux import (
+    DIMENSION_STEP,
+    common_params,
+    fitted,
+    image_plan,
+    input_info,
+    resolve_model,
+    run_flux,
+)
 from kinds.inpaint import DEFAULT_SERVICE, PIPELINES, check_fill_options
 from kinds.registry import register
 

@@ -63,8 +63,10 @@ def input_type(kind: JobKind) -> type:
         else:
             annotations[name] = Optional[gql]  # noqa: UP045  # a runtime type for strawberry
             default = info.get_default(call_default_factory=True)
-            described = f"{description or ''} Default: {default}.".strip()
-            namespace[name] = strawberry.field(default=None, description=described)
+            described = description or ""
+            if default is not None:
+                described = f"{described} Default: {default}.".strip()
+            namespace[name] = strawberry.field(default=None, description=described or None)
     for spec in kind.inputs:
         for suffix, what in (("url", "fetched by the server"), ("id", "an earlier output")):
             annotations[f"{spec.name}_{suffix}"] = Optional[str]  # noqa: UP045

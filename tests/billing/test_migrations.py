@@ -168,3 +168,74 @@ async def test_downgrade_base_then_upgrade_head(throwaway_url: str) -> None:
             await conn.rollback()
     finally:
         await engine.dispose()
+
+
+async def test_job_kinds_migration_carries_existing_jobs_over(throwaway_url: str) -> None:
+    """0008: a job from before job kinds becomes a text_to_image job whose params are its
+    old columns, and a completed job's image becomes its output asset."""
+    url = throwaway_url
+    await upgrade(url, "0007")
+    engine = create_async_engine(url, poolclass=NullPool)
+    account_id = uuid.uuid4()
+    columns = (
+        "account_id, type, provider, version, quality, prompt, width, height, steps, guidance,"
+        " seed, credit_cost, status, progress, step, total_steps, metadata, preview, revision,"
+        " attempts, created_at, updated_at"
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
+                    " credits_reserved, created_at)"
+                    " VALUES (:id, 'legacy@example.com', 'free', 'whsec_x', 5, 0, now())"
+                ),
+                {"id": account_id},
+            )
+            for job_id, status, key in (("done1", "completed", "done1-abc.png"),
+                                        ("queued1", "queued", None)):  # fmt: skip
+                await conn.execute(
+                    text(
+                        f"INSERT INTO generations (id, image_key, completed_at, {columns})"
+                        " VALUES (:id, CAST(:key AS varchar),"
+                        " CASE WHEN CAST(:key AS varchar) IS NULL THEN NULL ELSE now() END,"
+                        " :account, 'IMAGE', 'flux-dev', 'flux-dev', 'high', 'a lighthouse',"
+                        " 512, 256, 4, 3.5, 42, 15, :status, 0, 0, 4,"
+                        " '{\"bytes\": 1234}', false, 0, 0, now(), now())"
+                    ),
+                    {"id": job_id, "key": key, "account": account_id, "status": status},
+                )
+    finally:
+        await engine.dispose()
+
+    await upgrade(url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            rows = {
+                r.id: r
+                for r in await conn.execute(
+                    text("SELECT id, kind, params, outputs FROM generations ORDER BY id")
+                )
+            }
+            assets = (await conn.execute(text("SELECT * FROM assets"))).mappings().all()
+    finally:
+        await engine.dispose()
+    assert {r.kind for r in rows.values()} == {"text_to_image"}
+    params = rows["queued1"].params
+    assert params["model"] == {"provider": "flux-dev", "version": "flux-dev"}
+    assert (params["prompt"], params["width"], params["height"]) == ("a lighthouse", 512, 256)
+    assert (params["steps"], params["guidance"], params["seed"]) == (4, 3.5, 42)
+    assert (params["quality"], params["format"], params["count"]) == ("high", "png", 1)
+    assert rows["queued1"].outputs == []
+    [asset] = assets
+    assert (asset["generation_id"], asset["role"], asset["key"]) == (
+        "done1",
+        "output",
+        "done1-abc.png",
+    )
+    assert (asset["width"], asset["height"], asset["bytes"]) == (512, 256, 1234)
+    assert rows["done1"].outputs == [
+        {"id": str(asset["id"]), "key": "done1-abc.png", "width": 512, "height": 256,
+         "format": "png"}
+    ]  # fmt: skip

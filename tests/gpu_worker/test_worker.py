@@ -13,6 +13,7 @@ import pytest
 from arq.connections import ArqRedis
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from billing import repository as repo
 from billing.catalog import Catalog
@@ -287,3 +288,29 @@ async def test_a_job_that_runs_too_long_fails_and_releases(
     failed = await fetch(sessions, g.id)
     assert (failed.status, failed.error) == ("failed", TIMEOUT_MESSAGE)
     assert await settle_entries(sessions, g) == ["reserve", "release"]
+
+
+async def test_a_job_from_before_job_kinds_runs_on_its_registry_model(
+    settings: Settings,
+    pool: ArqRedis,
+    sessions: async_sessionmaker[AsyncSession],
+    catalog: Catalog,
+    account: TestAccount,
+) -> None:
+    """A job queued before migration 0008 has params without a model path (the migration
+    cannot know it): the worker resolves that job's model from its registry and runs it."""
+    g = await submit_unqueued(sessions, catalog, account)
+    async with sessions() as s, s.begin():
+        legacy = {**g.params, "model": {"provider": g.provider, "version": g.version}}
+        await s.execute(update(Generation).where(col(Generation.id) == g.id).values(params=legacy))
+    ctx = await make_ctx(settings, pool, PipelineRunner(catalog, device="cpu", dtype="float32"))
+    try:
+        assert await run_generation(ctx, g.id) == "completed"
+    finally:
+        await shutdown(ctx)
+    done = await fetch(sessions, g.id)
+    assert done.status == "completed" and done.params["model"] == legacy["model"]
+    [output] = done.outputs
+    assert (output["width"], output["height"], output["format"]) == (256, 256, "png")
+    assert (settings.storage_dir / output["key"]).stat().st_size > 0
+    assert await settle_entries(sessions, g) == ["reserve", "capture"]
