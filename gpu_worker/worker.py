@@ -378,12 +378,12 @@ async def _render(
 
 
 def _params(state: WorkerState, generation: Generation) -> dict[str, Any]:
-    """The job's frozen params. A job accepted before params froze the model (migration
-    0008) has no model path: its model is resolved from this worker's registry, the one
-    case the worker resolves one."""
+    """The job's frozen params. A text_to_image job accepted before params froze the model
+    (migration 0008) has no model path: its model is resolved from this worker's registry,
+    the one case the worker resolves one. (A kind may need no model at all.)"""
     params = dict(generation.params)
     model = params.get("model") or {}
-    if "path" not in model:
+    if generation.kind == "text_to_image" and "path" not in model:
         entry = state.catalog.resolve(generation.provider, generation.version)
         params["model"] = model_ref(entry)
     return params

@@ -203,16 +203,21 @@ async def create_job(
     mask: Upload | None = None,
 ) -> Generation | None:
     """Any kind by name, its parameters as JSON (snake_case or camelCase names)."""
-    if not isinstance(input, dict):
-        raise BadUserInput("input", "input must be a JSON object")
-    values = {_snake(k): v for k, v in input.items()}
-    uploads = {"image": image, "mask": mask}
-    job_kind = kinds.get(kind)
-    taken = {spec.name for spec in job_kind.inputs}
-    for name, upload in uploads.items():
-        if upload is not None and name not in taken:
-            raise BadUserInput(name, f"{kind} takes no {name}")
-    return await _submit(info, kind, values, {n: u for n, u in uploads.items() if n in taken})
+
+    async def run() -> Generation:
+        if not isinstance(input, dict):
+            raise BadUserInput("input", "input must be a JSON object")
+        values = {_snake(k): v for k, v in input.items()}
+        uploads = {"image": image, "mask": mask}
+        job_kind = kinds.get(kind)
+        taken = {spec.name for spec in job_kind.inputs}
+        for name, upload in uploads.items():
+            if upload is not None and name not in taken:
+                raise BadUserInput(name, f"{kind} takes no {name}")
+        chosen = {n: u for n, u in uploads.items() if n in taken}
+        return await _submit(info, kind, values, chosen)
+
+    return await _camel_errors(run)  # type: ignore[no-any-return]
 
 
 async def price_job(info: Ctx, kind: str, input: JSON) -> PriceQuote:

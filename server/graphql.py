@@ -351,7 +351,7 @@ class GraphQLApp(GraphQL[Context, None]):
             return
         request = Request(scope=scope, receive=receive)
         try:
-            response = await self.run(request)
+            response = await self._run(request)
         except HTTPException as exc:
             headers = {"Allow": "GET, POST"} if exc.status_code == 405 else None
             code = CODE_BY_STATUS.get(exc.status_code, ErrorCode.BAD_USER_INPUT.value)
@@ -360,6 +360,14 @@ class GraphQLApp(GraphQL[Context, None]):
                 extra = {"field": exc.field}
             response = error_response(exc.status_code, code, exc.reason, headers, **extra)
         await response(scope, receive, send)
+
+    async def _run(self, request: Request) -> Response:
+        try:
+            return await self.run(request)
+        finally:
+            # A multipart request's uploads are temporary files: closed now, not when the
+            # garbage collector gets to them (neither strawberry nor starlette closes them).
+            await request.close()
 
     def decode_json(self, data: str | bytes) -> object:
         try:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic.alias_generators import to_snake
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import kinds
 from billing.errors import ErrorCode
+from schema.context import Context
 from server.errors import BadBody, decode_json, error_response
 from server.rest import authenticated, execute
 
@@ -67,9 +69,10 @@ async def submit_job(request: Request) -> Response:
                 400, ErrorCode.BAD_USER_INPUT.value, "The multipart body is malformed",
                 field="body",
             )  # fmt: skip
-        body, files, problem = _from_form(form)
-        if problem is not None:
-            return problem
+        try:
+            return await _submit_form(request, context, kind, job_kind.inputs, form)
+        finally:
+            await form.close()  # the uploads' temporary files
     else:
         return error_response(
             415,
@@ -77,14 +80,38 @@ async def submit_job(request: Request) -> Response:
             "Send the request as application/json or multipart/form-data",
             field="Content-Type",
         )
-    taken = {spec.name for spec in job_kind.inputs}
+    return await _create(request, context, kind, body, {})
+
+
+async def _submit_form(
+    request: Request, context: Context, kind: str, inputs: Any, form: FormData
+) -> Response:
+    body, files, problem = _from_form(form)
+    if problem is not None:
+        return problem
+    taken = {spec.name for spec in inputs}
     for name in files:
         if name not in taken:
             return error_response(
                 400, ErrorCode.BAD_USER_INPUT.value, f"{kind} takes no {name}", field=name
             )
+    return await _create(request, context, kind, body, files)
+
+
+async def _create(
+    request: Request, context: Context, kind: str, body: dict[str, Any],
+    files: dict[str, UploadFile],
+) -> Response:  # fmt: skip
     variables: dict[str, Any] = {"kind": kind, "input": body, **files}
-    return await execute(request, context, CREATE_JOB, variables, envelope=_job, status=202)
+    return await execute(
+        request, context, CREATE_JOB, variables, envelope=_job, status=202,
+        rename_field=_snake_path,
+    )  # fmt: skip
+
+
+def _snake_path(field: str) -> str:
+    """REST names fields in snake_case, as SPEC does (GraphQL: camelCase)."""
+    return ".".join(to_snake(part) for part in field.split("."))
 
 
 def _from_form(form: FormData) -> tuple[dict[str, Any], dict[str, UploadFile], Response | None]:

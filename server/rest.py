@@ -75,13 +75,17 @@ async def execute(
     *,
     envelope: Callable[[dict[str, Any]], Any] | None = None,
     status: int = 200,
+    rename_field: Callable[[str], str] | None = None,
 ) -> JSONResponse:
     """Run ``document`` through the schema; a refusal is ``{"errors": [...]}`` with its
-    code's status, a success ``{"data": ...}`` (or ``envelope(data)``) with ``status``."""
+    code's status, a success ``{"data": ...}`` (or ``envelope(data)``) with ``status``.
+    ``rename_field``: how this surface names a field GraphQL names in camelCase."""
     schema = request.app.state.schema
     result = await schema.execute(document, variable_values=variables, context_value=context)
     if result.errors:
         errors = [_format(e) for e in result.errors]
+        if rename_field is not None:
+            errors = [_renamed(e, rename_field) for e in errors]
         extensions = errors[0].get("extensions", {})
         code = extensions.get("code", "")
         headers = {}
@@ -94,6 +98,18 @@ async def execute(
     # and the completed job under "generateImage" (the poll aliases `generation` so).
     data = result.data or {}
     return JSONResponse(envelope(data) if envelope else {"data": data}, status_code=status)
+
+
+def _renamed(error: dict[str, Any], rename: Callable[[str], str]) -> dict[str, Any]:
+    field = error.get("extensions", {}).get("field")
+    if not isinstance(field, str):
+        return error
+    renamed = rename(field)
+    return {
+        **error,
+        "message": error["message"].replace(field, renamed, 1),
+        "extensions": {**error["extensions"], "field": renamed},
+    }
 
 
 def _format(error: GraphQLError) -> dict[str, Any]:
