@@ -36,6 +36,7 @@ from tests.server.kinds_support import (
     sniffed,
     wait_job,
 )
+from tests.server.test_dashboard_checkout import signed_in
 
 START = 1000
 SIZE = (320, 256)
@@ -326,3 +327,28 @@ async def test_uploaded_files_are_closed_after_the_request(
     finally:
         for upload in created:
             upload.file.close()
+
+
+async def test_dashboard_job_page_shows_inputs_and_outputs(
+    http: httpx.AsyncClient, customer: TestAccount
+) -> None:
+    """The dashboard's job page, for a kind with two inputs and two outputs: every image
+    shown (and each one served)."""
+    files = KINDS["inpaint"][1]
+    response = await rest_submit(http, customer, "inpaint", {"prompt": "a door", "count": 2}, files)
+    assert response.status_code == 202, response.text
+    job = await wait_job(http, customer, response.json()["id"])
+    assert job["status"] == "completed", job
+    await signed_in(http, customer.api_key)
+    page = await http.get(f"/dashboard/jobs/{job['id']}")
+    assert page.status_code == 200
+    html = page.text
+    inputs = html[html.index('id="inputs"') : html.index('id="outputs"')]
+    outputs = html[html.index('id="outputs"') :]
+    for image in job["inputs"]:
+        assert image["url"] in inputs and f"{image['role']}, {SIZE[0]}×{SIZE[1]}" in inputs
+    assert len(job["outputs"]) == 2
+    for image in job["outputs"]:
+        assert image["url"] in outputs
+        served = await http.get(image["url"])
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
