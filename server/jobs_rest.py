@@ -51,7 +51,6 @@ async def submit_job(request: Request) -> Response:
     if isinstance(context, Response):
         return context
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    files: dict[str, UploadFile] = {}
     if media_type == "application/json":
         try:
             body = decode_json(await request.body())
