@@ -346,7 +346,10 @@ async def test_dashboard_job_page_shows_inputs_and_outputs(
     inputs = html[html.index('id="inputs"') : html.index('id="outputs"')]
     outputs = html[html.index('id="outputs"') :]
     for image in job["inputs"]:
-        assert image["url"] in inputs and f"{image['role']}, {SIZE[0]}\N{MULTIPLICATION SIGN}{SIZE[1]}" in inputs
+        assert (
+            image["url"] in inputs
+            and f"{image['role']}, {SIZE[0]}\N{MULTIPLICATION SIGN}{SIZE[1]}" in inputs
+        )
     assert len(job["outputs"]) == 2
     for image in job["outputs"]:
         assert image["url"] in outputs
