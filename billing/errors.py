@@ -56,8 +56,12 @@ class Forbidden(FluxgateError):
 class NotFound(FluxgateError):
     code = ErrorCode.NOT_FOUND
 
-    def __init__(self, what: str = "Generation") -> None:
-        super().__init__(f"{what} not found")
+    def __init__(self, what: str = "Generation", field: str | None = None) -> None:
+        if field is None:
+            super().__init__(f"{what} not found")
+        else:  # the request field that named it (an image_id, say)
+            super().__init__(f"{what} not found", field=field)
+        self.field = field
 
 
 class Conflict(FluxgateError):

@@ -32,6 +32,11 @@ def get(name: str, *, field: str = "kind") -> JobKind:
         ) from None
 
 
+def find(name: str) -> JobKind | None:
+    """The kind called ``name``, or None (a worker that lacks a job's kind fails the job)."""
+    return _KINDS.get(name)
+
+
 def names() -> list[str]:
     return sorted(_KINDS)
 

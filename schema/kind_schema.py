@@ -18,7 +18,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 import kinds
-from billing.errors import BadUserInput
+from billing.errors import BadUserInput, NotFound
 from billing.service import ledger
 from kinds.base import JobKind
 from schema import jobs
@@ -97,6 +97,10 @@ def _camel_errors(call: Callable[[], Any]) -> Any:
             return await call()
         except BadUserInput as exc:
             raise BadUserInput(_camel_path(exc.field), _camel_message(exc)) from None
+        except NotFound as exc:
+            if exc.field is None:
+                raise
+            raise NotFound("Image", _camel_path(exc.field)) from None
 
     return run()
 

@@ -224,7 +224,7 @@ async def source_image(
     else:
         asset = await repo.get_asset_for_account(session, account_id, asset_id)
     if asset is None:
-        raise NotFound("Image")
+        raise NotFound("Image", field)
     return asset
 
 

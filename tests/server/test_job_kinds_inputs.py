@@ -261,11 +261,11 @@ async def test_image_id_chain_and_another_accounts_image(
     stranger = await create_account(sessions, input_settings, credits=START)
     for image_id in (edit_output["id"], t2i["id"], edited["id"], "not-an-image"):
         rest = await rest_json(http, stranger, "edit", {"prompt": "mine", "image_id": image_id})
-        refusal(rest, 404, "NOT_FOUND")
+        assert refusal(rest, 404, "NOT_FOUND")["extensions"]["field"] == "image_id"
     sent = await gql_upload(
         input_api, stranger, EDIT, {"input": {"prompt": "mine", "imageId": edit_output["id"]}}
     )
-    assert sent["errors"][0]["extensions"]["code"] == "NOT_FOUND", sent
+    assert sent["errors"][0]["extensions"] == {"code": "NOT_FOUND", "field": "imageId"}, sent
     await assert_untouched(sessions, stranger, START)
 
 
