@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint schema bench clean
+.PHONY: setup run test lint schema bench bench-accept clean
 
 setup:
 	@deploy/setup.sh
@@ -27,6 +27,9 @@ schema: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+
+bench-accept: setup
+	$(BIN)/python bench/accept.py
 
 clean:
 	rm -rf var/storage var/dev-account.json

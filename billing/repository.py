@@ -7,7 +7,19 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +45,43 @@ _A = Account.__table__.c  # type: ignore[attr-defined]
 _L = LedgerEntry.__table__.c  # type: ignore[attr-defined]
 _K = ApiKey.__table__.c  # type: ignore[attr-defined]
 _AS = Asset.__table__.c  # type: ignore[attr-defined]
+_ACCOUNTS = Account.__table__  # type: ignore[attr-defined]
+# Accept-path statements, built once (their values are passed when executed) and run as
+# Core on the session's connection: no per-request statement building, cache-key
+# generation or ORM bulk evaluation.
+_INSERT_GENERATION = (
+    insert(Generation.__table__)  # type: ignore[attr-defined]
+    .on_conflict_do_nothing(constraint="uq_generations_idempotency")
+    .returning(*Generation.__table__.c)  # type: ignore[attr-defined]
+)
+_FIND_KEY = (
+    select(ApiKey, Account)
+    .join(Account, _A.id == _K.account_id)
+    .where(_K.key_hash == bindparam("key_hash"), _K.revoked_at.is_(None))
+)
+_LOCK_PLAN = (
+    select(_A.plan, _A.limit_overrides)
+    .where(_A.id == bindparam("account_id"))
+    # NO KEY UPDATE: it serializes submissions like FOR UPDATE, without blocking the
+    # foreign-key checks of rows that point at the account (jobs, ledger entries).
+    .with_for_update(key_share=True)
+)
+_DEBIT = (
+    update(_ACCOUNTS)
+    .where(_A.id == bindparam("account_id"), _A.credits_available >= bindparam("amount"))
+    .values(
+        credits_available=_A.credits_available - bindparam("amount"),
+        credits_reserved=_A.credits_reserved + bindparam("amount"),
+    )
+    .returning(_A.id)
+)
+# (column name, model attribute) of every generations column: "metadata" is ``meta``.
+_GEN_ATTRS = [(attr.columns[0].name, attr.key) for attr in sa_inspect(Generation).column_attrs]
+_INSERT_ENTRY = (
+    insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
+    .on_conflict_do_nothing(index_elements=["movement_key"])
+    .returning(_L.id)
+)
 _W = WebhookEvent.__table__.c  # type: ignore[attr-defined]
 _WA = WebhookAttempt.__table__.c  # type: ignore[attr-defined]
 
@@ -47,6 +96,17 @@ async def add(session: AsyncSession, *rows: Any) -> None:
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account | None:
     return await session.get(Account, account_id)
+
+
+async def lock_account_plan(
+    session: AsyncSession, account_id: uuid.UUID
+) -> tuple[str, dict[str, Any] | None]:
+    """The account's plan and limit overrides, its row locked until commit (see
+    ``lock_account``): what accepting a job needs, without loading the whole account."""
+    connection = await session.connection()
+    result = await connection.execute(_LOCK_PLAN, {"account_id": account_id})
+    plan, overrides = result.one()
+    return str(plan), overrides
 
 
 async def lock_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
@@ -94,11 +154,7 @@ async def get_account_by_email(session: AsyncSession, email: str) -> Account | N
 
 
 async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
-    result = await session.execute(
-        select(ApiKey, Account)
-        .join(Account, _A.id == _K.account_id)
-        .where(_K.key_hash == key_hash, _K.revoked_at.is_(None))
-    )
+    result = await session.execute(_FIND_KEY, {"key_hash": key_hash})
     row = result.first()
     return None if row is None else (row[0], row[1])
 
@@ -157,15 +213,10 @@ async def debit_available(session: AsyncSession, account_id: uuid.UUID, amount: 
     for one account are serialized and each re-checks ``credits_available >= amount``
     against the committed value — the balance cannot be driven negative by a race.
     """
-    result = await session.execute(
-        update(Account)
-        .where(_A.id == account_id, _A.credits_available >= amount)
-        .values(
-            credits_available=_A.credits_available - amount,
-            credits_reserved=_A.credits_reserved + amount,
-        )
-        .returning(_A.id)
-    )
+    # Core statements (the table, not the ORM entity) on the accept path: no ORM bulk
+    # evaluation, and the compiled statement is cached (the values are bound parameters).
+    connection = await session.connection()
+    result = await connection.execute(_DEBIT, {"account_id": account_id, "amount": amount})
     return result.first() is not None
 
 
@@ -194,20 +245,19 @@ async def insert_entry(
     note: str | None = None,
 ) -> bool:
     """Append one ledger row; False if a row with ``movement_key`` already exists."""
-    result = await session.execute(
-        insert(LedgerEntry)
-        .values(
-            account_id=account_id,
-            kind=kind.value,
-            available_delta=available_delta,
-            reserved_delta=reserved_delta,
-            movement_key=movement_key,
-            generation_id=generation_id,
-            note=note,
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["movement_key"])
-        .returning(_L.id)
+    connection = await session.connection()
+    result = await connection.execute(
+        _INSERT_ENTRY,
+        {
+            "account_id": account_id,
+            "kind": kind.value,
+            "available_delta": available_delta,
+            "reserved_delta": reserved_delta,
+            "movement_key": movement_key,
+            "generation_id": generation_id,
+            "note": note,
+            "created_at": utcnow(),
+        },
     )
     return result.first() is not None
 
@@ -241,19 +291,19 @@ async def list_entries(session: AsyncSession, account_id: uuid.UUID) -> Sequence
 # --- generations ---------------------------------------------------------------------
 
 
-async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> bool:
-    """Insert a job row; False when the account already used this idempotency key.
+async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> Generation | None:
+    """Insert a job row and return it; None when the account already used this
+    idempotency key.
 
     ON CONFLICT DO NOTHING makes a concurrent duplicate wait for the first transaction
     and then see its row, instead of failing with a unique violation.
     """
-    result = await session.execute(
-        insert(Generation)
-        .values(**values)
-        .on_conflict_do_nothing(constraint="uq_generations_idempotency")
-        .returning(_G.id)
-    )
-    return result.first() is not None
+    connection = await session.connection()
+    row = (await connection.execute(_INSERT_GENERATION, values)).first()
+    if row is None:
+        return None
+    # The row as inserted, made into the model without an ORM load (not in the session).
+    return Generation(**{attribute: row._mapping[column] for column, attribute in _GEN_ATTRS})
 
 
 async def insert_assets(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -7,16 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.max_aliases import create_validator as alias_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -49,14 +50,20 @@ class Hardening:
 
 
 def build_schema(hardening: Hardening = Hardening()) -> FluxgateSchema:  # frozen
+    rules: list[type[ASTValidationRule]] = [
+        depth_rule(hardening.max_depth, None),
+        alias_rule(hardening.max_aliases),
+    ]
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         ErrorMapping,
         # The token limit stops a huge document while it is parsed; depth and alias
         # limits stop deep or wide ones (circular fragments included) in validation.
         lambda: MaxTokensLimiter(max_token_count=hardening.max_tokens),
         lambda: ParserCache(maxsize=256),
-        lambda: QueryDepthLimiter(max_depth=hardening.max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=hardening.max_aliases),
+        # The depth and alias rules are made once, here: strawberry's QueryDepthLimiter and
+        # MaxAliasesLimiter make a new rule class per request, and ValidationCache is keyed
+        # by the rules, so with them no document was ever validated from the cache.
+        lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=256),
         # Before the rate limit: unstorable text is refused without counting or running.
         TextInputGuard,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import Store, UnitOfWork
+from billing.models import utcnow
 from billing.netguard import AddressPolicy
 from billing.packs import PackList
 from billing.plans import PlanBook
@@ -108,8 +109,11 @@ class Context:
                     session, self.api_key or key_from_params(self.connection_params),
                     self.services.pepper,
                 )  # fmt: skip
-                await accounts.touch_key(session, caller.api_key_id)
-                await session.commit()
+                # No write (and no commit) on most requests: the key's use is recorded
+                # at most once a minute.
+                if caller.key_touch_due(utcnow()):
+                    await accounts.touch_key(session, caller.api_key_id)
+                    await session.commit()
             self._caller = caller
             if self.state is not None:
                 limits = self.services.plans.limits(

@@ -175,6 +175,7 @@ async def submit(
                 request=job,
                 idempotency_key=ctx.idempotency_key,
                 plans=services.plans,
+                account_plan=(caller.account.plan, caller.account.limit_overrides),
             )
             replay = await _is_replay(uow.session, generation, stored)
     except BaseException:

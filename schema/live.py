@@ -75,9 +75,10 @@ async def listening(
 
 
 async def present(
-    ctx: Context, g: models.Generation, live: dict[str, Any] | None = None
+    ctx: Context, g: models.Generation, live: dict[str, Any] | None = None, *, eager: bool = False
 ) -> Generation:
-    """The job as a GraphQL object, with queue position and ETA while it is unfinished.
+    """The job as a GraphQL object, with queue position and ETA while it is unfinished:
+    estimated when a client selects them (``eager``: now, as subscriptions compare them).
 
     Those two come from Redis and are estimates: with Redis unreachable they are null
     and the job is shown all the same. A job just accepted is committed (and its credits
@@ -85,16 +86,25 @@ async def present(
     live = dict(live or {})
     inspector = ctx.services.queue
     size = size_key(g.version, g.width, g.height, g.kind)
-    try:
-        if g.status == models.GenerationStatus.QUEUED.value:
-            position, eta = await inspector.eta_queued(g.id, size, g.steps)
-            live.setdefault("queue_position", position)
-            live.setdefault("eta_seconds", eta)
-        elif g.status == models.GenerationStatus.PROCESSING.value and "eta_seconds" not in live:
-            live["eta_seconds"] = await inspector.eta_processing(size, g.step, g.total_steps)
-    except (RedisError, OSError) as exc:
-        log.debug("queue position/ETA of %s unknown: %s", g.id, exc)
-    return Generation.from_model(g, ctx.services.storage, live)
+    queued = g.status == models.GenerationStatus.QUEUED.value
+    processing = g.status == models.GenerationStatus.PROCESSING.value
+
+    async def estimate() -> tuple[int | None, float | None]:
+        try:
+            if queued:
+                return await inspector.eta_queued(g.id, size, g.steps)
+            if processing and "eta_seconds" not in live:
+                return None, await inspector.eta_processing(size, g.step, g.total_steps)
+        except (RedisError, OSError) as exc:
+            log.debug("queue position/ETA of %s unknown: %s", g.id, exc)
+        return None, None
+
+    shown = Generation.from_model(
+        g, ctx.services.storage, live, estimate if queued or processing else None
+    )
+    if eager:
+        await shown.estimated()
+    return shown
 
 
 async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncIterator[Generation]:
@@ -108,7 +118,7 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
     async with listening(ctx, caller, generation_id=generation_id) as events:
         async with ctx.read() as session:
             current = await generations.get(session, account_id, generation_id)
-        shown = await present(ctx, current)
+        shown = await present(ctx, current, eager=True)
         yield shown
         recheck_at = _next_recheck()
         while not models.is_final(current.status):
@@ -137,7 +147,7 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
                 live = message.get("live") or {}
             if latest.revision < current.revision:
                 continue
-            fresh = await present(ctx, latest, live)
+            fresh = await present(ctx, latest, live, eager=True)
             if latest.revision == current.revision and _same(fresh, shown):
                 continue
             current, shown = latest, fresh
@@ -145,9 +155,9 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
 
 
 def _same(a: Generation, b: Generation) -> bool:
-    return (a.queue_position, a.eta_seconds, a.preview) == (
-        b.queue_position,
-        b.eta_seconds,
+    return (a.known_position, a.known_eta, a.preview) == (
+        b.known_position,
+        b.known_eta,
         b.preview,
     )
 

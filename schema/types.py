@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
@@ -69,13 +71,6 @@ class Generation:
     step: int
     total_steps: int
     duration: float | None = strawberry.field(description="Seconds spent rendering.")
-    queue_position: int | None = strawberry.field(
-        description="While queued: jobs ahead of this one (0: next)."
-    )
-    eta_seconds: float | None = strawberry.field(
-        description="While queued or processing: estimated seconds until done, from recently "
-        "measured step times; null until measured."
-    )
     preview: str | None = strawberry.field(
         description="While processing with preview: a small PNG data URL of the current latents."
     )
@@ -83,6 +78,44 @@ class Generation:
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     completed_at: UtcDateTime | None
+    # Queue position and ETA come from Redis: known already (``live``), or estimated once,
+    # on first use, by ``_estimate`` — a client that does not select them costs no Redis.
+    known_position: strawberry.Private[int | None] = None
+    known_eta: strawberry.Private[float | None] = None
+    _estimate: strawberry.Private[
+        Callable[[], Awaitable[tuple[int | None, float | None]]] | None
+    ] = None
+    _estimating: strawberry.Private[asyncio.Future[None] | None] = None
+
+    @strawberry.field(description="While queued: jobs ahead of this one (0: next).")
+    async def queue_position(self) -> int | None:
+        await self.estimated()
+        return self.known_position
+
+    @strawberry.field(
+        description="While queued or processing: estimated seconds until done, from recently "
+        "measured step times; null until measured."
+    )
+    async def eta_seconds(self) -> float | None:
+        await self.estimated()
+        return self.known_eta
+
+    async def estimated(self) -> None:
+        """Run the estimate once, however many fields (resolved concurrently) ask."""
+        if self._estimate is None:
+            return
+        if self._estimating is None:
+            self._estimating = asyncio.ensure_future(self._run_estimate(self._estimate))
+        await self._estimating
+
+    async def _run_estimate(
+        self, estimate: Callable[[], Awaitable[tuple[int | None, float | None]]]
+    ) -> None:
+        position, eta = await estimate()
+        if self.known_position is None:
+            self.known_position = position
+        if self.known_eta is None:
+            self.known_eta = eta
 
     @strawberry.field(description="The images the job was given (image, mask), in order.")
     async def inputs(self, info: strawberry.Info) -> list[ImageInput]:
@@ -99,7 +132,11 @@ class Generation:
 
     @classmethod
     def from_model(
-        cls, g: models.Generation, storage: Storage, live: dict[str, Any] | None = None
+        cls,
+        g: models.Generation,
+        storage: Storage,
+        live: dict[str, Any] | None = None,
+        estimate: Callable[[], Awaitable[tuple[int | None, float | None]]] | None = None,
     ) -> Generation:
         live = live or {}
         done = g.status == models.GenerationStatus.COMPLETED.value and g.image_key
@@ -136,8 +173,9 @@ class Generation:
             step=g.step,
             total_steps=g.total_steps,
             duration=float(duration) if duration is not None else None,
-            queue_position=live.get("queue_position"),
-            eta_seconds=live.get("eta_seconds"),
+            known_position=live.get("queue_position"),
+            known_eta=live.get("eta_seconds"),
+            _estimate=estimate,
             preview=live.get("preview"),
             error=g.error,
             created_at=UtcDateTime(g.created_at),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,10 @@ from billing.models import Account, ApiKey, utcnow
 from billing.plans import PlanBook, default_plan_book, validate_overrides
 from billing.service import ledger
 
+# How often a key's "last used" time is written (a write per request would cost more
+# than the information is worth).
+TOUCH_INTERVAL = timedelta(minutes=1)
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -25,6 +29,13 @@ class Caller:
 
     account: Account
     api_key_id: uuid.UUID
+    # When the key was last recorded as used (see touch_key): None if never.
+    key_last_used_at: datetime | None = None
+
+    def key_touch_due(self, now: datetime) -> bool:
+        """Whether this request should record the key's use (at most once a minute)."""
+        last = self.key_last_used_at
+        return last is None or last < now - TOUCH_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +104,7 @@ async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes)
     if found is None:
         raise Unauthenticated()
     api_key, account = found
-    return Caller(account=account, api_key_id=api_key.id)
+    return Caller(account=account, api_key_id=api_key.id, key_last_used_at=api_key.last_used_at)
 
 
 async def revoke_key(
@@ -132,8 +143,8 @@ async def list_keys(session: AsyncSession, account_id: uuid.UUID) -> Sequence[Ap
 
 async def touch_key(session: AsyncSession, key_id: uuid.UUID) -> None:
     """Record that a key was used, at most once a minute (a write per request would cost
-    more than the information is worth)."""
-    await repo.touch_key(session, key_id, utcnow(), min_interval=timedelta(minutes=1))
+    more than the information is worth; ``Caller.key_touch_due`` says when to call)."""
+    await repo.touch_key(session, key_id, utcnow(), min_interval=TOUCH_INTERVAL)
 
 
 async def set_plan(

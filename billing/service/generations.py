@@ -88,6 +88,7 @@ async def submit(
     idempotency_key: str | None = None,
     plans: PlanBook | None = None,
     now: datetime | None = None,
+    account_plan: tuple[str, dict[str, Any] | None] | None = None,
 ) -> Generation:
     """Accept a job: the caps are checked, and the row and the credit hold written, in one
     transaction under the account's row lock.
@@ -95,21 +96,30 @@ async def submit(
     With an idempotency key, a retry with the same body returns the first job and charges
     nothing (and is not subject to the caps); the same key with a different body is
     refused. ``now`` is injectable so tests can stand at a day's boundary.
+    ``account_plan``: the account's (plan, limit overrides) as its caller was
+    authenticated with; when they set no caps, the row lock for counting is skipped.
     """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadUserInput("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters")
     now = now or utcnow()
-    account = await repo.lock_account(uow.session, account_id)
+    book = plans or default_plan_book()
+    limits = book.limits(*account_plan) if account_plan is not None else None
+    if limits is None or limits.concurrent_jobs is not None or limits.jobs_per_day is not None:
+        # The caps are counted under the account's row lock, so racing submissions
+        # cannot overshoot them; the plan is re-read under it. An account without caps
+        # takes no lock here: its credit hold (a conditional UPDATE of the same row) is
+        # what serializes it, for as short a time as the bare writes need.
+        plan, overrides = await repo.lock_account_plan(uow.session, account_id)
+        limits = book.limits(plan, overrides)
     if idempotency_key is not None:
         existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
         if existing is not None:
             if existing.request_hash != request.request_hash:
                 raise IdempotencyKeyReused()
             return existing
-    limits = (plans or default_plan_book()).limits(account.plan, account.limit_overrides)
     await _check_caps(uow.session, account_id, limits, now)
     generation_id = new_generation_id()
-    inserted = await repo.insert_generation(
+    generation = await repo.insert_generation(
         uow.session,
         {
             "id": generation_id,
@@ -140,7 +150,7 @@ async def submit(
             "updated_at": now,
         },
     )
-    if not inserted:
+    if generation is None:
         assert idempotency_key is not None  # only the idempotency constraint can conflict
         existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
         assert existing is not None
@@ -152,8 +162,6 @@ async def submit(
         uow.session,
         [_asset_row(a, account_id, generation_id, now) for a in request.inputs],
     )
-    generation = await repo.get_generation(uow.session, generation_id)
-    assert generation is not None
     uow.emit(GenerationAccepted(generation_id))
     uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
