@@ -19,11 +19,14 @@ from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import (
+    expires_extra_ms,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
     retry_key_prefix,
 )
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -162,6 +165,17 @@ def size_key(version: str, width: int, height: int, kind: str = "text_to_image")
     return f"{kind}:{version}:{width}x{height}"
 
 
+# arq's enqueue (``ArqRedis.enqueue_job``) as one atomic script: the same keys, job
+# format and expiry, and the same refusal of an id whose job or result exists, in one
+# round trip instead of three (WATCH, EXISTS, MULTI/EXEC) — on the accept path of every job.
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
+return 1
+"""
+
+
 class Dispatcher:
     """Performs the side effects of committed events. Call only after commit."""
 
@@ -169,6 +183,18 @@ class Dispatcher:
         self.pool = pool
         self.queue_name = queue_name
         self.keys = Keys(queue_name)
+        self._enqueue_script = pool.register_script(_ENQUEUE)
+
+    async def enqueue(self, function: str, argument: str, jid: str) -> bool:
+        """Enqueue ``function(argument)`` as arq job ``jid`` now, as arq would; False
+        when a job or a result with that id exists (a duplicate enqueue is a no-op)."""
+        now_ms = timestamp_ms()
+        job = serialize_job(function, (argument,), {}, None, now_ms, serializer=serialize)
+        added = await self._enqueue_script(
+            keys=[job_key_prefix + jid, result_key_prefix + jid, self.queue_name],
+            args=[job, expires_extra_ms, jid, now_ms],
+        )
+        return bool(added)
 
     async def dispatch(self, events: Iterable[Event]) -> None:
         # The state is committed. An undelivered update is healed by the next one (and
@@ -192,13 +218,8 @@ class Dispatcher:
 
     async def _dispatch(self, event: Event) -> None:
         if isinstance(event, GenerationAccepted):
-            # _job_id makes a duplicate enqueue (retry, sweeper) a no-op.
-            await self.pool.enqueue_job(
-                RUN_GENERATION,
-                event.generation_id,
-                _job_id=job_id(event.generation_id),
-                _queue_name=self.queue_name,
-            )
+            # The job id makes a duplicate enqueue (retry, sweeper) a no-op.
+            await self.enqueue(RUN_GENERATION, event.generation_id, job_id(event.generation_id))
         elif isinstance(event, GenerationRequeued):
             # The dead run's arq job (its queue entry, job, in-progress, retry and result
             # keys) would refuse or delay the enqueue under the same id: clear it first.
@@ -309,14 +330,33 @@ class QueueInspector:
     async def eta_queued(
         self, generation_id: str, size: str, steps: int
     ) -> tuple[int | None, float | None]:
-        """(position, seconds until done) of a queued job; the ETA is None until measured."""
-        position = await self.position(generation_id)
-        step, job, any_job = await self.timings.get(f"step:{size}", f"job:{size}", "job:*")
+        """(position, seconds until done) of a queued job; the ETA is None until measured.
+        One pipelined round trip (two when jobs are ahead: which of them are running)."""
+        jid = job_id(generation_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrank(self.queue_name, jid)
+            pipe.zrange(self.queue_name, 0, RUNNING_SCAN - 1)
+            pipe.hmget(self.timings.keys.timings, [f"step:{size}", f"job:{size}", "job:*"])
+            pipe.zcount(self.timings.keys.workers, time.time() - WORKER_TTL_S, "+inf")
+            rank, front, timed, workers = await pipe.execute()
+        position = await self._position(rank, front)
+        step, job, any_job = (None if v is None else float(v) for v in timed)
         own = job if job is not None else (step * steps if step is not None else any_job)
         if position is None or own is None or any_job is None:
             return position, None
-        workers = max(1, await self.timings.workers())
-        return position, round(position * any_job / workers + own, 2)
+        return position, round(position * any_job / max(1, int(workers)) + own, 2)
+
+    async def _position(self, rank: int | None, front: list[Any]) -> int | None:
+        """``position``'s answer from the job's rank and the queue's first entries."""
+        if rank is None:
+            return None
+        if rank == 0:
+            return 0
+        ahead = front[: min(rank, RUNNING_SCAN)]
+        running = await self.redis.exists(
+            *[in_progress_key_prefix + (j.decode() if isinstance(j, bytes) else j) for j in ahead]
+        )
+        return int(rank) - int(running)
 
     async def eta_processing(self, size: str, step: int, total_steps: int) -> float | None:
         [per_step] = await self.timings.get(f"step:{size}")

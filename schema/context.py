@@ -109,9 +109,9 @@ class Context:
                     session, self.api_key or key_from_params(self.connection_params),
                     self.services.pepper,
                 )  # fmt: skip
-                # No write (and no commit) on most requests: the key's use is recorded
-                # at most once a minute.
-                if caller.key_touch_due(utcnow()):
+            # No write on most requests: the key's use is recorded at most once a minute.
+            if caller.key_touch_due(utcnow()):
+                async with self.services.sessions() as session:
                     await accounts.touch_key(session, caller.api_key_id)
                     await session.commit()
             self._caller = caller
