@@ -109,8 +109,9 @@ async def _create(
 
 
 def _snake_path(field: str) -> str:
-    """REST names fields in snake_case, as SPEC does (GraphQL: camelCase)."""
-    return ".".join(to_snake(part) for part in field.split("."))
+    """REST names fields in snake_case, as SPEC does (GraphQL: camelCase), and as the body
+    has them: not under the `input` variable the REST body is sent as."""
+    return ".".join(to_snake(part) for part in field.removeprefix("input.").split("."))
 
 
 def _from_form(form: FormData) -> tuple[dict[str, Any], dict[str, UploadFile], Response | None]:

@@ -5,6 +5,7 @@ credits, cancelling a queued job, and an idempotent multipart retry."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -428,3 +429,20 @@ async def test_idempotent_multipart_retry_charges_once(
     assert second["status"] == "completed"
     assert await job_count(sessions, customer) == 2
     await assert_charged(sessions, customer, START, job["creditCost"] + second["creditCost"])
+
+
+async def test_unstorable_text_names_the_body_field_on_rest(
+    http: httpx.AsyncClient, customer: TestAccount, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A NUL or a lone surrogate in a REST body's field is refused naming that field as the
+    body has it (`prompt`), not the GraphQL variable it travels in (`input.prompt`)."""
+    for prompt in ("a\x00b", "\ud800"):
+        body = json.dumps({"prompt": prompt, "image_id": "x"}).encode()
+        response = await http.post(
+            "/v1/edit",
+            content=body,
+            headers=headers(customer, {"Content-Type": "application/json"}),
+        )
+        error = refusal(response, 400, "BAD_USER_INPUT")
+        assert error["extensions"]["field"] == "prompt", error
+    await assert_untouched(sessions, customer, START)
