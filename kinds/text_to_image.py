@@ -5,6 +5,7 @@ every surface; this module freezes a validated request into a job and runs it.""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -123,7 +124,7 @@ class TextToImage(JobKind):
             count=params.count,
         )
         return plan_request(
-            _with_quote(request, quote),
+            replace(request, quote=quote),
             negative_prompt=negative,
             true_cfg_scale=params.true_cfg_scale,
             steps=params.steps,
@@ -149,12 +150,6 @@ class TextToImage(JobKind):
             height=int(params["height"]),
             preview=bool(params.get("preview")),
         )
-
-
-def _with_quote(request: ImageRequest, quote: Any) -> ImageRequest:
-    from dataclasses import replace
-
-    return replace(request, quote=quote)
 
 
 KIND = register(TextToImage())

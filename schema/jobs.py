@@ -104,11 +104,11 @@ async def prepare(
     caller = await ctx.caller()
     services = ctx.services
     kind = kinds.get(kind_name)
-    params = kind.parse(raw)
     taken = {spec.name for spec in kind.inputs}
     for name in sources:
         if name not in taken:
             raise BadUserInput(name, f"{kind.name} takes no {name}")
+    params = kind.parse(raw)
     images: dict[str, InputImage] = {}
     for spec in kind.inputs:
         source = sources.get(spec.name)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Optional, get_args, get_origin
 
 import strawberry
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
 from strawberry.types import Info
@@ -125,9 +125,10 @@ async def _collect(
         if name in sources:
             raise BadUserInput(name, f"send {name} one way only")
         sources[name] = jobs.Upload(await _read(upload, info.context, name))
+    inputs = jobs.input_names(kind)
     raw = {
         k: v for k, v in values.items()
-        if v is not None and k not in jobs.input_names(kind) and k not in DELIVERY_FIELDS
+        if v is not None and k not in inputs and k not in DELIVERY_FIELDS
     }  # fmt: skip
     delivery = jobs.Delivery(
         webhook_url=values.get("webhook_url"),
@@ -211,15 +212,9 @@ async def create_job(
     async def run() -> Generation:
         if not isinstance(input, dict):
             raise BadUserInput("input", "input must be a JSON object")
-        values = {_snake(k): v for k, v in input.items()}
-        uploads = {"image": image, "mask": mask}
-        job_kind = kinds.get(kind)
-        taken = {spec.name for spec in job_kind.inputs}
-        for name, upload in uploads.items():
-            if upload is not None and name not in taken:
-                raise BadUserInput(name, f"{kind} takes no {name}")
-        chosen = {n: u for n, u in uploads.items() if n in taken}
-        return await _submit(info, kind, values, chosen)
+        values = {to_snake(k): v for k, v in input.items()}
+        # An upload the kind does not take is refused by jobs.prepare, before anything else.
+        return await _submit(info, kind, values, {"image": image, "mask": mask})
 
     return await _camel_errors(run)  # type: ignore[no-any-return]
 
@@ -231,7 +226,7 @@ async def price_job(info: Ctx, kind: str, input: JSON) -> PriceQuote:
     async def run() -> PriceQuote:
         if not isinstance(input, dict):
             raise BadUserInput("input", "input must be a JSON object")
-        values = {_snake(k): v for k, v in input.items()}
+        values = {to_snake(k): v for k, v in input.items()}
         raw, sources, _ = await _collect(info, kind, values, {})
         prepared = await jobs.prepare(info.context, kind, raw, sources)
         caller = await info.context.caller()
@@ -241,10 +236,6 @@ async def price_job(info: Ctx, kind: str, input: JSON) -> PriceQuote:
         return PriceQuote.from_quote(plan.quote, service=plan.provider, available=balance.available)
 
     return await _camel_errors(run)  # type: ignore[no-any-return]
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def kind_mutations() -> type:
