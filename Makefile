@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint schema bench bench-accept clean
+.PHONY: setup run test lint schema bench bench-accept bench-live clean
 
 setup:
 	@deploy/setup.sh
@@ -13,7 +13,7 @@ run: setup
 	@deploy/run.sh
 
 test:
-	@FLUXGATE_SETUP_BROWSER=1 deploy/setup.sh
+	@FLUXGATE_SETUP_BROWSER=1 FLUXGATE_SETUP_DEPLOY=1 deploy/setup.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -30,6 +30,9 @@ bench: setup
 
 bench-accept: setup
 	$(BIN)/python bench/accept.py
+
+bench-live: setup
+	$(BIN)/python bench/live.py
 
 clean:
 	rm -rf var/storage var/dev-account.json

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,10 +65,14 @@ REST_BODY = {
 }
 
 
-def load(port: int, path: str, body: dict[str, Any], keys: list[str], args: Any) -> dict[str, Any]:
+def load(
+    port: int, path: str, body: dict[str, Any], keys: list[str], args: Any,
+    rate: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
     spec = {
         "host": "127.0.0.1", "port": port, "path": path, "bodies": [body], "keys": keys,
         "connections": args.connections, "seconds": args.seconds,
+        "rate": rate,
     }  # fmt: skip
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "loadgen.py"), json.dumps(spec)],
@@ -91,10 +96,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+DB_NAME = DB_URL.rsplit("/", 1)[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (Linux /proc); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def named(name: str, argument: str = "") -> list[int]:
+    """The pids of the processes with this command name whose command line mentions
+    ``argument`` (a Postgres backend's names its database: one per connection, so they
+    are found again at each sample)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name and argument in (
+                    entry / "cmdline"
+                ).read_text(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def machine_cpu(server: int) -> dict[str, float]:
+    """CPU seconds so far: the server, the bench database's Postgres backends, Redis, and
+    this bench's finished children (the load generator)."""
+    return {
+        "server": cpu_seconds(server),
+        "postgres": sum(cpu_seconds(p) for p in named("postgres", f" {DB_NAME} ")),
+        "redis": sum(cpu_seconds(p) for p in named("redis-server")),
+        "loadgen": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
+    }
+
+
 async def measure(name: str, port: int, path: str, body: dict[str, Any], keys: list[str],
-                  args: Any) -> dict[str, Any]:  # fmt: skip
+                  args: Any, pid: int, rate: float | None = None) -> dict[str, Any]:  # fmt: skip
     before = await job_rows()
-    result = load(port, path, body, keys, args)
+    start = machine_cpu(pid)
+    result = load(port, path, body, keys, args, rate)
+    spent = {k: v - start[k] for k, v in machine_cpu(pid).items()}
     made = await job_rows() - before
     if made != result["accepted"] or result["refused"]:
         raise SystemExit(
@@ -103,9 +150,13 @@ async def measure(name: str, port: int, path: str, body: dict[str, Any], keys: l
         )
     rate = result["accepted"] / result["seconds"]
     p50, p99 = (1000 * percentile(result["latencies"], q) for q in (0.5, 0.99))
-    print(f"  {name:<8} {rate:7.1f} accepted/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms",
+    # CPU time per accepted request, of the server and of what it makes work (Postgres
+    # Redis): less swayed than the rate by whatever else the machine is doing.
+    per = {k: 1000 * v / max(1, result["accepted"]) for k, v in spent.items()}
+    print(f"  {name:<8} {rate:7.1f} accepted/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   CPU "
+          + " ".join(f"{k} {v:.2f}" for k, v in per.items()) + " ms/accepted",
           flush=True)  # fmt: skip
-    return {"rate": rate, "p50": p50, "p99": p99}
+    return {"rate": rate, "p50": p50, "p99": p99, "cpu": per["server"]}
 
 
 def start_bare(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -133,34 +184,42 @@ async def main(args: argparse.Namespace) -> None:
     api_port, bare_port = args.port, args.port + 1
     api = start(["serve", "--port", str(api_port)], env, Path(storage) / "api.log")
     bare = start_bare(bare_port, env, Path(storage) / "bare.log")
-    targets: dict[str, tuple[int, str, dict[str, Any]]] = {
-        "bare": (bare_port, "/graphql", GENERATE_BODY),
-        "generate": (api_port, "/graphql", GENERATE_BODY),
-        "rest": (api_port, "/v1/text_to_image", REST_BODY),
+    targets: dict[str, tuple[int, str, dict[str, Any], int]] = {
+        "bare": (bare_port, "/graphql", GENERATE_BODY, bare.pid),
+        "generate": (api_port, "/graphql", GENERATE_BODY, api.pid),
+        "rest": (api_port, "/v1/text_to_image", REST_BODY, api.pid),
     }
     try:
         await wait_healthy(f"http://127.0.0.1:{api_port}")
         await wait_healthy(f"http://127.0.0.1:{bare_port}")
         warm = argparse.Namespace(connections=4, seconds=2)
-        for port, path, body in targets.values():  # warm-up, not counted
+        for port, path, body, _ in targets.values():  # warm-up, not counted
             load(port, path, body, keys[:1], warm)
         print(f"one account, {args.connections} connections, {args.seconds}s per round")
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for r in range(args.rounds):
             print(f"round {r + 1}")
-            for name, (port, path, body) in targets.items():
-                rounds[name].append(await measure(name, port, path, body, keys[:1], args))
+            for name, (port, path, body, pid) in targets.items():
+                rounds[name].append(await measure(name, port, path, body, keys[:1], args, pid))
         medians = {n: statistics.median(x["rate"] for x in v) for n, v in rounds.items()}
         print("medians: " + ", ".join(f"{n} {m:.1f}/s" for n, m in medians.items()))
+        cpu = {n: statistics.median(x["cpu"] for x in v) for n, v in rounds.items()}
+        print("server CPU per accepted (median): " + ", ".join(
+            f"{n} {c:.2f} ms" for n, c in cpu.items()
+        ) + f"; bare/generate {cpu['bare'] / cpu['generate']:.2f}")  # fmt: skip
         print("p50/p99 (median of rounds): " + ", ".join(
             f"{n} {statistics.median(x['p50'] for x in v):.1f}/"
             f"{statistics.median(x['p99'] for x in v):.1f} ms" for n, v in rounds.items()
         ))  # fmt: skip
+        if args.rate:
+            print(f"fixed rate: {args.rate}/s over {args.connections} connections")
+            for name, (port, path, body, pid) in targets.items():
+                await measure(name, port, path, body, keys[:1], args, pid, args.rate)
         if args.accounts > 1:
             print(f"{args.accounts} accounts, {args.connections} connections")
             for name in ("bare", "generate"):
-                port, path, body = targets[name]
-                await measure(name, port, path, body, keys, args)
+                port, path, body, pid = targets[name]
+                await measure(name, port, path, body, keys, args, pid)
         print(f"rest/bare ratio {medians['rest'] / medians['bare']:.2f}")
         print(f"ratio {medians['generate'] / medians['bare']:.2f}")
     finally:
@@ -175,5 +234,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument(
+        "--rate", type=float, default=100, help="the fixed-rate run's requests/s (0: none)"
+    )
     parser.add_argument("--port", type=int, default=8775)
     asyncio.run(main(parser.parse_args()))

@@ -1,7 +1,10 @@
-"""A small closed-loop HTTP/1.1 load generator for bench/accept.py: ``connections``
-keep-alive connections, each sending its next request as soon as the last answer is in,
-for ``seconds``. Plain asyncio streams and pre-encoded requests, so the generator costs
-little CPU beside the servers it measures (this machine has 2 cores; wrk is not here).
+"""A small HTTP/1.1 load generator for bench/accept.py: ``connections`` keep-alive
+connections, each sending its next request as soon as the last answer is in, for
+``seconds`` (closed loop); or, with ``rate``, requests sent on a fixed schedule of
+``rate`` a second in total, each latency measured from its scheduled time (so a stall
+counts against every request it delays, not only the one in flight). Plain asyncio
+streams and pre-encoded requests, so the generator costs little CPU beside the servers it
+measures (this machine has 2 cores; wrk is not here).
 
 Run as a process: ``python bench/loadgen.py SPEC_JSON`` prints a JSON result."""
 
@@ -25,13 +28,28 @@ def encode(host: str, port: int, path: str, body: bytes, headers: dict[str, str]
 
 
 async def connection(
-    host: str, port: int, requests: list[bytes], deadline: float, result: dict[str, Any]
+    host: str,
+    port: int,
+    requests: list[bytes],
+    deadline: float,
+    result: dict[str, Any],
+    schedule: tuple[float, float, int, int] | None = None,
 ) -> None:
+    """``schedule``: (start, rate, this connection's index, connections): the k-th request
+    of connection c is due at start + (k * connections + c) / rate."""
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
     try:
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
+            if schedule is not None:
+                start, rate, c, n = schedule
+                due = start + (i * n + c) / rate
+                if due >= deadline:
+                    break
+                if due > sent:
+                    await asyncio.sleep(due - sent)  # pacing the load, not synchronising
+                sent = due
             writer.write(requests[i % len(requests)])
             i += 1
             status_line = await reader.readline()
@@ -68,8 +86,20 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         )
     started = time.perf_counter()
     deadline = started + spec["seconds"]
+    rate = spec.get("rate")
+    n = len(per_connection)
     await asyncio.gather(
-        *(connection(spec["host"], spec["port"], reqs, deadline, result) for reqs in per_connection)
+        *(
+            connection(
+                spec["host"],
+                spec["port"],
+                reqs,
+                deadline,
+                result,
+                None if rate is None else (started, float(rate), c, n),
+            )
+            for c, reqs in enumerate(per_connection)
+        )
     )
     result["seconds"] = time.perf_counter() - started
     return result

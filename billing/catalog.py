@@ -1,16 +1,46 @@
 """The model registry: which ``provider``/``service`` + ``version`` runs which local
-pipeline directory, with its defaults. Read from the TOML file named by
-``FLUXGATE_MODELS``; the API validates requests against it, the worker loads from it.
-Weights are only ever read from ``path``: nothing is downloaded at run time."""
+pipeline directory, with its defaults, and on which ``pool`` of workers. Read from the
+TOML file named by ``FLUXGATE_MODELS``; the API validates requests against it, the worker
+loads from it. Weights are only ever read from ``path``: nothing is downloaded at run time.
+
+A pool is a set of workers that load the same models and take jobs from one queue of
+their own (``fluxgate worker --pool NAME``): a GPU holds one or two FLUX models, so a
+large catalogue spans several pools. An entry without ``pool`` is in ``DEFAULT_POOL``."""
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from billing.errors import BadUserInput
+
+DEFAULT_POOL = "default"
+# Short and plain: a pool's name is part of Redis keys, metric labels and CLI options.
+POOL_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+
+
+def check_pool_name(name: str) -> str:
+    """``name`` if it is a valid pool name (1-32 of a-z, 0-9, '-'; no '-' at either end)."""
+    if not POOL_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid pool name {name!r}: 1-32 characters of a-z, 0-9 and '-', "
+            "not starting or ending with '-'"
+        )
+    return name
+
+
+def pool_of(params: Mapping[str, Any]) -> str:
+    """The pool a job is queued on: its frozen model's (``kinds.base.model_ref`` records
+    the entry's pool in ``params["model"]``). A job whose kind runs no model, or accepted
+    before pools existed, is on the default pool (whose queue is the one all jobs used
+    then)."""
+    model = params.get("model")
+    pool = model.get("pool") if isinstance(model, Mapping) else None
+    return pool if isinstance(pool, str) and pool else DEFAULT_POOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +54,7 @@ class ModelEntry:
     guidance: float
     max_sequence_length: int
     is_default: bool
+    pool: str = DEFAULT_POOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +84,7 @@ class Catalog:
                     guidance=float(raw.get("guidance", 3.5)),
                     max_sequence_length=int(raw.get("max_sequence_length", 512)),
                     is_default=bool(raw.get("default", False)),
+                    pool=check_pool_name(str(raw.get("pool", DEFAULT_POOL))),
                 )
             )
         if not entries:
@@ -67,6 +99,23 @@ class Catalog:
     @property
     def providers(self) -> list[str]:
         return sorted({e.provider for e in self.entries})
+
+    @property
+    def pools(self) -> list[str]:
+        """Every pool the registry names, sorted."""
+        return sorted({e.pool for e in self.entries})
+
+    def in_pools(self, pools: Iterable[str]) -> list[ModelEntry]:
+        """The entries of ``pools`` (what a worker serving them loads); an unknown pool
+        is a ValueError naming the known ones."""
+        wanted = set(pools)
+        unknown = sorted(wanted - set(self.pools))
+        if unknown:
+            raise ValueError(
+                f"unknown pool {', '.join(unknown)}; the model registry has: "
+                f"{', '.join(self.pools)}"
+            )
+        return [e for e in self.entries if e.pool in wanted]
 
     def resolve(
         self,

@@ -9,24 +9,54 @@ enqueue a committed one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from billing.catalog import DEFAULT_POOL
+
+# A pooled connection idle this long is pinged before use (a restarted or terminated
+# server is noticed there, and the pool reconnects); one back in use sooner is not: it
+# was working a moment ago, and a ping per checkout is a round trip per transaction.
+PING_IDLE_S = 1.0
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
-    )
+def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _idle_since(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping_if_idle(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        # SQLAlchemy's pessimistic disconnect handling with a custom ping: a
+        # DisconnectionError makes the pool replace the connection and check out again.
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_S:
+            return  # just connected, or in use a moment ago
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise DisconnectionError("the pooled connection is dead") from exc
+
+    return engine
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -35,9 +65,10 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 @dataclass(frozen=True, slots=True)
 class GenerationAccepted:
-    """A job was committed as queued: enqueue it."""
+    """A job was committed as queued: enqueue it on its pool's queue."""
 
     generation_id: str
+    pool: str = DEFAULT_POOL  # billing.catalog.pool_of(the job's params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +86,19 @@ class GenerationUpdated:
 @dataclass(frozen=True, slots=True)
 class GenerationRequeued:
     """A job whose worker vanished was put back in the queue: drop what is left of the
-    dead run in the queue, then enqueue it again."""
+    dead run in the queue, then enqueue it again (on its pool's queue)."""
 
     generation_id: str
+    pool: str = DEFAULT_POOL
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationCancelled:
-    """A job was cancelled: take it off the queue, or interrupt the worker running it."""
+    """A job was cancelled: take it off its pool's queue, or interrupt the worker running
+    it."""
 
     generation_id: str
+    pool: str = DEFAULT_POOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +163,13 @@ class Store:
     dispatch: Dispatch
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+    async def unit_of_work(self, session: AsyncSession | None = None) -> AsyncIterator[UnitOfWork]:
         """One transaction. Commits on success, then dispatches its events; on error rolls
-        back and drops them. Leaving the block by ``return`` commits and dispatches too."""
-        async with unit_of_work_without_dispatch(self.sessions) as uow:
+        back and drops them. Leaving the block by ``return`` commits and dispatches too.
+
+        ``session``: continue the transaction a request opened to authenticate its caller
+        (one transaction per accepted job); the session is closed at the end."""
+        async with unit_of_work_without_dispatch(self.sessions, session) as uow:
             yield uow
         await self.dispatch(uow.events)
 
@@ -140,11 +177,14 @@ class Store:
 @asynccontextmanager
 async def unit_of_work_without_dispatch(
     sessions: async_sessionmaker[AsyncSession],
+    session: AsyncSession | None = None,
 ) -> AsyncIterator[UnitOfWork]:
     """One transaction whose events nobody performs: they stay on ``uow.events``. For
     tests that inspect them or set up state; everything else uses ``Store.unit_of_work``.
-    Commits on success; on error rolls back and drops the events."""
-    async with sessions() as session:
+    Commits on success; on error rolls back and drops the events. ``session``: an open
+    one to continue (see ``Store.unit_of_work``) instead of a new one."""
+    opened = session if session is not None else sessions()
+    async with opened as session:
         uow = UnitOfWork(session)
         try:
             yield uow

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     and_,
     bindparam,
@@ -22,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from billing.models import (
     Account,
@@ -55,8 +57,8 @@ _INSERT_GENERATION = (
     .returning(*Generation.__table__.c)  # type: ignore[attr-defined]
 )
 _FIND_KEY = (
-    select(ApiKey, Account)
-    .join(Account, _A.id == _K.account_id)
+    select(*ApiKey.__table__.c, *Account.__table__.c)  # type: ignore[attr-defined]
+    .join_from(ApiKey, Account, _A.id == _K.account_id)
     .where(_K.key_hash == bindparam("key_hash"), _K.revoked_at.is_(None))
 )
 _LOCK_PLAN = (
@@ -66,7 +68,38 @@ _LOCK_PLAN = (
     # foreign-key checks of rows that point at the account (jobs, ledger entries).
     .with_for_update(key_share=True)
 )
-_DEBIT = (
+
+
+def _attributes(model: type[Any]) -> list[str]:
+    """The model attribute of each of its table's columns, in column order
+    ("metadata" is ``meta`` on a job)."""
+    by_column = {attr.columns[0].name: attr.key for attr in sa_inspect(model).column_attrs}
+    return [by_column[column.name] for column in model.__table__.c]
+
+
+_M = TypeVar("_M")
+_GEN_ATTRS = _attributes(Generation)
+_KEY_ATTRS = _attributes(ApiKey)
+_ACCOUNT_ATTRS = _attributes(Account)
+
+
+def _detached(model: type[_M], attributes: list[str], values: Sequence[Any]) -> _M:
+    """A row made into its model as the ORM loads one (no constructor, no validation:
+    the values come from the database), detached from any session."""
+    instance: _M = sa_inspect(model).class_manager.new_instance()
+    instance.__dict__.update(zip(attributes, values, strict=True))
+    make_transient_to_detached(instance)
+    return instance
+
+
+_INSERT_ENTRY = (
+    insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
+    .on_conflict_do_nothing(index_elements=["movement_key"])
+    .returning(_L.id)
+)
+# A job's credit hold in one statement: the conditional debit, and the ledger row only
+# if the debit happened (at most one per movement key). Counts what each part did.
+_HOLD = (
     update(_ACCOUNTS)
     .where(_A.id == bindparam("account_id"), _A.credits_available >= bindparam("amount"))
     .values(
@@ -74,13 +107,37 @@ _DEBIT = (
         credits_reserved=_A.credits_reserved + bindparam("amount"),
     )
     .returning(_A.id)
+    .cte("hold")
 )
-# (column name, model attribute) of every generations column: "metadata" is ``meta``.
-_GEN_ATTRS = [(attr.columns[0].name, attr.key) for attr in sa_inspect(Generation).column_attrs]
-_INSERT_ENTRY = (
+_HOLD_ENTRY = (
     insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
+    .from_select(
+        [
+            "account_id",
+            "kind",
+            "available_delta",
+            "reserved_delta",
+            "movement_key",
+            "generation_id",
+            "created_at",
+        ],
+        select(
+            _HOLD.c.id,
+            bindparam("entry_kind"),
+            -bindparam("amount", type_=BigInteger),
+            bindparam("amount", type_=BigInteger),
+            bindparam("entry_key"),
+            bindparam("entry_job"),
+            bindparam("entry_at"),
+        ),
+    )
     .on_conflict_do_nothing(index_elements=["movement_key"])
     .returning(_L.id)
+    .cte("hold_entry")
+)
+_RESERVE = select(
+    select(func.count()).select_from(_HOLD).scalar_subquery(),
+    select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery(),
 )
 _W = WebhookEvent.__table__.c  # type: ignore[attr-defined]
 _WA = WebhookAttempt.__table__.c  # type: ignore[attr-defined]
@@ -154,9 +211,16 @@ async def get_account_by_email(session: AsyncSession, email: str) -> Account | N
 
 
 async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
-    result = await session.execute(_FIND_KEY, {"key_hash": key_hash})
-    row = result.first()
-    return None if row is None else (row[0], row[1])
+    """An active key and its account (detached), as Core: this runs on every request."""
+    connection = await session.connection()
+    row = (await connection.execute(_FIND_KEY, {"key_hash": key_hash})).first()
+    if row is None:
+        return None
+    split = len(_KEY_ATTRS)
+    return (
+        _detached(ApiKey, _KEY_ATTRS, row[:split]),
+        _detached(Account, _ACCOUNT_ATTRS, row[split:]),
+    )
 
 
 async def get_active_key(session: AsyncSession, key_id: uuid.UUID) -> tuple[ApiKey, Account] | None:
@@ -206,18 +270,30 @@ async def touch_key(
 # --- ledger --------------------------------------------------------------------------
 
 
-async def debit_available(session: AsyncSession, account_id: uuid.UUID, amount: int) -> bool:
-    """Move ``amount`` from available to reserved if, and only if, it is there.
+async def hold_credits(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str, amount: int
+) -> tuple[bool, bool]:
+    """Debit ``amount`` from available to reserved if, and only if, it is there, and
+    record it as the job's ``reserve:`` ledger row, in one statement: (debited, recorded).
 
-    A single conditional UPDATE: Postgres row-locks the account, so concurrent reserves
-    for one account are serialized and each re-checks ``credits_available >= amount``
-    against the committed value — the balance cannot be driven negative by a race.
-    """
-    # Core statements (the table, not the ORM entity) on the accept path: no ORM bulk
-    # evaluation, and the compiled statement is cached (the values are bound parameters).
+    The conditional UPDATE row-locks the account, so concurrent holds for one account are
+    serialized and each re-checks the committed balance; the ledger row is inserted only
+    when the debit happened, and not at all when the job already has one (recorded is
+    then False and the caller must undo the debit)."""
     connection = await session.connection()
-    result = await connection.execute(_DEBIT, {"account_id": account_id, "amount": amount})
-    return result.first() is not None
+    result = await connection.execute(
+        _RESERVE,
+        {
+            "account_id": account_id,
+            "amount": amount,
+            "entry_kind": LedgerKind.RESERVE.value,
+            "entry_key": f"reserve:{generation_id}",
+            "entry_job": generation_id,
+            "entry_at": utcnow(),
+        },
+    )
+    debited, recorded = result.one()
+    return bool(debited), bool(recorded)
 
 
 async def adjust_balance(
@@ -303,7 +379,7 @@ async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> Ge
     if row is None:
         return None
     # The row as inserted, made into the model without an ORM load (not in the session).
-    return Generation(**{attribute: row._mapping[column] for column, attribute in _GEN_ATTRS})
+    return _detached(Generation, _GEN_ATTRS, row)
 
 
 async def insert_assets(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -844,3 +920,28 @@ async def revoke_dashboard_sessions(
         query = query.where(_DS.api_key_id == api_key_id)
     result = await session.execute(query.values(revoked_at=utcnow()))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- live subscriptions --------------------------------------------------------------
+# The safety net of an API process's open subscriptions (schema/watch.py) asks about all of
+# them at once: each statement takes the ids as one array parameter (one statement text,
+# prepared once, whatever the count, and no limit on the number of bound parameters).
+
+_ACTIVE_KEYS = select(_K.id).where(_K.id == func.any(bindparam("ids")), _K.revoked_at.is_(None))
+_REVISIONS = select(_G.id, _G.revision).where(_G.id == func.any(bindparam("ids")))
+
+
+async def active_key_ids(session: AsyncSession, key_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``key_ids`` are active keys; the others were revoked (or are gone)."""
+    connection = await session.connection()
+    result = await connection.execute(_ACTIVE_KEYS, {"ids": list(key_ids)})
+    return set(result.scalars())
+
+
+async def generation_revisions(
+    session: AsyncSession, generation_ids: Sequence[str]
+) -> dict[str, int]:
+    """The stored revision of each of these jobs (those that exist)."""
+    connection = await session.connection()
+    result = await connection.execute(_REVISIONS, {"ids": list(generation_ids)})
+    return {job_id: int(revision) for job_id, revision in result.all()}

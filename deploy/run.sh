@@ -38,6 +38,11 @@ supervise() {
 }
 
 mkdir -p "$LOG_DIR"
+# One /metrics for every process here: prometheus-client's multiprocess mode, so the
+# API's /metrics shows the workers' job histograms too (emptied at each start).
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-var/metrics}
+rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 pids=()
 supervise worker "$LOG_DIR/worker.log" "$BIN/fluxgate" worker &
 pids+=($!)

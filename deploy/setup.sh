@@ -92,6 +92,13 @@ if [ "${FLUXGATE_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
     || die "The browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium"
 fi
+# docker-compose for the deployment tests (tests/deploy: `docker-compose config` validates
+# deploy/compose.yaml; no Docker daemon is needed). Kubernetes' tools come with .[dev].
+if [ "${FLUXGATE_SETUP_DEPLOY:-0}" = 1 ] && ! command -v docker-compose >/dev/null; then
+  say "installing Debian's docker-compose for the deployment tests"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+    || die "The deployment tests need docker-compose: apt-get install docker-compose"
+fi
 
 # --- 3. database and migrations ----------------------------------------------------------
 if [ "${FLUXGATE_SKIP_MIGRATE:-0}" != 1 ]; then

@@ -6,6 +6,10 @@ started again. The supervisor builds a fresh ``Worker`` each time, around the sa
 pipelines) survives, so a reconnect never reloads a model. Between attempts it waits with
 exponential backoff and jitter (redis-py's), so a fleet of workers does not reconnect in
 lockstep. SIGINT and SIGTERM stop it at any point, as they stop a plain arq worker.
+
+An arq ``Worker`` takes jobs from one queue; a process serving several model pools runs a
+``WorkerGroup``: one ``Worker`` per pool's queue in the same event loop, around one
+``ctx`` and one Redis pool, and supervised as one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from arq.worker import Worker
@@ -37,22 +41,102 @@ GRACEFUL_STOP_S = 30.0
 CONNECTION_ERRORS = (RedisError, ConnectionError, TimeoutError)
 
 
+class WorkerGroup:
+    """arq Workers of several queues run as one, sharing their ``ctx`` (whatever the
+    startup loads) and their Redis pool (``ctx["redis"]``). Their startup and shutdown
+    hooks run once per member and must tolerate it (the first does the work). Whatever
+    ends one member (a lost Redis, a stop) ends them all.
+
+    It has what the ``Supervisor`` and the tests use of a ``Worker``: ``async_run``,
+    ``run``, ``handle_sig``, ``main_task``, ``tasks``, ``ctx``, ``on_shutdown``.
+    """
+
+    def __init__(self, members: Sequence[Worker]) -> None:
+        if not members:
+            raise ValueError("a worker group needs a worker")
+        self.members = list(members)
+        self.main_task: asyncio.Task[None] | None = None
+
+    @property
+    def ctx(self) -> dict[str, Any]:
+        return self.members[0].ctx
+
+    @property
+    def on_shutdown(self) -> Any:
+        return self.members[0].on_shutdown
+
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[Any]]:
+        return {jid: t for member in self.members for jid, t in member.tasks.items()}
+
+    async def main(self) -> None:
+        tasks = [asyncio.create_task(member.async_run()) for member in self.members]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # the first member's error (or cancellation) is the group's
+
+    async def async_run(self) -> None:
+        self.main_task = asyncio.create_task(self.main())
+        await self.main_task
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        for member in self.members:
+            member.handle_sig(signum)
+        if self.main_task is not None:
+            self.main_task.cancel()
+
+    def run(self) -> None:
+        """Run until cancelled (``main_task``), then close: what ``Worker.run`` does."""
+        loop = self.members[0].loop
+        self.main_task = loop.create_task(self.main())
+        try:
+            loop.run_until_complete(self.main_task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(self.close())
+
+    async def close(self) -> None:
+        """What ``Worker.close`` does, once for the group: the jobs in flight finish
+        (cancelled already), the shutdown hook runs, the shared Redis pool closes."""
+        for member in self.members:
+            member.handle_sig(signal.SIGUSR1)
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        ctx = self.ctx
+        if self.on_shutdown is not None and "redis" in ctx:
+            await self.on_shutdown(ctx)
+        pool = ctx.pop("redis", None)
+        if pool is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await pool.aclose(close_connection_pool=True)
+
+
 class Supervisor:
-    """Runs ``build()``'s worker until stopped, rebuilding it after a connection loss.
+    """Runs ``build()``'s worker (or group of workers) until stopped, rebuilding it after
+    a connection loss.
 
     ``build`` must return a worker made with ``handle_signals=False`` (the supervisor owns
     the signals) and the same ``ctx`` dict every time.
     """
 
     def __init__(
-        self, build: Callable[[], Worker], name: str, *, backoff: AbstractBackoff | None = None
+        self,
+        build: Callable[[], Worker | WorkerGroup],
+        name: str,
+        *,
+        backoff: AbstractBackoff | None = None,
     ) -> None:
         self.build = build
         self.name = name
         self.backoff = backoff or EqualJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
         self.restarts = 0
         self._stopping = asyncio.Event()
-        self._worker: Worker | None = None
+        self._worker: Worker | WorkerGroup | None = None
         self._watchdog: threading.Timer | None = None
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
@@ -121,7 +205,7 @@ class Supervisor:
                 self.restarts += 1
                 log.info("%s: reconnecting to Redis (attempt %d)", self.name, failures)
 
-    async def _close(self, worker: Worker) -> None:
+    async def _close(self, worker: Worker | WorkerGroup) -> None:
         """What ``Worker.close`` does, minus what needs Redis, which may be gone: let the
         jobs in flight finish (they settle in the database; a stop has cancelled them
         already), run the shutdown hook, drop the connections."""

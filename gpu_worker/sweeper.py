@@ -3,8 +3,11 @@
 - A processing job whose lease expired (its worker died) is retried, or failed and its
   credits released once ``job_max_tries`` runs died.
 - A queued job no worker took within ``max_queue_wait_s`` is failed and released.
-- A queued job Redis may have lost (a Redis restart) is enqueued again (arq ignores a
-  duplicate of a job it still has).
+- A queued job Redis may have lost (a Redis restart) is enqueued again, on its own pool's
+  queue (arq ignores a duplicate of a job it still has).
+
+Every sweeper looks at every pool's jobs: a pool with no live worker still has its jobs
+failed and released after the maximum wait, by whichever worker sweeps.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ async def sweep(store: Store, settings: Settings) -> dict[str, list[str]]:
                 expired.append(generation_id)
     async with store.unit_of_work() as uow:
         for generation_id in stale.queued:
-            generations.requeue(uow, generation_id)
+            await generations.requeue(uow, generation_id)
     if retried or failed or expired:
         log.warning(
             "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",

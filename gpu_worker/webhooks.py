@@ -30,12 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 
 from billing.db import Store, make_engine, make_sessionmaker
+from billing.models import WebhookEventStatus
 from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
 from billing.packs import default_packs
 from billing.service import payments, webhooks
 from billing.service.webhooks import Outcome
-from gpu_worker import sweeper
+from gpu_worker import metrics, sweeper
 from gpu_worker.supervisor import Supervisor
+from runtime import logs
+from runtime.metrics import counting
 from runtime.queue import (
     APPLY_STRIPE_EVENT,
     DELIVER_WEBHOOK,
@@ -189,7 +192,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings=settings,
         engine=engine,
         store=Store(
-            make_sessionmaker(engine), Dispatcher(ctx["redis"], settings.queue_name).dispatch
+            make_sessionmaker(engine),
+            counting(Dispatcher(ctx["redis"], settings.queue_name).dispatch),
         ),
         policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
     )
@@ -201,9 +205,12 @@ async def startup(ctx: dict[str, Any]) -> None:
             lambda: sweeper.sweep(state.store, settings),
         )
     )
+    # No models and no heartbeat: ready while started (Redis reached, store built).
+    metrics.probe(ctx, heartbeat_max_age_s=None).loaded = True
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    metrics.probe(ctx, heartbeat_max_age_s=None).loaded = False
     task: asyncio.Task[None] | None = ctx.pop("sweeper", None)
     if task is not None:
         task.cancel()
@@ -227,6 +234,9 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> str:
     result = await send(event.url, event.body, headers, state.policy, settings.webhook_timeout_s)
     async with state.store.unit_of_work() as uow:
         updated = await webhooks.record_attempt(uow, event, result, settings.webhook_schedule)
+    retrying = updated.status == WebhookEventStatus.PENDING.value
+    outcome = "delivered" if result.success else "retrying" if retrying else "failed"
+    metrics.delivery(outcome, result.duration_ms / 1000)
     log.info(
         "webhook %s (%s) attempt %s: %s %s",
         event.id, event.event, updated.attempts, result.status_code, result.error or "",
@@ -331,18 +341,27 @@ def build_webhook_worker(
         "job_deserializer": deserialize,
         "handle_signals": handle_signals,
         "poll_delay": settings.worker_poll_interval_s,
+        # The job id on every log line while a job runs.
+        "on_job_start": logs.bind_job,
         "ctx": ctx,
     }
     options.update(overrides)
     return Worker(**options)
 
 
-def run(settings: Settings | None = None) -> None:
+def run(settings: Settings | None = None, *, metrics_port: int | None = None) -> None:
     """``fluxgate webhook-worker``: the delivery worker, rebuilt whenever Redis goes away
-    (deliveries in flight finish first), until SIGINT or SIGTERM."""
+    (deliveries in flight finish first), until SIGINT or SIGTERM. ``metrics_port``
+    (default ``worker_metrics_port``; 0: none): its /metrics and /readyz."""
     settings = settings or get_settings()
     ctx: dict[str, Any] = {}
+    probe = metrics.probe(ctx, heartbeat_max_age_s=None)
+    server = metrics.serve("webhooks", probe, settings, metrics_port)
     supervisor = Supervisor(
         lambda: build_webhook_worker(settings, handle_signals=False, ctx=ctx), "webhook-worker"
     )
-    asyncio.run(supervisor.run())
+    try:
+        asyncio.run(supervisor.run())
+    finally:
+        if server is not None:
+            server.close()

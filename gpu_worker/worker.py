@@ -7,6 +7,11 @@ fails it once ``job_max_tries`` runs have died, and fails jobs queued longer tha
 ``max_queue_wait_s``. ``fluxgate worker`` runs the worker under a supervisor
 (``gpu_worker/supervisor.py``) that rebuilds it, models still loaded, after Redis drops.
 
+A worker serves one or more model pools (``--pool``; default: every pool in the registry):
+it loads only their models, takes jobs from their queues only (one arq ``Worker`` per
+pool's queue, sharing the models and one job slot), and announces itself in each pool's
+heartbeat set only once those models are loaded, so ETAs and availability count it then.
+
 arq runs a job *at least* once. Every step here is safe to repeat: claiming the job is a
 conditional state change, a run that does not complete the job deletes its image, and
 settlement is keyed per job in the ledger, so a job run twice is charged once.
@@ -19,12 +24,14 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -34,15 +41,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import kinds
-from billing.catalog import Catalog
+from billing.catalog import Catalog, ModelEntry, pool_of
 from billing.db import Store, UnitOfWork, make_engine, make_sessionmaker
 from billing.models import Generation
 from billing.service import generations
 from billing.service.generations import NewAsset
-from gpu_worker import sweeper
+from gpu_worker import metrics, sweeper
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
-from gpu_worker.supervisor import Supervisor
+from gpu_worker.supervisor import Supervisor, WorkerGroup
 from kinds.base import model_ref
+from runtime import logs
+from runtime.metrics import counting
 from runtime.queue import (
     RUN_GENERATION,
     WORKER_TTL_S,
@@ -51,11 +60,12 @@ from runtime.queue import (
     Timings,
     deserialize,
     new_pool,
+    pool_queue,
     serialize,
     size_key,
 )
 from runtime.settings import Settings, get_settings
-from runtime.storage import LocalStorage, Storage
+from runtime.storage import Storage, storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,7 @@ RETRY_DEFER_S = 5
 # The job gives up on its own this long before arq's timeout, so it can still mark the
 # job failed and release its credits (arq's cancellation would leave them to the sweeper).
 TIMEOUT_MARGIN_S = 5
+WARM_UP_SIZE = 256
 
 
 @dataclass
@@ -80,58 +91,139 @@ class WorkerState:
     runner: PipelineRunner
     storage: Storage
     dispatcher: Dispatcher
-    timings: Timings
+    timings: Timings  # the default pool's
+
+    def timings_of(self, generation: Generation) -> Timings:
+        """The measurements of the job's pool (its ETAs divide its own queue)."""
+        return Timings(
+            self.dispatcher.pool, pool_queue(self.settings.queue_name, pool_of(generation.params))
+        )
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    # A worker serving several pools runs one arq Worker per pool around this ctx, each
+    # calling this hook: the first sets everything up, the others wait for it and return.
+    async with ctx.setdefault("starting", asyncio.Lock()):
+        if "state" not in ctx:
+            await _startup(ctx)
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     catalog = Catalog.load(settings.models)
+    pools: list[str] = ctx.get("pools") or catalog.pools
+    probe = metrics.probe(ctx)
     runner: PipelineRunner | None = ctx.get("runner")
     if runner is None:
-        runner = PipelineRunner(catalog, device=settings.device, dtype=settings.dtype)
+        # Only the served pools' models: each pool's are sized for its GPUs.
+        own = Catalog(entries=tuple(catalog.in_pools(pools)))
+        runner = PipelineRunner(own, device=settings.device, dtype=settings.dtype)
         await asyncio.to_thread(runner.load_all)
+        await asyncio.to_thread(warm_up, runner, own.entries)
         # Kept in ctx: a worker rebuilt after a Redis outage (same ctx) reuses the models.
         ctx["runner"] = runner
+    probe.loaded = True
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
     redis: ArqRedis = ctx["redis"]
     dispatcher = Dispatcher(redis, settings.queue_name)
     ctx["state"] = WorkerState(
         settings=settings,
         engine=engine,
-        store=Store(make_sessionmaker(engine), dispatcher.dispatch),
+        store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch)),
         catalog=catalog,
         runner=runner,
-        storage=LocalStorage(settings.storage_dir, settings.public_base),
+        storage=storage_from_settings(settings),
         dispatcher=dispatcher,
         timings=Timings(redis, settings.queue_name),
     )
-    ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, Keys(settings.queue_name)))
+    # Only now, with the models loaded: a pool counts this worker live from here on.
+    heartbeats = [Keys(pool_queue(settings.queue_name, pool)) for pool in pools]
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, heartbeats, probe))
     ctx["sweeper"] = asyncio.create_task(
         sweeper.sweep_periodically(settings.sweep_interval_s, lambda: sweep_stale(ctx))
     )
 
 
-async def _heartbeat(redis: ArqRedis, keys: Keys) -> None:
-    """Announce this worker (ETAs divide the queue among the live workers)."""
+def warm_up(runner: PipelineRunner, entries: Sequence[ModelEntry]) -> None:
+    """One tiny text-to-image run (one step, 256x256) on each loaded FLUX directory: a
+    model's first run allocates and compiles on the GPU (seconds), and the worker is
+    announced to its pools only after this, so no customer's job pays for it. Models
+    loaded as another class (Kontext, Fill: they take input images) are loaded, not run."""
+    text_to_image = kinds.get("text_to_image")
+    done: set[Path] = set()
+    for entry in entries:
+        if entry.pipeline != "FluxPipeline" or entry.path in done:
+            continue
+        done.add(entry.path)
+        started = time.perf_counter()
+        params = {
+            "model": model_ref(entry), "prompt": "warm-up", "steps": 1, "seed": 0,
+            "guidance": entry.guidance, "width": WARM_UP_SIZE, "height": WARM_UP_SIZE,
+        }  # fmt: skip
+        text_to_image.run(runner.pipelines, params, {}, lambda *_: None)
+        log.info("warmed up %s in %.1fs", entry.path, time.perf_counter() - started)
+
+
+def model_bytes(entries: Sequence[ModelEntry]) -> int:
+    """The size on disk of the distinct model directories of ``entries``: about what
+    they take in memory, loaded in the dtype they are stored in."""
+    total = 0
+    for path in {e.path for e in entries}:
+        for root, _, files in os.walk(path):
+            total += sum(os.stat(os.path.join(root, f)).st_size for f in files)
+    return total
+
+
+def check_memory_budget(settings: Settings, pools: Sequence[str]) -> None:
+    """Refuse (ValueError) to serve pools whose models exceed ``worker_memory_gb`` (unset:
+    no budget): a worker that cannot hold its models would fail mid-load, or later on a
+    customer's job; better to say so at once and size the pool again."""
+    budget = settings.worker_memory_gb
+    if budget is None:
+        return
+    entries = Catalog.load(settings.models).in_pools(pools)
+    needed = model_bytes(entries)
+    if needed > budget * 1e9:
+        raise ValueError(
+            f"the models of pool {', '.join(pools)} take {needed / 1e9:.3g} GB, over the "
+            f"worker's memory budget of {budget:g} GB (FLUXGATE_WORKER_MEMORY_GB)"
+        )
+
+
+async def _heartbeat(
+    redis: ArqRedis, pools: list[Keys], probe: metrics.Probe | None = None
+) -> None:
+    """Announce this worker in each of its pools (a pool's ETAs divide its queue among
+    its live workers; a pool with none is unavailable; readiness wants a fresh
+    heartbeat)."""
     worker_id = uuid.uuid4().hex
     try:
         while True:
             now = time.time()
             try:
                 async with redis.pipeline(transaction=True) as pipe:
-                    pipe.zadd(keys.workers, {worker_id: now})
-                    pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * WORKER_TTL_S)
+                    for keys in pools:
+                        pipe.zadd(keys.workers, {worker_id: now})
+                        pipe.zremrangebyscore(keys.workers, "-inf", now - 10 * WORKER_TTL_S)
                     await pipe.execute()
+                if probe is not None:
+                    probe.beat()
             except (RedisError, OSError) as exc:  # the supervisor handles the outage
                 log.debug("worker heartbeat not sent: %s", exc)
             await asyncio.sleep(WORKER_TTL_S / 3)
     finally:
+        if probe is not None:
+            probe.stopped()
         with contextlib.suppress(RedisError, OSError):
-            await redis.zrem(keys.workers, worker_id)
+            async with redis.pipeline(transaction=True) as pipe:
+                for keys in pools:
+                    pipe.zrem(keys.workers, worker_id)
+                await pipe.execute()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     # Popped: after a Redis outage the same ctx serves the rebuilt worker (the runner stays).
+    ctx.pop("starting", None)  # an asyncio lock: the rebuilt worker's loop may be another
     for name in ("sweeper", "heartbeat"):
         task: asyncio.Task[None] | None = ctx.pop(name, None)
         if task is not None:
@@ -192,7 +284,9 @@ class _Live:
         redis = self.state.dispatcher.pool
         cancel_key = self.state.dispatcher.keys.cancel(self.generation.id)
         with contextlib.suppress(RedisError, OSError):
-            [self._previous_per_step] = await self.state.timings.get(f"step:{self.size}")
+            [self._previous_per_step] = await self.state.timings_of(self.generation).get(
+                f"step:{self.size}"
+            )
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.state.settings.progress_interval_s)
@@ -257,6 +351,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         generation = await generations.begin_processing(uow, generation_id)
     if generation is None:
         return "skipped: already finished"
+    metrics.job_started(generation)
     async with _retry_on_store_errors():
         inputs = await _inputs(state, generation)
     live = _Live(state, generation)
@@ -268,6 +363,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     except Interrupted:
         # Cancelled (the API released the credits), or finished by a duplicate run.
         log.info("generation %s stopped: no longer processing", generation_id)
+        metrics.job_finished(generation, "stopped")
         return STOPPED
     except TimeoutError:
         live.cancelled.set()  # stop the pipeline thread at its next step
@@ -294,16 +390,19 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             raise
         if done is None:
             await _delete(state, outputs)
+            metrics.job_finished(generation, "stopped")
             return "skipped: no longer processing"
+        metrics.job_finished(done, "completed")
         with contextlib.suppress(RedisError, OSError):  # measurements are best effort
-            await state.timings.record(
+            await state.timings_of(generation).record(
                 live.size,
                 step_seconds=live.seconds_per_step(),
                 job_seconds=time.perf_counter() - started,
             )
         return "completed"
     async with _retry_on_store_errors(), state.store.unit_of_work() as uow:
-        await generations.fail(uow, generation_id, message)
+        failed = await generations.fail(uow, generation_id, message)
+    metrics.job_finished(failed or generation, "failed" if failed else "stopped")
     return "failed"
 
 
@@ -325,10 +424,12 @@ async def _render(
     params = _params(state, generation)
     ticker = asyncio.create_task(live.run())
     lease = asyncio.create_task(_keep_lease(state, generation, live))
+    rendering = time.perf_counter()
     try:
         job = RenderJob(kind=kind, params=params, inputs=inputs)
         rendered = await state.runner.render(job, live.on_step)
     finally:
+        metrics.device_time(generation, time.perf_counter() - rendering)
         live.stop()  # the ticker finishes a write in flight: its events are dispatched
         lease.cancel()
         for task in (ticker, lease):
@@ -434,31 +535,72 @@ def functions(settings: Settings) -> list[Function]:
     ]
 
 
+def serving(settings: Settings, pools: Sequence[str] | None = None) -> list[str]:
+    """The pools a worker serves: ``pools`` (each checked against the model registry,
+    ValueError for an unknown one), or every pool the registry names."""
+    catalog = Catalog.load(settings.models)
+    if not pools:
+        return catalog.pools
+    catalog.in_pools(pools)  # raises for an unknown pool
+    return sorted(set(pools))
+
+
 def build_worker(
     settings: Settings | None = None,
     *,
     runner: PipelineRunner | None = None,
     handle_signals: bool = True,
     ctx: dict[str, Any] | None = None,
+    pools: Sequence[str] | None = None,
     **overrides: Any,
-) -> Worker:
+) -> Worker | WorkerGroup:
     """The worker the CLI runs; tests build the same one (optionally with a runner).
-    ``ctx``: reuse one (the supervisor's rebuilds share it, and the models in it)."""
+    ``ctx``: reuse one (the supervisor's rebuilds share it, and the models in it).
+    ``pools``: the model pools served (default: every one in the registry); more than
+    one makes a ``WorkerGroup``, one arq ``Worker`` per pool's queue."""
     settings = settings or get_settings()
     ctx = ctx if ctx is not None else {}
     ctx["settings"] = settings
+    ctx["pools"] = served = serving(settings, pools)
     if runner is not None:
         ctx["runner"] = runner
+    redis = new_pool(
+        settings.redis_url, settings.queue_name, timeout_s=settings.worker_redis_timeout_s
+    )
+    members = [
+        _arq_worker(settings, redis, pool_queue(settings.queue_name, pool), handle_signals, ctx,
+                    overrides)
+        for pool in served
+    ]  # fmt: skip
+    if len(members) == 1:
+        return members[0]
+    # One job at a time across the pools: a member takes a job only while the GPU is
+    # free (arq's own semaphore would let each member take one). Waiting here, not in
+    # the job, leaves a pool's next job to another process meanwhile, and starts arq's
+    # job timeout only when the job runs.
+    gpu = asyncio.BoundedSemaphore(1)
+    for member in members:
+        member.sem = gpu
+    return WorkerGroup(members)
+
+
+def _arq_worker(
+    settings: Settings,
+    redis: ArqRedis,
+    queue_name: str,
+    handle_signals: bool,
+    ctx: dict[str, Any],
+    overrides: dict[str, Any],
+) -> Worker:
     options: dict[str, Any] = {
         # No cron jobs: the sweeper is a task of its own (sweeper.sweep_periodically), so arq's
         # in-progress lock of a job is the job timeout + 10 s, not arq's 300 s default.
         "functions": functions(settings),
         # Read and connect timeouts, so a stalled Redis is an error (the supervisor then
         # reconnects, with backoff) rather than a poll that hangs; no retries inside arq.
-        "redis_pool": new_pool(
-            settings.redis_url, settings.queue_name, timeout_s=settings.worker_redis_timeout_s
-        ),
-        "queue_name": settings.queue_name,
+        # Shared by a group's members: one pool of connections, closed once.
+        "redis_pool": redis,
+        "queue_name": queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,
         # One job at a time: the process owns one GPU.
@@ -470,16 +612,34 @@ def build_worker(
         # time between two jobs (bench/throughput.py shows it: 100 ms cost 2/3 of the
         # throughput of a 50 ms job). Idle, a poll is two cheap Redis commands.
         "poll_delay": settings.worker_poll_interval_s,
+        # The job id on every log line while a job runs.
+        "on_job_start": logs.bind_job,
         "ctx": ctx,
     }
     options.update(overrides)
     return Worker(**options)
 
 
-def run(settings: Settings | None = None) -> None:
+def run(
+    settings: Settings | None = None,
+    *,
+    metrics_port: int | None = None,
+    pools: Sequence[str] | None = None,
+) -> None:
     """``fluxgate worker``: the worker, rebuilt around the same loaded models whenever
-    Redis goes away, until SIGINT or SIGTERM."""
+    Redis goes away, until SIGINT or SIGTERM. ``metrics_port`` (default
+    ``worker_metrics_port``; 0: none): its /metrics and /readyz. ``pools``: the model
+    pools served (default: every pool in the registry)."""
     settings = settings or get_settings()
+    served = serving(settings, pools)  # an unknown pool fails before anything starts
+    check_memory_budget(settings, served)
     ctx: dict[str, Any] = {}
-    supervisor = Supervisor(lambda: build_worker(settings, handle_signals=False, ctx=ctx), "worker")
-    asyncio.run(supervisor.run())
+    server = metrics.serve("worker", metrics.probe(ctx), settings, metrics_port)
+    supervisor = Supervisor(
+        lambda: build_worker(settings, handle_signals=False, ctx=ctx, pools=served), "worker"
+    )
+    try:
+        asyncio.run(supervisor.run())
+    finally:
+        if server is not None:
+            server.close()

@@ -244,11 +244,13 @@ def bad_input(exc: ValidationError) -> BadUserInput:
 
 def model_ref(entry: ModelEntry) -> dict[str, Any]:
     """A model frozen into a job's params: the worker loads exactly this, never
-    re-resolving it from its own registry."""
+    re-resolving it from its own registry; its pool is the queue the job goes on
+    (``billing.catalog.pool_of``)."""
     return {
         "provider": entry.provider,
         "version": entry.version,
         "path": str(entry.path),
         "pipeline": entry.pipeline,
         "max_sequence_length": entry.max_sequence_length,
+        "pool": entry.pool,
     }

@@ -9,6 +9,12 @@ when it starts and whenever the stream may have missed something (a reconnect).
 A revoked API key is announced on the same channel: every subscription opened with it is
 ended at once (``Mailbox.ended``), busy or idle. ``SubscriberSlots`` counts each account's
 open subscriptions across API processes, for the plan's ``max_subscriptions``.
+
+What no event announces (a publication that failed after its commit, a key revoked by hand
+in SQL) is caught by one sweep per API process (``schema/watch.py``), not by each
+subscriber: it reads ``followed()``, and ends the boxes of revoked keys (``revoke``) and
+tells each followed job's boxes its stored revision (``recheck``), all from one
+transaction.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class Broker:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
     def _deliver(self, data: bytes | str) -> None:
+        if not (self._by_job or self._by_account) and _is_job_update(data):
+            return  # nobody here follows a job: not even worth decoding (most messages)
         try:
             self._fan_out(json.loads(data))
         except Exception:
@@ -103,7 +111,7 @@ class Broker:
 
     def _fan_out(self, message: dict[str, Any]) -> None:
         if "revoked_key" in message:
-            self._revoke(str(message["revoked_key"]))
+            self.revoke(str(message["revoked_key"]))
             return
         snapshot = message.get("snapshot") or {}
         targets = self._by_job.get(str(snapshot.get("id")), set()) | self._by_account.get(
@@ -112,13 +120,28 @@ class Broker:
         for queue in targets:
             queue.put(message)
 
-    def _revoke(self, key_id: str) -> None:
+    def followed(self) -> tuple[set[str], set[str]]:
+        """The API key ids behind this process's open subscriptions, and the ids of the
+        jobs they follow one by one (copies: the sweep reads them across awaits)."""
+        return set(self._by_key), set(self._by_job)
+
+    def revoke(self, key_id: str) -> None:
+        """End every box opened with the key (``REVOKED``), and any opened with it in the
+        next ``REVOKED_MEMORY_S``: its revocation event arrived, or the sweep found it
+        revoked."""
         now = time.monotonic()
         self._revoked[key_id] = now
         for old in [k for k, at in self._revoked.items() if now - at > REVOKED_MEMORY_S]:
             del self._revoked[old]
         for mailbox in self._by_key.get(key_id, set()):
             mailbox.end(REVOKED)
+
+    def recheck(self, generation_id: str, revision: int) -> None:
+        """Tell the boxes following one job its revision in the database (the sweep's
+        safety net): a subscriber that has shown an older one missed an event, and
+        re-reads the job."""
+        for queue in self._by_job.get(generation_id, set()):
+            queue.put({"recheck": {"revision": revision}})
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         for queues in (*self._by_job.values(), *self._by_account.values()):
@@ -156,6 +179,13 @@ class Broker:
                     listeners.discard(queue)
                     if not listeners:
                         del where[name]
+
+
+def _is_job_update(data: bytes | str) -> bool:
+    """A job's new state, as the Dispatcher publishes it (``{"snapshot": ...``), not a
+    revocation (which every process must hear, followed or not)."""
+    prefix = data[:12]
+    return prefix == (b'{"snapshot":' if isinstance(prefix, bytes) else '{"snapshot":')
 
 
 _FINAL = frozenset({"completed", "failed", "cancelled"})

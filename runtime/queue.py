@@ -4,6 +4,12 @@ pub/sub messages, and the measurements behind queue positions and ETAs.
 
 Every key is prefixed with the queue name, so deployments sharing a Redis database do not
 see each other's events or measurements.
+
+Each model pool (``billing.catalog``) has its own arq queue, ``pool_queue``: the default
+pool's is the deployment's ``queue_name`` itself (jobs queued before pools existed are
+still served), another's is ``{queue_name}:pool:{name}``. A pool's workers' heartbeats
+and its timings are keyed by its queue (``Keys(pool_queue(...))``); the events channel,
+the webhooks queue and cancel flags are the deployment's (``Keys(queue_name)``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from billing.catalog import DEFAULT_POOL
 from billing.db import (
     ApiKeyRevoked,
     Event,
@@ -127,9 +134,22 @@ def job_id(generation_id: str) -> str:
     return f"generation:{generation_id}"
 
 
+def pool_queue(queue_name: str, pool: str) -> str:
+    """The arq queue of ``pool`` in the deployment whose queue is ``queue_name``: the one
+    place that names it (the API enqueues there, the pool's workers poll it, metrics
+    read its depth)."""
+    return queue_name if pool == DEFAULT_POOL else f"{queue_name}:pool:{pool}"
+
+
+def pool_queues(queue_name: str, pools: Iterable[str]) -> dict[str, str]:
+    """Pool name → its queue, for each of ``pools`` (e.g. ``Catalog.pools``)."""
+    return {pool: pool_queue(queue_name, pool) for pool in pools}
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The Redis names of one deployment."""
+    """The Redis names of one deployment (``queue_name``: its queue), or of one pool
+    (``queue_name``: ``pool_queue(...)``; only ``timings`` and ``workers`` are a pool's)."""
 
     queue_name: str
 
@@ -149,11 +169,12 @@ class Keys:
 
     @property
     def timings(self) -> str:
+        """Hash of a pool's measured step and job times (``Timings``)."""
         return f"{self.queue_name}:timings"
 
     @property
     def workers(self) -> str:
-        """Sorted set: worker id → last heartbeat (Unix seconds)."""
+        """Sorted set of a pool's workers: worker id → last heartbeat (Unix seconds)."""
         return f"{self.queue_name}:workers"
 
 
@@ -169,11 +190,42 @@ def size_key(version: str, width: int, height: int, kind: str = "text_to_image")
 # format and expiry, and the same refusal of an id whose job or result exists, in one
 # round trip instead of three (WATCH, EXISTS, MULTI/EXEC) — on the accept path of every job.
 _ENQUEUE = """
-if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('psetex', KEYS[1], ARGV[2], ARGV[1])
-redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
-return 1
+local added = 0
+if redis.call('exists', KEYS[1], KEYS[2]) == 0 then
+  redis.call('psetex', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
+  added = 1
+end
+if ARGV[5] then redis.call('publish', ARGV[5], ARGV[6]) end
+return added
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Announced:
+    """A job accepted and its first state: enqueued and published in one round trip."""
+
+    accepted: GenerationAccepted
+    update: GenerationUpdated
+
+
+def _paired(events: list[Event]) -> list[Event | _Announced]:
+    """The events, each acceptance joined with the update of the same job (submit emits
+    both), in the acceptance's place."""
+    updates: dict[Any, GenerationUpdated] = {}
+    for e in events:
+        if isinstance(e, GenerationUpdated):
+            updates.setdefault(e.snapshot.get("id"), e)  # a job's first update
+    paired: list[Event | _Announced] = []
+    joined: list[GenerationUpdated] = []
+    for event in events:
+        if isinstance(event, GenerationAccepted) and event.generation_id in updates:
+            update = updates.pop(event.generation_id)
+            joined.append(update)
+            paired.append(_Announced(event, update))
+        else:
+            paired.append(event)
+    return [e for e in paired if not any(e is j for j in joined)]
 
 
 class Dispatcher:
@@ -185,14 +237,30 @@ class Dispatcher:
         self.keys = Keys(queue_name)
         self._enqueue_script = pool.register_script(_ENQUEUE)
 
-    async def enqueue(self, function: str, argument: str, jid: str) -> bool:
+    def pool_queue(self, pool: str) -> str:
+        return pool_queue(self.queue_name, pool)
+
+    async def enqueue(
+        self,
+        function: str,
+        argument: str,
+        jid: str,
+        *,
+        announce: str | None = None,
+        queue: str | None = None,
+    ) -> bool:
         """Enqueue ``function(argument)`` as arq job ``jid`` now, as arq would; False
-        when a job or a result with that id exists (a duplicate enqueue is a no-op)."""
+        when a job or a result with that id exists (a duplicate enqueue is a no-op).
+        ``announce``: an event message published in the same round trip (either way).
+        ``queue``: the arq queue (default: the deployment's, the default pool's)."""
         now_ms = timestamp_ms()
         job = serialize_job(function, (argument,), {}, None, now_ms, serializer=serialize)
+        args: list[Any] = [job, expires_extra_ms, jid, now_ms]
+        if announce is not None:
+            args += [self.keys.events, announce]
         added = await self._enqueue_script(
-            keys=[job_key_prefix + jid, result_key_prefix + jid, self.queue_name],
-            args=[job, expires_extra_ms, jid, now_ms],
+            keys=[job_key_prefix + jid, result_key_prefix + jid, queue or self.queue_name],
+            args=args,
         )
         return bool(added)
 
@@ -201,7 +269,7 @@ class Dispatcher:
         # subscribers re-read on join); an unenqueued job is re-enqueued by the sweeper;
         # an unsent cancel still leaves the job cancelled and uncharged. So a Redis
         # hiccup delays, never loses.
-        pending = list(events)
+        pending = _paired(list(events))
         for index, event in enumerate(pending):
             try:
                 await self._dispatch(event)
@@ -216,27 +284,46 @@ class Dispatcher:
             except Exception:
                 log.exception("could not dispatch %r", event)
 
-    async def _dispatch(self, event: Event) -> None:
-        if isinstance(event, GenerationAccepted):
+    @staticmethod
+    def _message(event: GenerationUpdated) -> str:
+        message = {"snapshot": event.snapshot, "live": event.live}
+        return json.dumps(message, separators=(",", ":"))
+
+    async def _dispatch(self, event: Event | _Announced) -> None:
+        if isinstance(event, _Announced):
+            accepted = event.accepted
+            await self.enqueue(
+                RUN_GENERATION,
+                accepted.generation_id,
+                job_id(accepted.generation_id),
+                announce=self._message(event.update),
+                queue=self.pool_queue(accepted.pool),
+            )
+        elif isinstance(event, GenerationAccepted):
             # The job id makes a duplicate enqueue (retry, sweeper) a no-op.
-            await self.enqueue(RUN_GENERATION, event.generation_id, job_id(event.generation_id))
+            await self.enqueue(
+                RUN_GENERATION,
+                event.generation_id,
+                job_id(event.generation_id),
+                queue=self.pool_queue(event.pool),
+            )
         elif isinstance(event, GenerationRequeued):
             # The dead run's arq job (its queue entry, job, in-progress, retry and result
             # keys) would refuse or delay the enqueue under the same id: clear it first.
             # Same id afterwards, so cancellation and queue positions keep finding it.
             jid = job_id(event.generation_id)
+            queue = self.pool_queue(event.pool)
             async with self.pool.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.queue_name, jid)
+                pipe.zrem(queue, jid)
                 for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix,
                                result_key_prefix):  # fmt: skip
                     pipe.delete(prefix + jid)
                 await pipe.execute()
             await self.pool.enqueue_job(
-                RUN_GENERATION, event.generation_id, _job_id=jid, _queue_name=self.queue_name
+                RUN_GENERATION, event.generation_id, _job_id=jid, _queue_name=queue
             )
         elif isinstance(event, GenerationUpdated):
-            message = {"snapshot": event.snapshot, "live": event.live}
-            await self.pool.publish(self.keys.events, json.dumps(message, separators=(",", ":")))
+            await self.pool.publish(self.keys.events, self._message(event))
         elif isinstance(event, ApiKeyRevoked):
             # Every API process ends the subscriptions opened with this key (the broker).
             revoked = {"revoked_key": event.api_key_id, "account_id": event.account_id}
@@ -263,9 +350,9 @@ class Dispatcher:
         elif isinstance(event, GenerationCancelled):
             jid = job_id(event.generation_id)
             async with self.pool.pipeline(transaction=True) as pipe:
-                # Queued: off the queue, so it never runs. Processing: the flag the worker
-                # polls between steps.
-                pipe.zrem(self.queue_name, jid)
+                # Queued: off its pool's queue, so it never runs. Processing: the flag the
+                # worker polls between steps.
+                pipe.zrem(self.pool_queue(event.pool), jid)
                 pipe.delete(job_key_prefix + jid)
                 pipe.set(self.keys.cancel(event.generation_id), b"1", ex=CANCEL_TTL_S)
                 await pipe.execute()
@@ -301,65 +388,96 @@ class Timings:
         return int(await self.redis.zcount(self.keys.workers, time.time() - WORKER_TTL_S, "+inf"))
 
 
+# A queued job's rank, the running jobs among those ahead of it (arq keeps a running job
+# in the queue; only the first ARGV[2] entries are checked), its size's timings and the
+# live workers. A job not in the queue has rank -1.
+_ETA_QUEUED = """
+local rank = redis.call('zrank', KEYS[1], ARGV[1])
+local running = 0
+if not rank then
+  rank = -1
+elseif rank > 0 then
+  local ahead = redis.call('zrange', KEYS[1], 0, math.min(rank, tonumber(ARGV[2])) - 1)
+  for _, jid in ipairs(ahead) do
+    running = running + redis.call('exists', ARGV[3] .. jid)
+  end
+end
+local timed = redis.call('hmget', KEYS[2], ARGV[4], ARGV[5], 'job:*')
+local workers = redis.call('zcount', KEYS[3], ARGV[6], '+inf')
+return {rank, running, timed[1], timed[2], timed[3], workers}
+"""
+
+
 class QueueInspector:
-    """Queue position and ETA of a job, for the API."""
+    """Queue position and ETA of a job, for the API: each within the job's pool (its
+    queue, its workers, its timings)."""
 
     def __init__(self, redis: ArqRedis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self.timings = Timings(redis, queue_name)
+        self.timings = Timings(redis, queue_name)  # the default pool's
+        self._eta_script = redis.register_script(_ETA_QUEUED)
 
-    async def position(self, generation_id: str) -> int | None:
+    def _timings(self, pool: str) -> Timings:
+        if pool == DEFAULT_POOL:
+            return self.timings
+        return Timings(self.redis, pool_queue(self.queue_name, pool))
+
+    async def live_workers(self, pools: Iterable[str]) -> dict[str, int]:
+        """Per pool, the workers that sent a heartbeat within WORKER_TTL_S (a pool with
+        none cannot run its jobs now). One round trip."""
+        names = list(pools)
+        since = time.time() - WORKER_TTL_S
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in names:
+                pipe.zcount(Keys(pool_queue(self.queue_name, pool)).workers, since, "+inf")
+            counts = await pipe.execute()
+        return {pool: int(n) for pool, n in zip(names, counts, strict=True)}
+
+    async def position(self, generation_id: str, pool: str = DEFAULT_POOL) -> int | None:
         """Jobs waiting ahead of this one (0: it is next); None if not queued.
 
         arq keeps a job in the queue's sorted set while it runs, so the jobs a worker has
         already started are not counted. They sit at the front of the queue (a running job
         is one whose turn came), so only the first ``RUNNING_SCAN`` entries are checked.
         """
-        rank = await self.redis.zrank(self.queue_name, job_id(generation_id))
+        queue = pool_queue(self.queue_name, pool)
+        rank = await self.redis.zrank(queue, job_id(generation_id))
         if rank is None:
             return None
         if rank == 0:
             return 0
-        ahead = await self.redis.zrange(self.queue_name, 0, min(rank, RUNNING_SCAN) - 1)
+        ahead = await self.redis.zrange(queue, 0, min(rank, RUNNING_SCAN) - 1)
         running = await self.redis.exists(
             *[in_progress_key_prefix + (j.decode() if isinstance(j, bytes) else j) for j in ahead]
         )
         return int(rank) - int(running)
 
     async def eta_queued(
-        self, generation_id: str, size: str, steps: int
+        self, generation_id: str, size: str, steps: int, pool: str = DEFAULT_POOL
     ) -> tuple[int | None, float | None]:
-        """(position, seconds until done) of a queued job; the ETA is None until measured.
-        One pipelined round trip (two when jobs are ahead: which of them are running)."""
-        jid = job_id(generation_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrank(self.queue_name, jid)
-            pipe.zrange(self.queue_name, 0, RUNNING_SCAN - 1)
-            pipe.hmget(self.timings.keys.timings, [f"step:{size}", f"job:{size}", "job:*"])
-            pipe.zcount(self.timings.keys.workers, time.time() - WORKER_TTL_S, "+inf")
-            rank, front, timed, workers = await pipe.execute()
-        position = await self._position(rank, front)
-        step, job, any_job = (None if v is None else float(v) for v in timed)
+        """(position, seconds until done) of a job queued on ``pool``; the ETA is None
+        until measured (and the pool's queue is shared by its live workers only).
+        One round trip: a script counts the running jobs ahead in Redis itself."""
+        keys = Keys(pool_queue(self.queue_name, pool))
+        rank, running, step, job, any_job, workers = await self._eta_script(
+            keys=[keys.queue_name, keys.timings, keys.workers],
+            args=[
+                job_id(generation_id), RUNNING_SCAN, in_progress_key_prefix,
+                f"step:{size}", f"job:{size}", time.time() - WORKER_TTL_S,
+            ],
+        )  # fmt: skip
+        position = None if int(rank) < 0 else int(rank) - int(running)
+        step, job, any_job = (None if v is None else float(v) for v in (step, job, any_job))
         own = job if job is not None else (step * steps if step is not None else any_job)
         if position is None or own is None or any_job is None:
             return position, None
         return position, round(position * any_job / max(1, int(workers)) + own, 2)
 
-    async def _position(self, rank: int | None, front: list[Any]) -> int | None:
-        """``position``'s answer from the job's rank and the queue's first entries."""
-        if rank is None:
-            return None
-        if rank == 0:
-            return 0
-        ahead = front[: min(rank, RUNNING_SCAN)]
-        running = await self.redis.exists(
-            *[in_progress_key_prefix + (j.decode() if isinstance(j, bytes) else j) for j in ahead]
-        )
-        return int(rank) - int(running)
-
-    async def eta_processing(self, size: str, step: int, total_steps: int) -> float | None:
-        [per_step] = await self.timings.get(f"step:{size}")
+    async def eta_processing(
+        self, size: str, step: int, total_steps: int, pool: str = DEFAULT_POOL
+    ) -> float | None:
+        [per_step] = await self._timings(pool).get(f"step:{size}")
         if per_step is None:
             return None
         return round(max(0, total_steps - step) * per_step, 2)

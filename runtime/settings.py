@@ -7,15 +7,62 @@ machine; outside development the placeholder secret is refused.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105  # the refused placeholder
+
+# S3's bucket naming rules (MinIO and R2 follow them), and a key prefix of plain segments.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """``FLUXGATE_STORAGE_URL`` parsed: local files (``path``; None means
+    ``FLUXGATE_STORAGE_DIR``) or an S3 bucket and key prefix."""
+
+    scheme: Literal["file", "s3"]
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def parse_storage_url(url: str | None) -> StorageLocation:
+    """``file:///absolute/dir`` or ``s3://bucket[/prefix]``; ValueError saying what is
+    wrong otherwise. Unset or empty: local files under ``FLUXGATE_STORAGE_DIR``."""
+    if url is None or not url.strip():
+        return StorageLocation("file")
+    parts = urlsplit(url.strip())
+    if parts.query or parts.fragment:
+        raise ValueError("a storage URL takes no query or fragment")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError("a file storage URL is file:///absolute/directory")
+        return StorageLocation("file", path=Path(unquote(parts.path)))
+    if parts.scheme == "s3":
+        if not _BUCKET.match(parts.netloc) or ".." in parts.netloc:
+            raise ValueError(
+                f"{parts.netloc!r} is not a bucket name (3-63 lowercase letters, digits, "
+                "dots and hyphens): use s3://bucket/prefix"
+            )
+        prefix = parts.path.strip("/")
+        if prefix and (
+            not _PREFIX.match(prefix) or any(s in (".", "..") for s in prefix.split("/"))
+        ):
+            raise ValueError(
+                f"{prefix!r} is not a key prefix (segments of letters, digits, '.', '_', '-')"
+            )
+        return StorageLocation("s3", bucket=parts.netloc, prefix=prefix)
+    raise ValueError("expected s3://bucket/prefix or file:///directory")
 
 
 class Settings(BaseSettings):
@@ -36,6 +83,24 @@ class Settings(BaseSettings):
     # enough that a stalled Redis makes them reconnect instead of hang.
     worker_redis_timeout_s: float = Field(default=10.0, gt=0, le=120)
     storage_dir: Path = ROOT / "var" / "storage"
+    # Where input and output images are kept (runtime/storage.py). Unset: files under
+    # storage_dir, served by the API at /files/. `s3://bucket/prefix`: an S3-compatible
+    # store (AWS, MinIO, R2) that clients download from by presigned URL; credentials and
+    # region come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_REGION, ...).
+    storage_url: str | None = None
+    # Set for anything but AWS itself (MinIO, R2): the API and workers reach the store
+    # there, with path-style addressing. The public endpoint, where clients reach the same
+    # store, is the host presigned URLs name (it is signed): set it when the two differ
+    # (an internal `http://minio:9000` behind a public `https://images.example.com`).
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    # How long a presigned image URL works (SigV4 allows at most 7 days).
+    s3_url_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    # Connect and read timeout of one S3 call, and the attempts at it (with backoff): a
+    # stalled store answers a request 503 (SERVICE_UNAVAILABLE) after about
+    # attempts x timeout instead of hanging.
+    s3_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    s3_max_attempts: int = Field(default=3, ge=1, le=10)
     public_url: str = "http://127.0.0.1:8000"
     models: Path = ROOT / "deploy" / "models.dev.toml"
     # The price table (billing/prices.toml's format); every job kind needs a row in it.
@@ -62,6 +127,10 @@ class Settings(BaseSettings):
     max_queue_wait_s: int = Field(default=3600, ge=1)
     progress_interval_s: float = Field(default=0.25, gt=0)
     worker_poll_interval_s: float = Field(default=0.02, gt=0)
+    # A GPU worker's memory budget (GB) for the models of the pools it serves, measured
+    # as their directories' size on disk; over it, `fluxgate worker` refuses to start.
+    # Unset: no check.
+    worker_memory_gb: float | None = Field(default=None, gt=0)
 
     # Webhooks. Allowed hosts: comma-separated names and CIDR ranges that may be reached
     # although they are not public addresses (everything private is refused otherwise).
@@ -97,6 +166,11 @@ class Settings(BaseSettings):
     # so clients that watch for liveness (gql's keep_alive_timeout) and idle-closing
     # proxies keep the connection.
     ws_keepalive_s: float = Field(default=10.0, gt=0)
+    # The safety net of live subscriptions, for what no event announced (a key revoked by
+    # hand in SQL, an event whose publication failed after its commit): this often each API
+    # process checks the keys of all its open subscriptions and the revisions of the jobs
+    # they follow, in one transaction (none when no subscription is open).
+    subscription_recheck_s: float = Field(default=30.0, gt=0)
 
     max_prompt_chars: int = Field(default=4000, ge=1)
     min_side: int = 256
@@ -105,8 +179,42 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_input_megapixels: float = Field(default=16.0, gt=0, le=64)
     input_fetch_timeout_s: float = Field(default=10.0, gt=0, le=60)
-    db_pool_size: int = 10
-    db_max_overflow: int = 20
+    # Connections kept open, and extra ones opened under bursts (closed when returned). A
+    # request holds one from authentication to its commit: keep the pool at least as
+    # large as the requests one process serves at once, or every burst pays connection
+    # setup (TLS, type codecs, statement preparation) again.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+
+    # Observability (README "Observability"). Logs: `text` for a terminal, `json` (one
+    # object per line, with request and job ids) for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # When set, every /metrics (the API's and the workers') wants `Authorization: Bearer
+    # <token>`. Unset, /metrics is open: keep it off the public network either way.
+    metrics_token: SecretStr | None = None
+    # A worker's /metrics and /readyz (`fluxgate worker`, `fluxgate webhook-worker`; their
+    # --metrics-port overrides it). 0: none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # The API's /readyz answers 503 when the database or Redis does not answer this fast.
+    readiness_timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _valid_storage_url(cls, value: str | None) -> str | None:
+        parse_storage_url(value)  # a bad URL stops the start-up, saying what is wrong
+        return value
+
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError("expected an http(s)://host[:port] endpoint URL")
+        return value.strip()
 
     @model_validator(mode="after")
     def _stripe_needs_its_webhook_secret(self) -> Settings:
@@ -144,6 +252,10 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
             raise ValueError("FLUXGATE_SECRET_KEY must be set to a random value in production")
         return self
+
+    @property
+    def storage_location(self) -> StorageLocation:
+        return parse_storage_url(self.storage_url)
 
     @property
     def public_base(self) -> str:

@@ -15,7 +15,7 @@ from billing.db import Store, UnitOfWork
 from billing.models import utcnow
 from billing.netguard import AddressPolicy
 from billing.packs import PackList
-from billing.plans import PlanBook
+from billing.plans import PlanBook, PlanLimits
 from billing.pricing import PriceTable
 from billing.requests import Limits
 from billing.service import accounts
@@ -99,28 +99,57 @@ class Context:
     # every operation, so a revoked key stops working on open sockets too.
     websocket: bool = False
     _caller: accounts.Caller | None = field(default=None, repr=False)
+    # An HTTP request's session, its transaction begun by authenticating the caller: the
+    # request's first unit of work continues it (one transaction per accepted job, one
+    # pool checkout per request). Closed by ``close`` at the end of the request.
+    _session: AsyncSession | None = field(default=None, repr=False)
+    _limits: PlanLimits | None = field(default=None, repr=False)
 
     async def caller(self) -> accounts.Caller:
         """The authenticated caller, looked up once per request (or websocket connection);
         raises UNAUTHENTICATED."""
         if self._caller is None or self.websocket:
-            async with self.services.sessions() as session:
-                caller = await accounts.authenticate(
-                    session, self.api_key or key_from_params(self.connection_params),
-                    self.services.pepper,
-                )  # fmt: skip
+            secret = self.api_key or key_from_params(self.connection_params)
+            if self.websocket:
+                # Checked again on every operation of a long-lived socket: its own session.
+                async with self.services.sessions() as session:
+                    caller = await accounts.authenticate(session, secret, self.services.pepper)
+            else:
+                await self.close()
+                self._session = self.services.sessions()
+                try:
+                    caller = await accounts.authenticate(
+                        self._session, secret, self.services.pepper
+                    )
+                except BaseException:
+                    await self.close()
+                    raise
             # No write on most requests: the key's use is recorded at most once a minute.
             if caller.key_touch_due(utcnow()):
                 async with self.services.sessions() as session:
                     await accounts.touch_key(session, caller.api_key_id)
                     await session.commit()
             self._caller = caller
+            # The plan's limits, computed once for the request (rate limit, caps, headers).
+            self._limits = self.services.plans.limits(
+                caller.account.plan, caller.account.limit_overrides
+            )
             if self.state is not None:
-                limits = self.services.plans.limits(
-                    caller.account.plan, caller.account.limit_overrides
-                )
-                self.state.fluxgate_caller = (caller.account.id, limits.requests_per_minute)
+                self.state.fluxgate_caller = (caller.account.id, self._limits.requests_per_minute)
         return self._caller
+
+    async def limits(self) -> PlanLimits:
+        """The caller's plan limits (raises UNAUTHENTICATED as ``caller`` does)."""
+        await self.caller()
+        assert self._limits is not None
+        return self._limits
+
+    async def close(self) -> None:
+        """End the request's session, if authentication left one open (rolled back: it
+        only read)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def rate_unavailable(self) -> None:
         """The limiter could not reach Redis: the response goes without X-RateLimit-*
@@ -138,8 +167,11 @@ class Context:
             self.state.fluxgate_rate = status
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        """One transaction for a mutation; its side effects are dispatched after commit."""
-        return self.services.store.unit_of_work()
+        """One transaction for a mutation; its side effects are dispatched after commit.
+        The request's first continues the transaction its authentication began (it only
+        read the caller's key and account, outside the ORM's identity map)."""
+        session, self._session = self._session, None
+        return self.services.store.unit_of_work(session)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

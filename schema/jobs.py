@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kinds
-from billing.errors import BadUserInput
+from billing.errors import BadUserInput, NotFound
 from billing.images import InputImage, check_same_size, decode_image
 from billing.models import Generation
 from billing.requests import validate_webhook
@@ -109,6 +109,10 @@ async def prepare(
         if name not in taken:
             raise BadUserInput(name, f"{kind.name} takes no {name}")
     params = kind.parse(raw)
+    if sources:
+        # Loading images is slow (a fetch, a decode): the request's database connection
+        # is not held meanwhile; the job's transaction takes another.
+        await ctx.close()
     images: dict[str, InputImage] = {}
     for spec in kind.inputs:
         source = sources.get(spec.name)
@@ -175,7 +179,7 @@ async def submit(
                 request=job,
                 idempotency_key=ctx.idempotency_key,
                 plans=services.plans,
-                account_plan=(caller.account.plan, caller.account.limit_overrides),
+                limits=await ctx.limits(),
             )
             replay = await _is_replay(uow.session, generation, stored)
     except BaseException:
@@ -214,7 +218,11 @@ async def _load(ctx: Context, account_id: Any, name: str, source: Source) -> Inp
             raise BadUserInput(field, f"{field} is not an image id")
         async with ctx.read() as session:
             asset = await generations.source_image(session, account_id, source.image_id, field)
-        data = await services.storage.get(asset.key)
+        try:
+            data = await services.storage.get(asset.key)
+        except FileNotFoundError:
+            # The row outlived its file (deleted from the store by hand, or lost).
+            raise NotFound("Image", field) from None
     # Decoding is CPU work (a second or two for the largest images): off the event loop.
     return await asyncio.to_thread(
         decode_image,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from billing import models
+from billing.catalog import pool_of
 from billing.errors import RateLimited, Unauthenticated
 from billing.service import generations
 from billing.service.accounts import Caller
@@ -23,25 +22,12 @@ from schema.types import Generation
 
 log = logging.getLogger(__name__)
 
-# Jitter only (not a secret); its own generator, so it never disturbs the global one.
-_JITTER = random.Random()
-
 # While queued, a job's position moves without any event of its own: recompute it this
 # often (from Redis; the database is not read).
 QUEUED_RECHECK_S = 1.0
-# A safety net only: a revoked key and every change of a job arrive as events, and a lost
-# event stream makes every subscriber re-read (RESYNC). Past this long without either, a
-# subscriber re-checks its key and re-reads its job anyway (an event whose publication
-# failed after commit, a key revoked by hand in SQL). Jittered, so subscribers opened
-# together do not recheck together.
-RECHECK_S = 60.0
 # A subscription refused because the account has max_subscriptions open: retry then.
 SUBSCRIPTION_RETRY_AFTER_S = 5
 REVOKED_MESSAGE = "The API key of this subscription was revoked"
-
-
-def _next_recheck() -> float:
-    return time.monotonic() + RECHECK_S * _JITTER.uniform(0.75, 1.0)  # not a secret
 
 
 @asynccontextmanager
@@ -86,15 +72,16 @@ async def present(
     live = dict(live or {})
     inspector = ctx.services.queue
     size = size_key(g.version, g.width, g.height, g.kind)
+    pool = pool_of(g.params)  # positions, ETAs and timings are the job's pool's
     queued = g.status == models.GenerationStatus.QUEUED.value
     processing = g.status == models.GenerationStatus.PROCESSING.value
 
     async def estimate() -> tuple[int | None, float | None]:
         try:
             if queued:
-                return await inspector.eta_queued(g.id, size, g.steps)
+                return await inspector.eta_queued(g.id, size, g.steps, pool)
             if processing and "eta_seconds" not in live:
-                return None, await inspector.eta_processing(size, g.step, g.total_steps)
+                return None, await inspector.eta_processing(size, g.step, g.total_steps, pool)
         except (RedisError, OSError) as exc:
             log.debug("queue position/ETA of %s unknown: %s", g.id, exc)
         return None, None
@@ -112,7 +99,10 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
 
     The listener is registered before the job is read, so no change can fall between
     the read and the stream; changes are ordered by the row's revision, so a late or
-    duplicated message is never shown after a newer state.
+    duplicated message is never shown after a newer state. An idle subscriber does no
+    database work: the job is re-read only after a reconnect of the event stream, or when
+    the process's sweep (schema/watch.py) finds a newer revision than the one shown (an
+    event was lost); a revoked key ends the box, by event or by that sweep.
     """
     account_id = caller.account.id
     async with listening(ctx, caller, generation_id=generation_id) as events:
@@ -120,31 +110,41 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
             current = await generations.get(session, account_id, generation_id)
         shown = await present(ctx, current, eager=True)
         yield shown
-        recheck_at = _next_recheck()
+        clock = asyncio.get_running_loop()
+        # Queue-position ticks keep their pace whatever arrives in between (the sweep's
+        # rechecks included): a deadline, not a wait restarted after each message.
+        tick_at = clock.time() + QUEUED_RECHECK_S
         while not models.is_final(current.status):
-            queued = current.status == models.GenerationStatus.QUEUED.value
-            wait = recheck_at - time.monotonic()
-            try:
-                message = await asyncio.wait_for(
-                    events.get(), min(wait, QUEUED_RECHECK_S) if queued else wait
-                )
-            except TimeoutError:
-                message = None
-            live: dict[str, Any] = {}
-            if message is not None and message.get("revoked"):
-                raise Unauthenticated(REVOKED_MESSAGE)
-            if message is None and time.monotonic() < recheck_at:
-                latest = current  # a queue-position tick: Redis only
-            elif message is None or "snapshot" not in message:
-                # The safety-net recheck, or the stream reconnected: the database has the
-                # truth, and the key may have been revoked meanwhile.
-                await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
-                async with ctx.read() as session:
-                    latest = await generations.get(session, account_id, generation_id)
-                recheck_at = _next_recheck()
+            _end_if_cancelled()
+            message: dict[str, Any] | None
+            if current.status == models.GenerationStatus.QUEUED.value:
+                # asyncio.timeout_at, not wait_for (see _end_if_cancelled).
+                try:
+                    async with asyncio.timeout_at(tick_at):
+                        message = await events.get()
+                except TimeoutError:
+                    message = None
+                    tick_at = clock.time() + QUEUED_RECHECK_S
             else:
+                message = await events.get()
+            live: dict[str, Any] = {}
+            if message is None:
+                latest = current  # a queue-position tick: Redis only
+            elif message.get("revoked"):
+                raise Unauthenticated(REVOKED_MESSAGE)
+            elif "snapshot" in message:
                 latest = models.from_snapshot(message["snapshot"])
                 live = message.get("live") or {}
+            elif "recheck" in message and message["recheck"]["revision"] <= current.revision:
+                continue  # the sweep: nothing was missed
+            else:
+                # The sweep found a newer revision (its event was lost), or the stream
+                # reconnected: the database has the truth.
+                if message.get("resync"):
+                    # The key's revocation may be among what the stream missed.
+                    await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
+                async with ctx.read() as session:
+                    latest = await generations.get(session, account_id, generation_id)
             if latest.revision < current.revision:
                 continue
             fresh = await present(ctx, latest, live, eager=True)
@@ -152,6 +152,19 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
                 continue
             current, shown = latest, fresh
             yield shown
+
+
+def _end_if_cancelled() -> None:
+    """Raise the cancellation of this subscription if it was swallowed on the way.
+
+    On Python 3.11, ``asyncio.wait_for`` drops a cancellation that arrives just as what it
+    waits for completes, and redis-py sends every command under ``wait_for`` when the
+    connection has a socket timeout (ours do). A subscription whose client left while it
+    was estimating a queue position would otherwise follow its job on, unseen, holding
+    its subscription slot. The task still counts the request (``cancelling``)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _same(a: Generation, b: Generation) -> bool:
@@ -164,23 +177,20 @@ def _same(a: Generation, b: Generation) -> bool:
 
 async def follow_account(ctx: Context, caller: Caller) -> AsyncIterator[Generation]:
     """Every change of any of the caller's jobs, as it happens, until the client leaves
-    (or the key is revoked)."""
+    (or the key is revoked: by its event, or found by the process's sweep)."""
     account_id = caller.account.id
     revisions: dict[str, int] = {}
     async with listening(ctx, caller) as events:
-        recheck_at = _next_recheck()
         while True:
-            try:
-                message = await asyncio.wait_for(events.get(), recheck_at - time.monotonic())
-            except TimeoutError:
-                message = None
-            if message is not None and message.get("revoked"):
+            _end_if_cancelled()
+            message = await events.get()
+            if message.get("revoked"):
                 raise Unauthenticated(REVOKED_MESSAGE)
-            if message is None or "snapshot" not in message:
-                # The safety-net recheck, or a reconnect (the revocation may be among
-                # what was missed; for a whole account there is nothing else to re-read).
-                await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
-                recheck_at = _next_recheck()
+            if "snapshot" not in message:
+                if message.get("resync"):
+                    # A reconnect: the revocation may be among what was missed (for a
+                    # whole account there is nothing else to re-read).
+                    await ctx.caller()  # raises UNAUTHENTICATED once the key is revoked
                 continue
             g = models.from_snapshot(message["snapshot"])
             if g.account_id != account_id or revisions.get(g.id, -1) >= g.revision:

@@ -75,7 +75,7 @@ class RequestRateLimit(SchemaExtension):
         cost = 1
         if document is not None:
             cost = operation_cost(document, self.execution_context.operation_name)
-        limits = context.services.plans.limits(caller.account.plan, caller.account.limit_overrides)
+        limits = await context.limits()
         try:
             status = await context.services.limiter.hit(
                 caller.account.id, limits.requests_per_minute, cost

@@ -58,7 +58,7 @@ async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str])
             request=job,
             idempotency_key=ctx.idempotency_key,
             plans=ctx.services.plans,
-            account_plan=(caller.account.plan, caller.account.limit_overrides),
+            limits=await ctx.limits(),
         )
     return await present(ctx, generation)
 

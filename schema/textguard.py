@@ -10,6 +10,7 @@ with ``BAD_USER_INPUT`` naming the field.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -57,10 +58,22 @@ def _names(ancestors: list[Any]) -> Iterator[str]:
             yield node.variable.name.value
 
 
+# Documents come from the parser cache, so the same document object recurs: its answer
+# is kept by identity (a deep hash of a large document would cost what the visit does).
+_CHECKED: OrderedDict[int, tuple[DocumentNode, str | None]] = OrderedDict()
+_CHECKED_MAX = 256
+
+
 def bad_literal_path(document: DocumentNode) -> str | None:
     """The argument path of the first unstorable string literal in a document."""
+    checked = _CHECKED.get(id(document))
+    if checked is not None and checked[0] is document:
+        return checked[1]
     visitor = _Literals()
     visit(document, visitor)
+    _CHECKED[id(document)] = (document, visitor.found)
+    if len(_CHECKED) > _CHECKED_MAX:
+        _CHECKED.popitem(last=False)
     return visitor.found
 
 

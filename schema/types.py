@@ -9,9 +9,12 @@ from enum import Enum
 from typing import Any
 
 import strawberry
+from redis.exceptions import RedisError
 from strawberry.scalars import JSON
 
 from billing import models, repository
+from billing.catalog import DEFAULT_POOL
+from billing.errors import BadUserInput
 from billing.plans import PlanLimits
 from billing.pricing import Quote
 from billing.service.generations import Page
@@ -308,6 +311,44 @@ class PriceQuote:
     kind: str = strawberry.field(description="The job kind priced.")
     count: int = strawberry.field(description="Images the job makes (each priced).")
     unit_credits: int = strawberry.field(description="One image's price.")
+    # The model's pool's live workers, counted once (in Redis) however many fields ask.
+    _pool_workers: strawberry.Private[asyncio.Future[tuple[str, int | None]] | None] = None
+
+    @strawberry.field(
+        description="Whether a worker of the model's pool is running now; null when that "
+        "cannot be told (Redis unreachable). A job for an unavailable model is still "
+        "accepted: it waits for a worker up to the maximum queue wait, then fails and its "
+        "credits are released."
+    )
+    async def model_available(self, info: strawberry.Info) -> bool | None:
+        _, workers = await self._workers(info)
+        return None if workers is None else workers > 0
+
+    @strawberry.field(description="Why the model cannot run now; null when it can.")
+    async def unavailable_reason(self, info: strawberry.Info) -> str | None:
+        pool, workers = await self._workers(info)
+        if workers is None or workers > 0:
+            return None
+        return (
+            f"No worker of the model pool {pool!r} is running: a job waits for one up to the "
+            "maximum queue wait, then fails and its credits are released"
+        )
+
+    async def _workers(self, info: strawberry.Info) -> tuple[str, int | None]:
+        if self._pool_workers is None:
+            self._pool_workers = asyncio.ensure_future(self._count_workers(info.context.services))
+        return await self._pool_workers
+
+    async def _count_workers(self, services: Any) -> tuple[str, int | None]:
+        try:
+            pool = services.catalog.resolve(self.service, self.version).pool
+        except BadUserInput:  # a kind that runs no registry model
+            pool = DEFAULT_POOL
+        try:
+            counts = await services.queue.live_workers([pool])
+        except (RedisError, OSError):
+            return pool, None
+        return pool, int(counts[pool])
 
     @classmethod
     def from_quote(cls, q: Quote, *, service: str, available: int) -> PriceQuote:

@@ -3,6 +3,7 @@ resource (nothing connects at import time)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import logging
@@ -32,15 +33,18 @@ from billing.stripe_client import StripeGateway
 from billing.text import unstorable
 from runtime import queue
 from runtime.events import Broker
+from runtime.metrics import counting
 from runtime.settings import Settings, get_settings
-from runtime.storage import LocalStorage
+from runtime.storage import storage_from_settings
 from schema import Hardening, build_schema
 from schema.context import InputLimits, Payments, Services
 from schema.limiter import RequestLimiter
+from schema.watch import SubscriptionWatch
 from server import dashboard, jobs_rest, rest
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
-from server.middleware import BodySizeLimit, RateLimitHeaders
+from server.metrics import Telemetry, metrics_endpoint, readiness_endpoint, request_id_header
+from server.middleware import BodySizeLimit, RateLimitHeaders, RequestEnd, Scoped
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,11 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after this answer and the server drops the connection: say so,
     # so the client opens a new one for its next request instead of failing on this one.
     return error_response(
-        500, "INTERNAL_SERVER_ERROR", "Internal server error", headers={"Connection": "close"}
+        500,
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+        # Answered outside the Telemetry middleware, which cannot add its header.
+        headers={"Connection": "close", **request_id_header(request.scope)},
     )
 
 
@@ -112,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if unpriced:
             raise RuntimeError(f"{settings.prices} has no [kind_surcharge] row for {unpriced}")
         app.state.services = Services(
-            store=Store(make_sessionmaker(engine), dispatcher.dispatch),
+            store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch)),
             catalog=Catalog.load(settings.models),
             prices=prices,
             limits=Limits(
@@ -120,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_side=settings.max_side,
                 max_prompt_chars=settings.max_prompt_chars,
             ),
-            storage=LocalStorage(settings.storage_dir, settings.public_base),
+            storage=storage_from_settings(settings),
             inputs=InputLimits(
                 max_bytes=settings.max_input_bytes,
                 max_megapixels=settings.max_input_megapixels,
@@ -147,9 +155,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 or f"{settings.public_base}/dashboard?checkout=cancelled",
             ),
         )
+        # The subscriptions' safety net: one sweep per process (schema/watch.py).
+        watch = SubscriptionWatch(
+            broker, app.state.services.sessions, settings.subscription_recheck_s
+        )
+        await watch.start()
+        app.state.watch = watch
+        # What start-up built (the schema, the mappers, the catalogue) lives as long as the
+        # process: out of the garbage collector's sight, so its collections only walk
+        # what requests allocate.
+        gc.freeze()
         try:
             yield
         finally:
+            await watch.stop()
             await broker.stop()
             await pool.aclose(close_connection_pool=True)
             await engine.dispose()
@@ -187,6 +206,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/readyz", readiness_endpoint(settings), methods=["GET"]),
+        Route("/metrics", metrics_endpoint(settings), methods=["GET"]),
         *dashboard.routes,
     ]
     app = Starlette(
@@ -194,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers={**EXCEPTION_HANDLERS, Exception: internal_error},
         middleware=[
+            Middleware(Telemetry),  # outermost: ids and counts every request
             Middleware(
                 BodySizeLimit,
                 max_bytes=settings.max_body_bytes,
@@ -201,7 +223,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             Middleware(RateLimitHeaders),
             Middleware(
-                SessionMiddleware,
+                Scoped,
+                prefix=dashboard.HOME,
+                middleware=SessionMiddleware,
                 # Its own key, derived: the API-key pepper is never a cookie-signing key.
                 secret_key=hmac.new(
                     settings.secret_key.get_secret_value().encode(),
@@ -214,6 +238,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 https_only=settings.public_url.startswith("https://"),
                 max_age=8 * 3600,
             ),
+            Middleware(RequestEnd),
         ],
     )
     app.state.schema = schema

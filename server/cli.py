@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -51,9 +50,10 @@ T = TypeVar("T")
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from runtime import logs
+
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)
 
 
 def _with_session(fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -89,38 +89,96 @@ def serve(
     workers: Annotated[int, typer.Option(help="API processes")] = 1,
 ) -> None:
     """Run the API (GraphQL, REST shim, image files) with uvicorn."""
+    import os
+    import shutil
+    import tempfile
+
     import uvicorn
 
+    from runtime import logs
+
     settings = get_settings()
-    uvicorn.run(
-        "server.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        proxy_headers=True,
-        log_level="info",
-    )
+    options: dict[str, Any] = {}
+    if settings.log_format == "json":
+        # uvicorn applies it in each of its processes: its own lines go through it too.
+        options["log_config"] = logs.config(settings.log_format, settings.log_level)
+    # Several processes behind one port: each scrape reaches one of them, so their counts
+    # go to files in a directory they share (prometheus-client's multiprocess mode, read
+    # by the processes uvicorn spawns) and every /metrics serves the sum. Named here, not
+    # imported: this process must not import prometheus_client (it would count into it).
+    own_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="fluxgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    try:
+        uvicorn.run(
+            "server.app:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            proxy_headers=True,
+            log_level=settings.log_level,
+            **options,
+        )
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve /metrics and /readyz here (default FLUXGATE_WORKER_METRICS_PORT; 0: off)"
+    ),
+]
 
 
 @app.command()
-def worker() -> None:
-    """Run one arq GPU worker (loads every model in the registry, one job at a time).
-    It rides out Redis outages: reconnects with backoff, models kept loaded."""
+def worker(
+    metrics_port: MetricsPort = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            help="A model pool to serve (repeatable; default: every pool in the registry)",
+        ),
+    ] = None,
+    memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse to start if the pools' model directories exceed this many GB "
+            "(default FLUXGATE_WORKER_MEMORY_GB; unset: no check)",
+        ),
+    ] = None,
+) -> None:
+    """Run one arq GPU worker: loads the models of its pools (default: every model in the
+    registry), warms them up, then takes their jobs one at a time. It rides out Redis
+    outages: reconnects with backoff, models kept loaded."""
     _logging()
-    from gpu_worker.worker import run
+    from gpu_worker.worker import check_memory_budget, run, serving
 
-    run()
+    settings = get_settings()
+    if memory_gb is not None:
+        if memory_gb <= 0:
+            raise _fail("--memory-gb must be more than 0")
+        settings = settings.model_copy(update={"worker_memory_gb": memory_gb})
+    try:
+        pools = serving(settings, pool)
+        check_memory_budget(settings, pools)
+    except ValueError as exc:  # an unknown pool, or models over the budget
+        raise _fail(str(exc)) from None
+    run(settings, metrics_port=metrics_port, pools=pools)
 
 
 @app.command("webhook-worker")
-def webhook_worker() -> None:
+def webhook_worker(metrics_port: MetricsPort = None) -> None:
     """Run a webhook delivery worker (its own queue: receivers never hold up a GPU).
     It rides out Redis outages: reconnects with backoff."""
     _logging()
     from gpu_worker.webhooks import run
 
-    run()
+    run(metrics_port=metrics_port)
 
 
 @db_app.command("upgrade")

@@ -58,15 +58,41 @@ log = logging.getLogger(__name__)
 
 def build_context(conn: Request | WebSocket, services: Services) -> Context:
     if isinstance(conn, Request):
-        return Context(
+        context = Context(
             services=services,
             api_key=api_key_from(conn),
             idempotency_key=idempotency_key_from(conn),
             state=conn.state,
         )
+        # Whatever the request's path, the context is closed when it ends (RequestEnd).
+        conn.state.fluxgate_context = context
+        return context
     # A websocket's handshake headers would apply to every operation on it: an
     # Idempotency-Key there would make every generate on the socket the same job.
     return Context(services=services, api_key=api_key_from(conn), websocket=True)
+
+
+def is_multipart(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return content_type.lower().lstrip().startswith("multipart/form-data")
+
+
+async def authenticate_early(request: Request, context: Context) -> None:
+    """Authenticate before execution, so even a request refused before it (a syntax
+    error) is answered with the caller's X-RateLimit-* headers. Any failure is left to
+    the resolvers, which report it in the GraphQL way.
+
+    Authentication begins the request's transaction, which its unit of work continues;
+    so the body is read first (a slow client must not hold a database connection while
+    it sends), except an upload's: a multipart request authenticates and gives its
+    connection back at once, and opens another when its files are in."""
+    multipart = is_multipart(request)
+    if not multipart:
+        await request.body()  # kept by starlette for the parser
+    with contextlib.suppress(Exception):
+        await context.caller()
+    if multipart:
+        await context.close()
 
 
 def _ws_error(
@@ -365,6 +391,10 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             return await self.run(request)
         finally:
+            # The request's database session goes back before the response is written.
+            context: Context | None = getattr(request.state, "fluxgate_context", None)
+            if context is not None:
+                await context.close()
             # A multipart request's uploads are temporary files: closed now, not when the
             # garbage collector gets to them (neither strawberry nor starlette closes them).
             await request.close()
@@ -496,11 +526,7 @@ class GraphQLApp(GraphQL[Context, None]):
         services: Services = request.app.state.services
         context = build_context(request, services)
         if context.api_key is not None and isinstance(request, Request):
-            # Authenticate now, so even a request refused before execution (a syntax
-            # error) is answered with the caller's X-RateLimit-* headers. Any failure is
-            # left to the resolvers, which report it in the GraphQL way.
-            with contextlib.suppress(Exception):
-                await context.caller()
+            await authenticate_early(request, context)
         return context
 
     async def get_root_value(self, request: Any) -> None:

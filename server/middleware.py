@@ -1,9 +1,11 @@
-"""ASGI middleware: the X-RateLimit-* headers on every authenticated response, and the
-request body size limit."""
+"""ASGI middleware: the X-RateLimit-* headers on every authenticated response, the
+request body size limit, and the end of a request's context."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -54,6 +56,42 @@ class RateLimitHeaders:
         except (RedisConnectionError, RedisTimeoutError):
             # Headers are informative: without Redis the response goes without them.
             return None
+
+
+class RequestEnd:
+    """Closes a request's context when the request ends, however it ended (a refusal
+    returned before execution included): the database session its authentication left
+    open goes back to the pool. The handlers close it sooner, before their response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            context = (scope.get("state") or {}).get("fluxgate_context")
+            if context is not None:
+                await context.close()
+
+
+class Scoped:
+    """Runs ``middleware`` only for requests under ``prefix`` (the dashboard's cookie
+    session: the API never reads it, so its requests do not pay for it)."""
+
+    def __init__(
+        self, app: ASGIApp, /, prefix: str, middleware: Callable[..., ASGIApp], **options: Any
+    ) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.scoped = middleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            await self.scoped(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class _TooLarge(Exception):

@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
-    documented = set(re.findall(r"FLUXGATE_[A-Z_]+", README))
+    documented = set(re.findall(r"FLUXGATE_[A-Z0-9_]+", README))
     for name in Settings.model_fields:
         assert f"FLUXGATE_{name.upper()}" in documented, name
 

@@ -17,6 +17,7 @@ from sqlalchemy import case, func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
+from billing.catalog import pool_of
 from billing.db import (
     GenerationAccepted,
     GenerationCancelled,
@@ -88,7 +89,7 @@ async def submit(
     idempotency_key: str | None = None,
     plans: PlanBook | None = None,
     now: datetime | None = None,
-    account_plan: tuple[str, dict[str, Any] | None] | None = None,
+    limits: PlanLimits | None = None,
 ) -> Generation:
     """Accept a job: the caps are checked, and the row and the credit hold written, in one
     transaction under the account's row lock.
@@ -96,14 +97,13 @@ async def submit(
     With an idempotency key, a retry with the same body returns the first job and charges
     nothing (and is not subject to the caps); the same key with a different body is
     refused. ``now`` is injectable so tests can stand at a day's boundary.
-    ``account_plan``: the account's (plan, limit overrides) as its caller was
-    authenticated with; when they set no caps, the row lock for counting is skipped.
+    ``limits``: the account's plan limits as its caller was authenticated with; when
+    they set no caps, the row lock for counting is skipped.
     """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadUserInput("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters")
     now = now or utcnow()
     book = plans or default_plan_book()
-    limits = book.limits(*account_plan) if account_plan is not None else None
     if limits is None or limits.concurrent_jobs is not None or limits.jobs_per_day is not None:
         # The caps are counted under the account's row lock, so racing submissions
         # cannot overshoot them; the plan is re-read under it. An account without caps
@@ -162,7 +162,7 @@ async def submit(
         uow.session,
         [_asset_row(a, account_id, generation_id, now) for a in request.inputs],
     )
-    uow.emit(GenerationAccepted(generation_id))
+    uow.emit(GenerationAccepted(generation_id, pool_of(request.params)))
     uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
 
@@ -428,7 +428,7 @@ async def cancel(uow: UnitOfWork, account_id: uuid.UUID, generation_id: str) -> 
             f"Generation is already {existing.status}; only queued or processing "
             "generations can be cancelled"
         )
-    uow.emit(GenerationCancelled(generation.id))
+    uow.emit(GenerationCancelled(generation.id, pool_of(generation.params)))
     await _settle(uow, generation, capture=False)
     return generation
 
@@ -493,8 +493,12 @@ async def find_stale(
     )
 
 
-def requeue(uow: UnitOfWork, generation_id: str) -> None:
-    uow.emit(GenerationAccepted(generation_id))
+async def requeue(uow: UnitOfWork, generation_id: str) -> None:
+    """Enqueue a queued job again, on its pool's queue (read from its row; a job that is
+    gone or no longer queued is left alone)."""
+    generation = await repo.get_generation(uow.session, generation_id)
+    if generation is not None and generation.status == GenerationStatus.QUEUED.value:
+        uow.emit(GenerationAccepted(generation_id, pool_of(generation.params)))
 
 
 async def renew_lease(uow: UnitOfWork, generation_id: str, attempt: int) -> bool:
@@ -526,7 +530,7 @@ async def recover(
         attempts_below=max_tries,
     )
     if requeued is not None:
-        uow.emit(GenerationRequeued(generation_id))
+        uow.emit(GenerationRequeued(generation_id, pool_of(requeued.params)))
         uow.emit(GenerationUpdated(snapshot(requeued)))
         return requeued
     failed = await repo.take_expired(
@@ -561,6 +565,6 @@ async def expire_queued(
     )
     if generation is not None:
         # Off the queue too, so no worker spends a run on it (it would be skipped).
-        uow.emit(GenerationCancelled(generation.id))
+        uow.emit(GenerationCancelled(generation.id, pool_of(generation.params)))
         await _settle(uow, generation, capture=False)
     return generation

@@ -62,19 +62,11 @@ async def reserve(
     the error. The debit comes first because it is the statement that serializes
     concurrent reserves of one account (row lock) and refuses a negative balance.
     """
-    if not await repo.debit_available(session, account_id, cost):
+    debited, recorded = await repo.hold_credits(session, account_id, generation_id, cost)
+    if not debited:
         available, _ = await repo.balance_cache(session, account_id)
         raise InsufficientCredits(required=cost, available=available)
-    inserted = await repo.insert_entry(
-        session,
-        account_id=account_id,
-        kind=LedgerKind.RESERVE,
-        available_delta=-cost,
-        reserved_delta=cost,
-        movement_key=f"reserve:{generation_id}",
-        generation_id=generation_id,
-    )
-    if not inserted:
+    if not recorded:
         # The job already holds its credits: undo this debit in the same transaction, so
         # the cached balance never moves without a ledger entry.
         await repo.adjust_balance(session, account_id, cost, -cost)

@@ -1,5 +1,5 @@
 """The unit of work a ``Store`` opens: its events are dispatched once, after commit, and
-dropped when it rolls back."""
+dropped when it rolls back. The engine's pool pings only connections that sat idle."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing import db
 from billing.db import (
     Event,
     GenerationAccepted,
     Store,
     UnitOfWork,
+    make_engine,
     unit_of_work_without_dispatch,
 )
 from billing.models import Account
@@ -114,3 +118,63 @@ async def test_without_dispatch_the_events_stay_on_the_unit_of_work(sessions: Se
         uow.emit(GenerationAccepted("g-4"))
     assert uow.committed
     assert uow.events == [GenerationAccepted("g-4")]
+
+
+# --- the pool's ping -------------------------------------------------------------------
+
+
+class Pings:
+    """Counts the pings the pool sends (the asyncpg adapter's ``ping``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = AsyncAdapt_asyncpg_connection.ping
+
+        def counted(adapter: AsyncAdapt_asyncpg_connection) -> None:
+            self.count += 1
+            original(adapter)  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
+
+        monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+
+
+async def test_a_connection_back_in_use_at_once_is_not_pinged(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings = Pings(monkeypatch)
+    engine = make_engine(database, pool_size=1, max_overflow=0)
+    try:
+        monkeypatch.setattr(db, "PING_IDLE_S", 3600.0)
+        for _ in range(3):
+            async with engine.connect() as conn:
+                assert await conn.scalar(text("SELECT 1")) == 1
+        assert pings.count == 0
+        monkeypatch.setattr(db, "PING_IDLE_S", 0.0)  # every return counts as idle now
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT 1")) == 1
+        assert pings.count == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    database: str, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle past PING_IDLE_S is pinged; a dead one is replaced, and the
+    caller never sees the failure (a restarted or terminated server)."""
+    monkeypatch.setattr(db, "PING_IDLE_S", 0.0)
+    engine = make_engine(database, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            dead = await conn.scalar(text("SELECT pg_backend_pid()"))
+        async with sessions() as session:
+            assert await session.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": dead})
+            # Wait for the backend itself to be gone (the event, not a sleep).
+            while await session.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": dead}
+            ):
+                await asyncio.sleep(0.01)
+        async with engine.connect() as conn:
+            alive = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert alive != dead
+    finally:
+        await engine.dispose()

@@ -593,14 +593,22 @@ async def test_balance_cannot_go_negative(
     await assert_balance(sessions, account.id, 1000, 0)
 
 
-async def test_debit_available_refuses_more_than_available(
+async def test_hold_credits_refuses_more_than_available_and_records_once(
     sessions: Sessions, settings: Settings
 ) -> None:
     acct = await create_account(sessions, settings, credits=5)
+    job = await insert_unreserved_job(sessions, acct.id, 3)
     async with sessions() as s:
-        assert await repo.debit_available(s, acct.id, 6) is False
-        assert await repo.debit_available(s, acct.id, 5) is True
-        assert await repo.debit_available(s, acct.id, 1) is False
+        # Short: neither the debit nor the ledger row happens.
+        assert await repo.hold_credits(s, acct.id, job, 6) == (False, False)
+        assert await repo.hold_credits(s, acct.id, job, 3) == (True, True)
+        # The job's hold exists: the debit happens, the row does not (the caller undoes it).
+        assert await repo.hold_credits(s, acct.id, job, 1) == (True, False)
+        assert await repo.hold_credits(s, acct.id, job, 2) == (False, False)
+        entries = [e for e in await repo.list_entries(s, acct.id) if e.kind == "reserve"]
+        assert [(e.available_delta, e.reserved_delta, e.movement_key) for e in entries] == [
+            (-3, 3, f"reserve:{job}")
+        ]
         await s.rollback()
     await assert_balance(sessions, acct.id, 5, 0)
 

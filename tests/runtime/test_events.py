@@ -1,10 +1,15 @@
-"""The subscriber mailbox of the event broker."""
+"""The subscriber mailbox of the event broker, and what the broker does with a message."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
-from runtime.events import Mailbox
+from redis.asyncio import Redis
+
+from billing.db import GenerationUpdated
+from runtime.events import REVOKED, Broker, Mailbox
+from runtime.queue import Dispatcher
 
 
 def update(job: str, status: str, step: int = 0) -> dict[str, object]:
@@ -33,3 +38,20 @@ async def test_get_waits_for_a_message() -> None:
         "status": "queued",
         "step": 0,
     }
+
+
+def test_a_job_update_nobody_here_follows_is_not_decoded_but_a_revocation_is() -> None:
+    """Every API process hears every job's updates; one with no subscriber to them skips
+    them undecoded, and still takes in revocations (a key revoked just before a
+    subscription registers must end it)."""
+    broker = Broker(Redis(), "events")  # never connects: messages are handed to it
+    message = Dispatcher._message(GenerationUpdated({"id": "g1", "status": "queued"}))
+    assert message.startswith('{"snapshot":')
+    broker._deliver(b"{not json" + message.encode())  # malformed: dropped, logged
+    broker._deliver(message.encode()[:20])  # truncated, and followed by nobody: skipped
+    broker._deliver(json.dumps({"revoked_key": "k1", "account_id": "a1"}).encode())
+    with broker.listen(generation_id="g1", api_key_id="k1") as mailbox:
+        assert mailbox.ended == REVOKED
+    with broker.listen(generation_id="g1", api_key_id="k2") as mailbox:
+        broker._deliver(message.encode())
+        assert mailbox._items[0]["snapshot"]["id"] == "g1"

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.models import Asset
 from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import TestAccount, balance, create_account, gql, wait_for_final
@@ -268,6 +269,16 @@ async def test_image_id_chain_and_another_accounts_image(
     )
     assert sent["errors"][0]["extensions"] == {"code": "NOT_FOUND", "field": "imageId"}, sent
     await assert_untouched(sessions, stranger, START)
+
+    # An image whose file is gone from the store (deleted by hand, lost) is missing too:
+    # a 404 naming the field, not a 500, and nothing charged.
+    async with sessions() as session:
+        asset = await session.get(Asset, edit_output["id"])
+    assert asset is not None
+    (input_settings.storage_dir / asset.key).unlink()
+    rest = await rest_json(http, customer, "edit", {"prompt": "gone", "image_id": str(asset.id)})
+    assert refusal(rest, 404, "NOT_FOUND")["extensions"]["field"] == "image_id"
+    await assert_charged(sessions, customer, START, spent)
 
 
 async def test_create_job_and_price_job_name_a_field_alike(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.settings import ROOT, Settings
 from tests.conftest import TEST_DATABASE_URL, free_port, recreate_database, wait_healthy
@@ -77,6 +78,7 @@ async def run_env(tmp_path: Path, settings: Settings) -> dict[str, str]:
         "FLUXGATE_LOG_DIR": str(tmp_path / "log"),
         "FLUXGATE_DEV_KEY_FILE": str(tmp_path / "dev-account.json"),
         "FLUXGATE_DEVICE": "cpu",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
 
 
@@ -134,6 +136,21 @@ def test_run_sh_restarts_a_dead_worker_and_stops_on_ctrl_c(
                 break
             assert time.monotonic() < deadline, state
             time.sleep(0.1)
+        # One /metrics shows every process of make run: the job the worker ran included.
+        exposed = client.get("/metrics")
+        assert exposed.status_code == 200, exposed.text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(exposed.text)
+            for s in family.samples
+        }
+        runs = [
+            v
+            for (name, labels), v in samples.items()
+            if name == "fluxgate_job_run_seconds_count" and ("kind", "text_to_image") in labels
+        ]
+        assert runs and sum(runs) >= 1, sorted(n for n, _ in samples)  # fmt: skip
+        assert any(name == "fluxgate_queue_depth" for name, _ in samples)
 
     os.killpg(run_sh.pid, signal.SIGINT)  # Ctrl-C in the terminal
     assert run_sh.wait(timeout=60) == 130

@@ -318,7 +318,14 @@ async def test_idle_subscriptions_do_not_poll_the_database(
     idle subscriptions start no transaction per subscriber (they start none at all)."""
     port = free_port()
     own = live_settings.model_copy(
-        update={"public_url": f"http://127.0.0.1:{port}", "ws_keepalive_s": 0.25}
+        # The process-wide safety-net sweep (one transaction per interval, whatever the
+        # number of subscriptions: tests/server/test_subscription_watch.py) kept out of
+        # this window, which is about the subscribers themselves.
+        update={
+            "public_url": f"http://127.0.0.1:{port}",
+            "ws_keepalive_s": 0.25,
+            "subscription_recheck_s": 3600.0,
+        }
     )
     subscriptions = 10
     with ThreadedServer(own, port) as server:
