@@ -125,15 +125,25 @@ def named(name: str, argument: str = "") -> list[int]:
     return pids
 
 
-def machine_cpu(server: int) -> dict[str, float]:
-    """CPU seconds so far: the server, the bench database's Postgres backends, Redis, and
-    this bench's finished children (the load generator)."""
+def machine_cpu(server: int) -> dict[str, Any]:
+    """CPU seconds so far: the server, each of the bench database's Postgres backends (by
+    pid: a connection may close or open during a round), Redis, and this bench's finished
+    children (the load generator)."""
     return {
         "server": cpu_seconds(server),
-        "postgres": sum(cpu_seconds(p) for p in named("postgres", f" {DB_NAME} ")),
+        "postgres": {p: cpu_seconds(p) for p in named("postgres", f" {DB_NAME} ")},
         "redis": sum(cpu_seconds(p) for p in named("redis-server")),
         "loadgen": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
     }
+
+
+def spent_between(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds spent from ``start`` to ``end``; a backend that closed meanwhile counts
+    what it had spent by ``start`` as nothing (its last moments are not seen)."""
+    spent = {k: end[k] - start[k] for k in ("server", "redis", "loadgen")}
+    before, after = start["postgres"], end["postgres"]
+    spent["postgres"] = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    return {k: spent[k] for k in ("server", "postgres", "redis", "loadgen")}
 
 
 async def measure(name: str, port: int, path: str, body: dict[str, Any], keys: list[str],
@@ -141,7 +151,7 @@ async def measure(name: str, port: int, path: str, body: dict[str, Any], keys: l
     before = await job_rows()
     start = machine_cpu(pid)
     result = load(port, path, body, keys, args, rate)
-    spent = {k: v - start[k] for k, v in machine_cpu(pid).items()}
+    spent = spent_between(start, machine_cpu(pid))
     made = await job_rows() - before
     if made != result["accepted"] or result["refused"]:
         raise SystemExit(

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -79,10 +78,9 @@ async def stripe_webhook(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
-    async with services.sessions() as session:
-        await session.execute(text("SELECT 1"))
-    await services.queue.redis.ping()  # the app's one Redis pool
+    """Liveness: the process serves requests. Whether the database and Redis answer is
+    readiness (``/readyz``): an outage of either makes the API refuse work with 503 and
+    recover by itself, so it must not get the process restarted."""
     return JSONResponse({"status": "ok"})
 
 

@@ -160,43 +160,51 @@ async def test_a_refused_submit_commits_nothing_and_returns_its_connection(
     assert watched.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+async def post_trickled(
+    watched: Watched,
+    http: httpx.AsyncClient,
+    caller: TestAccount,
+    path: str,
+    body: bytes,
+    content_type: str,
+) -> httpx.Response:
+    """POST ``body`` in two parts, the second sent only once the server waits for it;
+    meanwhile, no database connection may be checked out."""
+    proceed = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await proceed.wait()
+        yield body[10:]
+
+    watched.body.waiting.clear()
+    headers = {
+        "Authorization": f"Bearer {caller.api_key}",
+        "Content-Type": content_type,
+        "Content-Length": str(len(body)),
+    }
+    request = asyncio.create_task(http.post(path, content=trickle(), headers=headers))
+    assert await asyncio.to_thread(watched.body.waiting.wait, 30)
+    try:
+        assert watched.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        proceed.set()
+    return await request
+
+
 @pytest.mark.parametrize("path", ["/graphql", "/v1/text_to_image"])
 async def test_a_slow_body_holds_no_database_connection(
     watched: Watched, http: httpx.AsyncClient, caller: TestAccount, path: str
 ) -> None:
     """Authentication begins the request's transaction, so it waits for the whole body:
     clients that trickle their bodies cannot take the pool's connections."""
-    proceed = asyncio.Event()
     body = (
         {"query": GENERATE, "variables": {"input": SEED_INPUT}}
         if path == "/graphql"
         else {"service": "flux-dev", "prompt": "a lighthouse", "width": 256, "height": 256}
     )
     encoded = httpx.Request("POST", "/", json=body).content
-
-    async def trickle() -> AsyncIterator[bytes]:
-        yield encoded[:10]
-        await proceed.wait()
-        yield encoded[10:]
-
-    watched.body.waiting.clear()
-    request = asyncio.create_task(
-        http.post(
-            path,
-            content=trickle(),
-            headers={
-                "Authorization": f"Bearer {caller.api_key}",
-                "Content-Type": "application/json",
-                "Content-Length": str(len(encoded)),
-            },
-        )
-    )
-    assert await asyncio.to_thread(watched.body.waiting.wait, 30)
-    try:
-        assert watched.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        proceed.set()
-    response = await request
+    response = await post_trickled(watched, http, caller, path, encoded, "application/json")
     assert response.status_code == 200, response.text
 
 
@@ -205,36 +213,15 @@ async def test_a_multipart_upload_holds_no_database_connection_while_it_arrives(
 ) -> None:
     """An upload authenticates first (its key must be in a header) and gives the
     connection back before reading its files."""
-    proceed = asyncio.Event()
     boundary = uuid.uuid4().hex
     part = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n'
         f"a lighthouse\r\n--{boundary}--\r\n"
     ).encode()
-
-    async def trickle() -> AsyncIterator[bytes]:
-        yield part[:10]
-        await proceed.wait()
-        yield part[10:]
-
-    watched.body.waiting.clear()
-    request = asyncio.create_task(
-        http.post(
-            "/v1/image_to_image",
-            content=trickle(),
-            headers={
-                "Authorization": f"Bearer {caller.api_key}",
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-                "Content-Length": str(len(part)),
-            },
-        )
-    )
-    assert await asyncio.to_thread(watched.body.waiting.wait, 30)
-    try:
-        assert watched.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        proceed.set()
-    response = await request
+    response = await post_trickled(
+        watched, http, caller, "/v1/image_to_image", part,
+        f"multipart/form-data; boundary={boundary}",
+    )  # fmt: skip
     # No image was sent: refused, after the body, with nothing charged.
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["extensions"]["field"] == "image"

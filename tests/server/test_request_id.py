@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
 from runtime.settings import ROOT, Settings
 from server.metrics import MAX_REQUEST_ID
@@ -81,25 +83,25 @@ async def test_a_hostile_id_is_replaced(http: httpx.AsyncClient, hostile: bytes)
 
 
 async def test_an_unhandled_error_still_carries_the_id(
-    id_server: ThreadedServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    id_server: ThreadedServer, http: httpx.AsyncClient
 ) -> None:
     app = id_server.server.config.app
     assert isinstance(app, Starlette)
-    services = app.state.services
 
-    async def broken() -> None:
-        raise RuntimeError("not a Redis error: an unexpected one")
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("an unexpected error")
 
-    monkeypatch.setattr(services.queue.redis, "ping", broken)
-    response = await http.get("/healthz", headers={"X-Request-Id": "boom-1"})
+    app.router.add_route("/test-boom", broken)
+    response = await http.get("/test-boom", headers={"X-Request-Id": "boom-1"})
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "boom-1"
     assert response.json()["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
-    monkeypatch.undo()
     after = await http.get("/metrics")
     samples = parse(after.text)
     assert (
-        value(samples, "fluxgate_http_requests_total", route="/healthz", method="GET", status="500")
+        value(
+            samples, "fluxgate_http_requests_total", route="/test-boom", method="GET", status="500"
+        )
         >= 1
     )
 
