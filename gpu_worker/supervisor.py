@@ -5,7 +5,10 @@ started again. The supervisor builds a fresh ``Worker`` each time, around the sa
 ``ctx``: whatever the startup put there that is worth keeping (the GPU worker's loaded
 pipelines) survives, so a reconnect never reloads a model. Between attempts it waits with
 exponential backoff and jitter (redis-py's), so a fleet of workers does not reconnect in
-lockstep. SIGINT and SIGTERM stop it at any point, as they stop a plain arq worker.
+lockstep. SIGINT and SIGTERM stop it at any point. With a drain time, the first signal
+stops it taking jobs and lets the jobs in flight finish for up to that long (a rolling
+restart loses no work); what is still running then is cancelled and handed back (arq
+retries it elsewhere; the ledger charges it once). A second signal stops at once.
 
 An arq ``Worker`` takes jobs from one queue; a process serving several model pools runs a
 ``WorkerGroup``: one ``Worker`` per pool's queue in the same event loop, around one
@@ -130,33 +133,61 @@ class Supervisor:
         name: str,
         *,
         backoff: AbstractBackoff | None = None,
+        drain_s: float = 0.0,
     ) -> None:
         self.build = build
         self.name = name
         self.backoff = backoff or EqualJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        self.drain_s = drain_s
         self.restarts = 0
         self._stopping = asyncio.Event()
         self._worker: Worker | WorkerGroup | None = None
         self._watchdog: threading.Timer | None = None
+        self._drain: asyncio.Task[None] | None = None
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
-        """Stop for good: the running worker cancels its jobs (arq retries them) and
-        closes; a wait between attempts ends at once. The stop is bounded: if closing
-        has not ended the process within ``GRACEFUL_STOP_S`` (a teardown stuck on a
-        connection; everything a job owns is settled in the database by then, or its
-        lease lets the sweeper retry it), the process exits anyway, with status 1."""
+        """Stop for good: the running worker takes no more jobs, lets those in flight
+        finish for up to ``drain_s``, then cancels what is left (arq retries it) and
+        closes; a wait between attempts ends at once; a second signal skips the drain.
+        The stop is bounded: if closing has not ended the process within ``drain_s`` +
+        ``GRACEFUL_STOP_S`` (a teardown stuck on a connection; everything a job owns is
+        settled in the database by then, or its lease lets the sweeper retry it), the
+        process exits anyway, with status 1."""
+        again = self._stopping.is_set()
         self._stopping.set()
         if self._watchdog is None:
-            self._watchdog = threading.Timer(GRACEFUL_STOP_S, self._exit_now)
+            self._watchdog = threading.Timer(self.drain_s + GRACEFUL_STOP_S, self._exit_now)
             self._watchdog.daemon = True  # never holds up a normal exit
             self._watchdog.start()
-        if self._worker is not None:
-            self._worker.handle_sig(signum)
+        worker = self._worker
+        if worker is None:
+            return
+        if again or self.drain_s <= 0 or not worker.tasks:
+            worker.handle_sig(signum)
+        elif self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drained(worker, signum))
+
+    async def _drained(self, worker: Worker | WorkerGroup, signum: signal.Signals) -> None:
+        """Let ``worker``'s jobs in flight finish (for up to ``drain_s``), then stop it."""
+        for member in worker.members if isinstance(worker, WorkerGroup) else [worker]:
+            member.allow_pick_jobs = False  # arq's own switch: its poll takes no job
+        log.info(
+            "%s: stopping: finishing the jobs in flight (at most %ss)", self.name, self.drain_s
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.drain_s):
+                while running := [t for t in worker.tasks.values() if not t.done()]:
+                    await asyncio.wait(running)
+        left = sum(not t.done() for t in worker.tasks.values())
+        if left:
+            log.warning("%s: %d job(s) still running after %ss: handed back", self.name,
+                        left, self.drain_s)  # fmt: skip
+        worker.handle_sig(signum)
 
     def _exit_now(self) -> None:
         log.error(
             "%s: still stopping %ss after the signal; exiting without finishing the "
-            "teardown", self.name, GRACEFUL_STOP_S,
+            "teardown", self.name, self.drain_s + GRACEFUL_STOP_S,
         )  # fmt: skip
         logging.shutdown()
         os._exit(1)

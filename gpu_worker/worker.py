@@ -635,8 +635,11 @@ def run(
     check_memory_budget(settings, served)
     ctx: dict[str, Any] = {}
     server = metrics.serve("worker", metrics.probe(ctx), settings, metrics_port)
+    drain_s = settings.job_timeout_s if settings.worker_drain_s is None else settings.worker_drain_s
     supervisor = Supervisor(
-        lambda: build_worker(settings, handle_signals=False, ctx=ctx, pools=served), "worker"
+        lambda: build_worker(settings, handle_signals=False, ctx=ctx, pools=served),
+        "worker",
+        drain_s=drain_s,
     )
     try:
         asyncio.run(supervisor.run())

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     job_timeout_s: int = Field(default=600, ge=10)
+    # On SIGTERM a GPU worker takes no more jobs and lets the one in flight finish for up
+    # to this long (default: the job timeout, so a job is never cut short by a restart);
+    # then it is cancelled and handed back. 0: cancel at once. A second signal skips it.
+    worker_drain_s: float | None = Field(default=None, ge=0)
     job_max_tries: int = Field(default=3, ge=1)
     # The worker running a job renews its lease (in the database) every job_heartbeat_s;
     # the sweeper, every sweep_interval_s, retries (up to job_max_tries runs) or fails and
