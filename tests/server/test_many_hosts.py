@@ -21,10 +21,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from billing import repository as repo
 from billing.db import make_engine, make_sessionmaker
 from runtime.settings import ROOT, Settings
 from tests.conftest import TEST_DATABASE_URL, TINY_MODEL, free_port, recreate_database
-from tests.factories import TestAccount, create_account
+from tests.factories import TestAccount, audit, create_account
 from tests.s3_server import AWS_TEST_ENV, S3Server
 
 BUCKET = "fluxgate-hosts"
@@ -63,8 +64,9 @@ class Fleet:
         self.hosts: list[Host] = []
         self.apis: list[str] = []
 
-    def start(self, name: str, *args: str) -> Host:
-        host = Host(name, list(args), self.env, self.directory / f"{name}-{len(self.hosts)}.log")
+    def start(self, name: str, *args: str, **env: str) -> Host:
+        log = self.directory / f"{name}-{len(self.hosts)}.log"
+        host = Host(name, list(args), {**self.env, **env}, log)
         self.hosts.append(host)
         return host
 
@@ -236,3 +238,63 @@ async def _equals(gauges_of: object, pool: str, value: float) -> bool:
     assert asyncio.iscoroutine(gauges_of)
     found: dict[str, float] = await gauges_of
     return found.get(pool) == value
+
+
+@pytest.mark.slow
+async def test_a_rolling_restart_of_the_workers_under_load_loses_no_job_nor_charges_twice(
+    fleet: Fleet, settings: Settings
+) -> None:
+    """The old worker gets SIGTERM while jobs keep coming: it takes no new job, finishes
+    the one in flight and exits 0; its replacement takes the rest. Every job completes,
+    each charged once."""
+    engine = make_engine(fleet.env["FLUXGATE_DATABASE_URL"], pool_size=1, max_overflow=0)
+    sessions = make_sessionmaker(engine)
+    try:
+        account = await create_account(sessions, settings, credits=10_000)
+        one, two = fleet.apis
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def live(n: int) -> bool:
+                try:
+                    response = await http.get(f"{two}/metrics")
+                except httpx.TransportError:
+                    return False
+                return gauges(response.text, "fluxgate_workers_live").get("dev") == n
+
+            async def all_final(jobs: list[str]) -> bool:
+                found = [await state(http, one, account, j) for j in jobs]
+                return all(s["status"] in FINAL for s in found)
+
+            old = fleet.start(
+                "worker-old", "worker", "--pool", "dev", FLUXGATE_WORKER_DRAIN_S="120"
+            )
+            await until("the old worker", lambda: live(1), fleet)
+            jobs: list[str] = []
+
+            async def load() -> None:
+                for n in range(12):
+                    jobs.append(await submit(http, (one, two)[n % 2], account, "flux-dev"))
+                    await asyncio.sleep(0.2)  # pacing the load, not a synchronisation
+
+            submitting = asyncio.create_task(load())
+            await until("jobs under way", lambda: len(jobs) >= 3, fleet)
+            fleet.start("worker-new", "worker", "--pool", "dev")
+            await until("the new worker", lambda: live(2), fleet)
+            old.stop(signal.SIGTERM)  # the rolling restart: waits for the old one to exit
+            assert old.proc.returncode == 0, old.output()[-3000:]
+            await submitting
+            await until("every job", lambda: all_final(jobs), fleet)
+            shown = [await state(http, two, account, j) for j in jobs]
+            assert [s["status"] for s in shown] == ["completed"] * len(jobs), shown
+        cached, summed = await audit(sessions, account.id)
+        assert cached == summed and cached.reserved == 0
+        costs = sum(int(s["creditCost"]) for s in shown)
+        assert cached.available == 10_000 - costs
+        async with sessions() as session:
+            entries = await repo.list_entries(session, account.id)
+        # Each job held once and captured once: nothing charged twice, nothing lost.
+        for kind in ("reserve", "capture"):
+            held = sorted(str(e.generation_id) for e in entries if e.kind == kind)
+            assert held == sorted(jobs), kind
+    finally:
+        await engine.dispose()
