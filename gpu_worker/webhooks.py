@@ -199,12 +199,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     # The job sweeper runs here too, so the maximum queue wait holds (and crashed GPU
     # workers' jobs are recovered) even while no GPU worker runs.
-    ctx["sweeper"] = asyncio.create_task(
-        sweeper.sweep_periodically(
-            settings.sweep_interval_s,
-            lambda: sweeper.sweep(state.store, settings),
+    if settings.sweep:
+        ctx["sweeper"] = asyncio.create_task(
+            sweeper.sweep_periodically(
+                settings.sweep_interval_s,
+                lambda: sweeper.sweep(state.store, settings),
+            )
         )
-    )
     # No models and no heartbeat: ready while started (Redis reached, store built).
     metrics.probe(ctx, heartbeat_max_age_s=None).loaded = True
 

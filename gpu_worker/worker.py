@@ -139,9 +139,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
     # Only now, with the models loaded: a pool counts this worker live from here on.
     heartbeats = [Keys(pool_queue(settings.queue_name, pool)) for pool in pools]
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(redis, heartbeats, probe))
-    ctx["sweeper"] = asyncio.create_task(
-        sweeper.sweep_periodically(settings.sweep_interval_s, lambda: sweep_stale(ctx))
-    )
+    if settings.sweep:
+        ctx["sweeper"] = asyncio.create_task(
+            sweeper.sweep_periodically(settings.sweep_interval_s, lambda: sweep_stale(ctx))
+        )
 
 
 def warm_up(runner: PipelineRunner, entries: Sequence[ModelEntry]) -> None:

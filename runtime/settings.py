@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(default=30, ge=2)
     job_heartbeat_s: float = Field(default=5.0, gt=0)
     sweep_interval_s: float = Field(default=15.0, gt=0)
+    # Whether this worker process sweeps. Concurrent sweeps are safe, so by default every
+    # GPU and webhook worker does; a deployment may keep it to one process (the webhook
+    # worker, say) by setting it false on the GPU workers.
+    sweep: bool = True
     # A job still queued after this long (no live worker serves its model) fails, and its
     # credits are released.
     max_queue_wait_s: int = Field(default=3600, ge=1)

@@ -261,6 +261,23 @@ def test_scaled_objects(overlay: tuple[str, list[Doc]]) -> None:
         assert int(metadata["listLength"]) >= 1
 
 
+def test_a_single_sweeper(overlay: tuple[str, list[Doc]]) -> None:
+    """The GPU workers do not sweep; the webhook worker (one replica) does."""
+    _, docs = overlay
+
+    def sweeps(doc: Doc) -> bool:
+        env = {e["name"]: e.get("value") for e in containers(doc)[0].get("env", [])}
+        return env.get("FLUXGATE_SWEEP", "true").lower() not in ("false", "0", "no", "off")
+
+    assert not any(sweeps(doc) for doc in gpu_workers(docs).values())
+    webhook = of_kind(docs, "Deployment")["fluxgate-webhook-worker"]
+    assert sweeps(webhook) and webhook["spec"]["replicas"] == 1
+    assert not any(
+        doc["spec"]["scaleTargetRef"]["name"] == "fluxgate-webhook-worker"
+        for doc in of_kind(docs, "ScaledObject").values()
+    )
+
+
 def test_webhook_worker_and_migration(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     webhook = of_kind(docs, "Deployment")["fluxgate-webhook-worker"]
