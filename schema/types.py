@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from strawberry.scalars import JSON
 
 from billing import models, repository
-from billing.catalog import DEFAULT_POOL
+from billing.catalog import DEFAULT_POOL, pool_of
 from billing.errors import BadUserInput
 from billing.plans import PlanLimits
 from billing.pricing import Quote
@@ -89,6 +89,23 @@ class Generation:
         Callable[[], Awaitable[tuple[int | None, float | None]]] | None
     ] = None
     _estimating: strawberry.Private[asyncio.Future[None] | None] = None
+    # The model pool of a job not yet finished (None once it is): for model_available.
+    _pool: strawberry.Private[str | None] = None
+
+    @strawberry.field(
+        description="While the job is queued or running: whether a worker of its model's "
+        "pool is running now (a queued job of an unavailable model waits for one up to the "
+        "maximum queue wait, then fails and its credits are released). Null once the job "
+        "is finished, or when it cannot be told (Redis unreachable)."
+    )
+    async def model_available(self, info: strawberry.Info) -> bool | None:
+        if self._pool is None:
+            return None
+        try:
+            counts = await info.context.services.queue.live_workers([self._pool])
+        except (RedisError, OSError):
+            return None
+        return int(counts[self._pool]) > 0
 
     @strawberry.field(description="While queued: jobs ahead of this one (0: next).")
     async def queue_position(self) -> int | None:
@@ -179,6 +196,7 @@ class Generation:
             known_position=live.get("queue_position"),
             known_eta=live.get("eta_seconds"),
             _estimate=estimate,
+            _pool=None if models.is_final(g.status) else pool_of(g.params),
             preview=live.get("preview"),
             error=g.error,
             created_at=UtcDateTime(g.created_at),

@@ -42,6 +42,7 @@ from tests.factories import TestAccount, create_account, gql, wait_for_final
 SUBMIT = """mutation S($input: ImageGenerationInput!) { generateImage(input: $input) { id } }"""
 STATE = "query Q($id: ID!) { generation(id: $id) { status queuePosition } }"
 CANCEL = "mutation C($id: ID!) { cancelGeneration(id: $id) { status } }"
+AVAILABLE = "query A($id: ID!) { generation(id: $id) { modelAvailable } }"
 PRICE = """query P($input: ImageGenerationInput!) {
   price(input: $input) { credits modelAvailable unavailableReason }
 }"""
@@ -254,6 +255,11 @@ async def test_a_pools_worker_takes_only_its_pools_jobs(
         await until_available(http, key, "flux-dev")
         # Never taken by a's worker: still queued, on b's queue, and b still unavailable.
         assert (await state(http, key, b_job)) == {"status": "queued", "queuePosition": 0}
+        # The job's own status says its model cannot run now; a finished job says nothing.
+        shown = await gql(http, AVAILABLE, {"id": b_job}, key=key)
+        assert shown["data"]["generation"]["modelAvailable"] is False, shown
+        shown = await gql(http, AVAILABLE, {"id": a_jobs[0]}, key=key)
+        assert shown["data"]["generation"]["modelAvailable"] is None, shown
         assert await queued_on(plain_redis, pool_settings, b_job) == ["b"]
         assert (await price(http, key, "flux-schnell"))["modelAvailable"] is False
 
