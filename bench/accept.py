@@ -40,6 +40,7 @@ from throughput import (  # noqa: E402
     GENERATE,
     REDIS_URL,
     SECRET,
+    cpu_seconds,
     make_key,
     reset_database,
     start,
@@ -97,15 +98,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 DB_NAME = DB_URL.rsplit("/", 1)[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """The process's user + system CPU time so far (Linux /proc); 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def named(name: str, argument: str = "") -> list[int]:

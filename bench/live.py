@@ -60,6 +60,7 @@ from throughput import (  # noqa: E402
     GENERATE,
     REDIS_URL,
     SECRET,
+    cpu_seconds,
     make_key,
     reset_database,
     start,
@@ -74,7 +75,6 @@ FOLLOW = "subscription F($id: ID!) { generationUpdated(id: $id) { id status queu
 FOLLOW_ALL = "subscription { generationsUpdated { id status } }"
 # Open subscriptions per account on the plan make_key gives (enterprise).
 PER_ACCOUNT = 200
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -130,12 +130,6 @@ class Subscriber:
         await self.ws.close()
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
-
 class Transactions:
     """Committed + rolled-back transactions of the bench database so far, read over a
     connection to the maintenance database (so that reading them adds none)."""
@@ -180,7 +174,7 @@ async def window(
     tally: Tally, accepted: list[int] | None = None,
 ) -> Figures:  # fmt: skip
     started = time.monotonic()
-    ticks, client, xacts, events = cpu_ticks(pid), os.times(), await transactions(), tally.events
+    cpu, client, xacts, events = cpu_seconds(pid), os.times(), await transactions(), tally.events
     done = len(accepted) if accepted is not None else 0
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - started
@@ -189,7 +183,7 @@ async def window(
         phase=phase,
         subscriptions=subscriptions,
         seconds=elapsed,
-        api_cpu=100 * (cpu_ticks(pid) - ticks) / CLOCK_TICKS / elapsed,
+        api_cpu=100 * (cpu_seconds(pid) - cpu) / elapsed,
         client_cpu=100 * ((after.user - client.user) + (after.system - client.system)) / elapsed,
         tx_per_s=(await transactions() - xacts) / elapsed,
         events_per_s=(tally.events - events) / elapsed,

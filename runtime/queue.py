@@ -202,30 +202,30 @@ return added
 
 
 @dataclass(frozen=True, slots=True)
-class _Announced:
-    """A job accepted and its first state: enqueued and published in one round trip."""
+class _Enqueue:
+    """A job accepted, to enqueue; with its first state (``update``), if the same commit
+    has it, published in the same round trip."""
 
     accepted: GenerationAccepted
-    update: GenerationUpdated
+    update: GenerationUpdated | None
 
 
-def _paired(events: list[Event]) -> list[Event | _Announced]:
-    """The events, each acceptance joined with the update of the same job (submit emits
-    both), in the acceptance's place."""
-    updates: dict[Any, GenerationUpdated] = {}
+def _paired(events: list[Event]) -> list[Event | _Enqueue]:
+    """The events, each acceptance made an ``_Enqueue`` joined with the first update of
+    the same job when there is one (submit emits both), in the acceptance's place."""
+    accepted = {e.generation_id for e in events if isinstance(e, GenerationAccepted)}
+    first: dict[Any, GenerationUpdated] = {}
     for e in events:
-        if isinstance(e, GenerationUpdated):
-            updates.setdefault(e.snapshot.get("id"), e)  # a job's first update
-    paired: list[Event | _Announced] = []
-    joined: list[GenerationUpdated] = []
+        if isinstance(e, GenerationUpdated) and e.snapshot.get("id") in accepted:
+            first.setdefault(e.snapshot.get("id"), e)
+    joined = {id(update) for update in first.values()}
+    paired: list[Event | _Enqueue] = []
     for event in events:
-        if isinstance(event, GenerationAccepted) and event.generation_id in updates:
-            update = updates.pop(event.generation_id)
-            joined.append(update)
-            paired.append(_Announced(event, update))
-        else:
+        if isinstance(event, GenerationAccepted):
+            paired.append(_Enqueue(event, first.pop(event.generation_id, None)))
+        elif id(event) not in joined:
             paired.append(event)
-    return [e for e in paired if not any(e is j for j in joined)]
+    return paired
 
 
 class Dispatcher:
@@ -289,23 +289,16 @@ class Dispatcher:
         message = {"snapshot": event.snapshot, "live": event.live}
         return json.dumps(message, separators=(",", ":"))
 
-    async def _dispatch(self, event: Event | _Announced) -> None:
-        if isinstance(event, _Announced):
+    async def _dispatch(self, event: Event | _Enqueue) -> None:
+        if isinstance(event, _Enqueue):
             accepted = event.accepted
+            # The job id makes a duplicate enqueue (retry, sweeper) a no-op.
             await self.enqueue(
                 RUN_GENERATION,
                 accepted.generation_id,
                 job_id(accepted.generation_id),
-                announce=self._message(event.update),
+                announce=None if event.update is None else self._message(event.update),
                 queue=self.pool_queue(accepted.pool),
-            )
-        elif isinstance(event, GenerationAccepted):
-            # The job id makes a duplicate enqueue (retry, sweeper) a no-op.
-            await self.enqueue(
-                RUN_GENERATION,
-                event.generation_id,
-                job_id(event.generation_id),
-                queue=self.pool_queue(event.pool),
             )
         elif isinstance(event, GenerationRequeued):
             # The dead run's arq job (its queue entry, job, in-progress, retry and result
@@ -441,24 +434,15 @@ class QueueInspector:
         already started are not counted. They sit at the front of the queue (a running job
         is one whose turn came), so only the first ``RUNNING_SCAN`` entries are checked.
         """
-        queue = pool_queue(self.queue_name, pool)
-        rank = await self.redis.zrank(queue, job_id(generation_id))
-        if rank is None:
-            return None
-        if rank == 0:
-            return 0
-        ahead = await self.redis.zrange(queue, 0, min(rank, RUNNING_SCAN) - 1)
-        running = await self.redis.exists(
-            *[in_progress_key_prefix + (j.decode() if isinstance(j, bytes) else j) for j in ahead]
-        )
-        return int(rank) - int(running)
+        position, _ = await self.eta_queued(generation_id, "", 0, pool)
+        return position
 
     async def eta_queued(
         self, generation_id: str, size: str, steps: int, pool: str = DEFAULT_POOL
     ) -> tuple[int | None, float | None]:
-        """(position, seconds until done) of a job queued on ``pool``; the ETA is None
-        until measured (and the pool's queue is shared by its live workers only).
-        One round trip: a script counts the running jobs ahead in Redis itself."""
+        """(position, seconds until done) of a job queued on ``pool`` (see ``position``);
+        the ETA is None until measured (and the pool's queue is shared by its live workers
+        only). One round trip: a script counts the running jobs ahead in Redis itself."""
         keys = Keys(pool_queue(self.queue_name, pool))
         rank, running, step, job, any_job, workers = await self._eta_script(
             keys=[keys.queue_name, keys.timings, keys.workers],

@@ -77,10 +77,8 @@ def is_multipart(request: Request) -> bool:
     return content_type.lower().lstrip().startswith("multipart/form-data")
 
 
-async def authenticate_early(request: Request, context: Context) -> None:
-    """Authenticate before execution, so even a request refused before it (a syntax
-    error) is answered with the caller's X-RateLimit-* headers. Any failure is left to
-    the resolvers, which report it in the GraphQL way.
+async def authenticate(request: Request, context: Context) -> None:
+    """Authenticate an HTTP request's caller (raises what ``Context.caller`` raises).
 
     Authentication begins the request's transaction, which its unit of work continues;
     so the body is read first (a slow client must not hold a database connection while
@@ -89,10 +87,11 @@ async def authenticate_early(request: Request, context: Context) -> None:
     multipart = is_multipart(request)
     if not multipart:
         await request.body()  # kept by starlette for the parser
-    with contextlib.suppress(Exception):
+    try:
         await context.caller()
-    if multipart:
-        await context.close()
+    finally:
+        if multipart:
+            await context.close()
 
 
 def _ws_error(
@@ -526,7 +525,11 @@ class GraphQLApp(GraphQL[Context, None]):
         services: Services = request.app.state.services
         context = build_context(request, services)
         if context.api_key is not None and isinstance(request, Request):
-            await authenticate_early(request, context)
+            # Authenticate now, so even a request refused before execution (a syntax
+            # error) is answered with the caller's X-RateLimit-* headers. Any failure is
+            # left to the resolvers, which report it in the GraphQL way.
+            with contextlib.suppress(Exception):
+                await authenticate(request, context)
         return context
 
     async def get_root_value(self, request: Any) -> None:

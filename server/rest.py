@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from billing.errors import ErrorCode, Unauthenticated
 from schema.context import Context
 from server.errors import BadBody, ErrorResponse, decode_json, error_response
-from server.graphql import build_context, is_multipart
+from server.graphql import authenticate, build_context
 
 __all__ = [
     "authenticated", "cancel_text_to_image", "error_response", "execute", "get_text_to_image",
@@ -60,16 +60,10 @@ async def authenticated(request: Request) -> Context | JSONResponse:
     """The request's context, or the 401 response. Authentication comes first, so a bad
     key is a 401 whatever else is wrong with the request."""
     context = build_context(request, request.app.state.services)
-    # The body first (unless it is an upload), as on /graphql: see authenticate_early.
-    multipart = is_multipart(request)
-    if not multipart:
-        await request.body()
     try:
-        await context.caller()
+        await authenticate(request, context)
     except Unauthenticated as exc:
         return error_response(401, exc.code.value, exc.message)
-    if multipart:
-        await context.close()
     return context
 
 
