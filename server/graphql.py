@@ -77,8 +77,10 @@ def is_multipart(request: Request) -> bool:
     return content_type.lower().lstrip().startswith("multipart/form-data")
 
 
-async def authenticate(request: Request, context: Context) -> None:
-    """Authenticate an HTTP request's caller (raises what ``Context.caller`` raises).
+async def authenticate(request: Request, context: Context, *, quietly: bool = False) -> None:
+    """Authenticate an HTTP request's caller: raises what ``Context.caller`` raises,
+    unless ``quietly`` (GraphQL leaves such a failure to its resolvers). Reading the body
+    raises either way (a body over the limit is a 413, a client gone is gone).
 
     Authentication begins the request's transaction, which its unit of work continues;
     so the body is read first (a slow client must not hold a database connection while
@@ -89,6 +91,9 @@ async def authenticate(request: Request, context: Context) -> None:
         await request.body()  # kept by starlette for the parser
     try:
         await context.caller()
+    except Exception:
+        if not quietly:
+            raise
     finally:
         if multipart:
             await context.close()
@@ -528,8 +533,7 @@ class GraphQLApp(GraphQL[Context, None]):
             # Authenticate now, so even a request refused before execution (a syntax
             # error) is answered with the caller's X-RateLimit-* headers. Any failure is
             # left to the resolvers, which report it in the GraphQL way.
-            with contextlib.suppress(Exception):
-                await authenticate(request, context)
+            await authenticate(request, context, quietly=True)
         return context
 
     async def get_root_value(self, request: Any) -> None:

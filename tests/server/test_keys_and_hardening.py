@@ -163,6 +163,18 @@ async def test_hostile_documents_are_refused_quickly(api: str, account: TestAcco
         assert big.status_code == 413
         assert big.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
         assert seconds < 1.0
+        # Streamed (no Content-Length): refused as it arrives, on both surfaces, though
+        # the body is read before the key is checked.
+        encoded = json.dumps({"query": "{ me { id } }", "variables": {"p": padding}}).encode()
+        for path in ("/graphql", "/v1/text_to_image"):
+            streamed = c.post(
+                path,
+                content=iter([encoded[i : i + 65536] for i in range(0, len(encoded), 65536)]),
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {account.api_key}"},
+            )  # fmt: skip
+            assert streamed.status_code == 413, (path, streamed.text)
+            assert streamed.json()["errors"][0]["extensions"]["field"] == "body"
         # Introspection is on by default.
         schema, _ = timed(c, {"query": "{ __schema { queryType { name } } }"}, account.api_key)
         assert schema.json()["data"]["__schema"]["queryType"]["name"] == "Query"
