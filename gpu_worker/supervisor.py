@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import io
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from arq.worker import Worker
 from redis.backoff import AbstractBackoff, EqualJitterBackoff
@@ -42,6 +46,36 @@ GRACEFUL_STOP_S = 30.0
 # else (a model that does not load, a bad setting) ends the process: restarting would not
 # fix it. Not OSError as a whole: a missing model file is one too.
 CONNECTION_ERRORS = (RedisError, ConnectionError, TimeoutError)
+
+
+def awaiting(coro: Any) -> str:
+    """Where a coroutine is suspended, outermost first: the chain of what it awaits
+    (``Task.print_stack`` shows only the outermost frame)."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}\n")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "".join(lines)
+
+
+def exit_after_teardown(status: int = 0) -> NoReturn:
+    """End a worker process whose teardown is done (``Supervisor.run`` returned), without
+    the interpreter's own finalization.
+
+    Nothing is left to finalize by then: every job is settled in the database or handed
+    back, the connections are closed, and the logs are flushed here. Finalization (the
+    garbage collection of every module, the native libraries' exit handlers: torch's
+    thread pools) can only add a stall, and one there could not be bounded: the stop's
+    watchdog is a thread, and threads stop running once finalization begins."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 class WorkerGroup:
@@ -143,29 +177,44 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._worker: Worker | WorkerGroup | None = None
         self._watchdog: threading.Timer | None = None
+        self._deadline = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         """Stop for good: the running worker takes no more jobs, lets those in flight
         finish for up to ``drain_s``, then cancels what is left (arq retries it) and
         closes; a wait between attempts ends at once; a second signal skips the drain.
-        The stop is bounded: if closing has not ended the process within ``drain_s`` +
-        ``GRACEFUL_STOP_S`` (a teardown stuck on a connection; everything a job owns is
-        settled in the database by then, or its lease lets the sweeper retry it), the
-        process exits anyway, with status 1."""
+        The stop is bounded: if the teardown has not ended the process ``GRACEFUL_STOP_S``
+        after it began (after the drain, if there was one; a teardown stuck on a
+        connection: everything a job owns is settled in the database by then, or its lease
+        lets the sweeper retry it), the process logs where it is stuck and exits anyway,
+        with status 1."""
         again = self._stopping.is_set()
         self._stopping.set()
-        if self._watchdog is None:
-            self._watchdog = threading.Timer(self.drain_s + GRACEFUL_STOP_S, self._exit_now)
-            self._watchdog.daemon = True  # never holds up a normal exit
-            self._watchdog.start()
         worker = self._worker
-        if worker is None:
+        if worker is not None and not again and self.drain_s > 0 and worker.tasks:
+            if self._drain is None:
+                # Bounded by the drain's own timeout; the watchdog covers a loop too stuck
+                # to run it.
+                self._arm(self.drain_s + GRACEFUL_STOP_S)
+                self._drain = asyncio.get_running_loop().create_task(self._drained(worker, signum))
             return
-        if again or self.drain_s <= 0 or not worker.tasks:
+        self._arm(GRACEFUL_STOP_S)
+        if worker is not None:
             worker.handle_sig(signum)
-        elif self._drain is None:
-            self._drain = asyncio.get_running_loop().create_task(self._drained(worker, signum))
+
+    def _arm(self, seconds: float) -> None:
+        """Exit in ``seconds`` unless the process has ended, or sooner if already armed so."""
+        deadline = time.monotonic() + seconds
+        if self._watchdog is not None:
+            if self._deadline <= deadline:
+                return
+            self._watchdog.cancel()
+        self._deadline = deadline
+        self._watchdog = threading.Timer(seconds, self._exit_now)
+        self._watchdog.daemon = True  # never holds up a normal exit
+        self._watchdog.start()
 
     async def _drained(self, worker: Worker | WorkerGroup, signum: signal.Signals) -> None:
         """Let ``worker``'s jobs in flight finish (for up to ``drain_s``), then stop it."""
@@ -182,18 +231,27 @@ class Supervisor:
         if left:
             log.warning("%s: %d job(s) still running after %ss: handed back", self.name,
                         left, self.drain_s)  # fmt: skip
+        self._arm(GRACEFUL_STOP_S)
         worker.handle_sig(signum)
 
     def _exit_now(self) -> None:
+        """The watchdog: say where the teardown is stuck (every thread's stack, and the
+        event loop's tasks), then exit."""
+        stacks = io.StringIO()
+        with contextlib.suppress(Exception):  # a diagnosis, best effort, never in the way
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            if self._loop is not None:
+                for task in list(asyncio.all_tasks(self._loop)):
+                    stacks.write(f"{task!r}\n{awaiting(task.get_coro())}")
         log.error(
-            "%s: still stopping %ss after the signal; exiting without finishing the "
-            "teardown", self.name, self.drain_s + GRACEFUL_STOP_S,
+            "%s: still stopping %ss after the teardown began; exiting without finishing "
+            "it. Tasks pending:\n%s", self.name, GRACEFUL_STOP_S, stacks.getvalue(),
         )  # fmt: skip
         logging.shutdown()
         os._exit(1)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         handled = (signal.SIGINT, signal.SIGTERM)
         for signum in handled:
             loop.add_signal_handler(signum, self.stop, signum)
@@ -202,6 +260,8 @@ class Supervisor:
         finally:
             for signum in handled:
                 loop.remove_signal_handler(signum)
+        # The teardown is done: a stall after this line is the interpreter's exit.
+        log.info("%s: stopped", self.name)
 
     async def _supervise(self, loop: asyncio.AbstractEventLoop) -> None:
         failures = 0

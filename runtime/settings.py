@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # to this long (default: the job timeout, so a job is never cut short by a restart);
     # then it is cancelled and handed back. 0: cancel at once. A second signal skips it.
     worker_drain_s: float | None = Field(default=None, ge=0)
+    # On SIGTERM the API stops accepting connections and waits this long for the requests
+    # in flight (open subscriptions are closed with 1012 at once); then it exits anyway.
+    api_shutdown_s: int = Field(default=30, ge=1)
     job_max_tries: int = Field(default=3, ge=1)
     # The worker running a job renews its lease (in the database) every job_heartbeat_s;
     # the sweeper, every sweep_interval_s, retries (up to job_max_tries runs) or fails and

@@ -119,6 +119,7 @@ def serve(
             workers=workers,
             proxy_headers=True,
             log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.api_shutdown_s,
             **options,
         )
     finally:
@@ -156,6 +157,7 @@ def worker(
     registry), warms them up, then takes their jobs one at a time. It rides out Redis
     outages: reconnects with backoff, models kept loaded."""
     _logging()
+    from gpu_worker.supervisor import exit_after_teardown
     from gpu_worker.worker import check_memory_budget, run, serving
 
     settings = get_settings()
@@ -169,6 +171,7 @@ def worker(
     except ValueError as exc:  # an unknown pool, or models over the budget
         raise _fail(str(exc)) from None
     run(settings, metrics_port=metrics_port, pools=pools)
+    exit_after_teardown()
 
 
 @app.command("webhook-worker")
@@ -176,9 +179,11 @@ def webhook_worker(metrics_port: MetricsPort = None) -> None:
     """Run a webhook delivery worker (its own queue: receivers never hold up a GPU).
     It rides out Redis outages: reconnects with backoff."""
     _logging()
+    from gpu_worker.supervisor import exit_after_teardown
     from gpu_worker.webhooks import run
 
     run(metrics_port=metrics_port)
+    exit_after_teardown()
 
 
 @db_app.command("upgrade")

@@ -205,12 +205,19 @@ class ThreadedWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Cancel the worker's main task until its thread ends (a cancel that lands inside
+        a library call may be absorbed: ask again), and fail if it does not: a worker
+        left running would go on sweeping the suite's database with this test's
+        settings."""
         worker = self.worker
-        if worker is not None and self.loop is not None:
-            task = getattr(worker, "main_task", None)
-            if task is not None:
-                self.loop.call_soon_threadsafe(task.cancel)
-        self.thread.join(timeout=30)
+        task = getattr(worker, "main_task", None) if worker is not None else None
+        deadline = time.monotonic() + 60
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            if task is not None and self.loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self.loop.call_soon_threadsafe(task.cancel)
+            self.thread.join(timeout=1)
+        assert not self.thread.is_alive(), f"the worker on {self.settings.queue_name} did not stop"
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import textwrap
 import time
 import uuid
 
+import pytest
+
 from runtime.settings import ROOT, Settings
 
 SCRIPT = textwrap.dedent(
@@ -49,16 +51,22 @@ SCRIPT = textwrap.dedent(
             poll_delay=0.05,
         )
 
-    asyncio.run(supervisor.Supervisor(build, "stuck-worker").run())
+    drain_s = float(sys.argv[3])
+    asyncio.run(supervisor.Supervisor(build, "stuck-worker", drain_s=drain_s).run())
     """
 )
 
 
+@pytest.mark.parametrize("drain_s", [0.0, 600.0])
 def test_a_stop_that_never_finishes_its_teardown_still_ends_the_process(
-    settings: Settings,
+    settings: Settings, drain_s: float
 ) -> None:
+    """With a drain time too (the worker's default is the job timeout, 600 s): with no job
+    in flight there is nothing to drain, so the bound is GRACEFUL_STOP_S from the signal,
+    not the drain time plus it (a CI run waited 60 s for a worker stuck this way)."""
+    queue = f"fluxgate:stuck:{uuid.uuid4().hex}"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, settings.redis_url, f"fluxgate:stuck:{uuid.uuid4().hex}"],
+        [sys.executable, "-c", SCRIPT, settings.redis_url, queue, str(drain_s)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -81,5 +89,7 @@ def test_a_stop_that_never_finishes_its_teardown_still_ends_the_process(
         proc.stdout.close()
     assert status == 1, output
     assert "teardown started" in output
-    assert "stuck-worker: still stopping 1.0s after the signal" in output
+    assert "stuck-worker: still stopping 1.0s after the teardown began" in output
+    # Where it is stuck, for whoever reads the log: the pending task's stack.
+    assert "in stuck" in output, output
     assert time.monotonic() - started < 30

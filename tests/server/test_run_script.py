@@ -156,4 +156,9 @@ def test_run_sh_restarts_a_dead_worker_and_stops_on_ctrl_c(
     assert run_sh.wait(timeout=60) == 130
     output = (tmp_path / "terminal.log").read_text(errors="replace")
     assert "run.sh: worker exited with status 137; restarting" in output
-    wait_for("every process to end", lambda: processes_of(queue_name) == {}, None, 60)
+    try:
+        wait_for("every process to end", lambda: processes_of(queue_name) == {}, None, 60)
+    except AssertionError:  # which one, and what it last said (a stuck worker logs its stacks)
+        logs = Path(run_env["FLUXGATE_LOG_DIR"])
+        tails = {p.name: p.read_text(errors="replace")[-4000:] for p in logs.glob("*.log")}
+        raise AssertionError(f"still running: {processes_of(queue_name)}\n{tails}") from None
