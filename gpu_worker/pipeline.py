@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from billing.catalog import Catalog
 from billing.images import open_image
-from kinds.base import JobKind, Pipelines, StepCallback, model_ref
+from kinds.base import JobKind, Output, Pipelines, StepCallback, model_ref
 
 if TYPE_CHECKING:
     import torch
@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Encoded", "Interrupted", "LoadedPipelines", "PipelineRunner", "RenderJob", "Rendered",
-    "StepCallback", "encode", "resolve_device",
+    "StepCallback", "encode", "encode_output", "resolve_device",
 ]  # fmt: skip
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 class Interrupted(Exception):  # a signal, not an error
@@ -56,13 +57,15 @@ class RenderJob:
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """One output image, encoded in the job's format."""
+    """One output as it is stored: an image encoded in the job's format, or a kind's
+    finished file (``kinds.base.OutputFile``: an SVG, an EPS) as the kind made it."""
 
     data: bytes
     format: str
     mime: str
     width: int
     height: int
+    extension: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,22 @@ def encode(image: Image, image_format: str, quality: int) -> Encoded:
         mime=MIME[image_format],
         width=image.width,
         height=image.height,
+        extension=EXTENSIONS[image_format],
+    )
+
+
+def encode_output(output: Output, image_format: str, quality: int) -> Encoded:
+    """An output as stored: an image encoded (``encode``), a file as it is."""
+    file = output.file
+    if file is None:
+        return encode(output.image, image_format, quality)
+    return Encoded(
+        data=file.data,
+        format=file.format,
+        mime=file.mime,
+        width=file.width,
+        height=file.height,
+        extension=file.format,
     )
 
 
@@ -133,7 +152,7 @@ class PipelineRunner:
         image_format = str(job.params.get("format", "png"))
         quality = int(job.params.get("output_quality", 90))
         return Rendered(
-            outputs=[encode(o.image, image_format, quality) for o in outputs],
+            outputs=[encode_output(o, image_format, quality) for o in outputs],
             seconds=seconds,
             device=self.device,
             dtype=str(self.dtype).removeprefix("torch."),

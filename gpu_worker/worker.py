@@ -69,8 +69,6 @@ from runtime.storage import Storage, storage_from_settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-
 FAILURE_MESSAGE = "Image generation failed; the credits were released"
 TIMEOUT_MESSAGE = "Image generation timed out; the credits were released"
 STOPPED = "stopped: cancelled or finished elsewhere"
@@ -439,7 +437,7 @@ async def _render(
     if live.cancelled.is_set():
         raise Interrupted  # cancelled after the last step: nothing is stored
     if not rendered.outputs:
-        raise RuntimeError(f"the {kind.name} run made no image")
+        raise RuntimeError(f"the {kind.name} run made no output")
     # Unguessable names per run, made public (written to the job) only by complete():
     # a run that does not complete the job deletes its files, so a job cancelled or failed
     # while its images were being encoded never leaves a free image behind.
@@ -447,7 +445,7 @@ async def _render(
     outputs: list[NewAsset] = []
     try:
         for position, encoded in enumerate(rendered.outputs):
-            key = f"{generation.id}-{token}-{position}.{EXTENSIONS[encoded.format]}"
+            key = f"{generation.id}-{token}-{position}.{encoded.extension}"
             await state.storage.put(key, encoded.data, encoded.mime)
             outputs.append(
                 NewAsset(

@@ -8,7 +8,7 @@ the dashboard) handles every kind alike: it sees a job's ``kind`` name, its ``pa
 (JSON, frozen at submit) and its input and output assets.
 
 ``plan`` runs in the API process and must not import torch; ``run`` runs in the worker's
-pipeline thread, imports what it needs, and returns images.
+pipeline thread, imports what it needs, and returns images (or finished files: ``Output``).
 """
 
 from __future__ import annotations
@@ -176,10 +176,47 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    """One image a run made."""
+class OutputFile:
+    """A finished output that is not a raster image (an SVG, an EPS): the worker stores
+    ``data`` as it is, named ``<key>.<format>`` and served as ``mime``. ``format`` is
+    what clients see as the output's format, and its file extension; ``width`` and
+    ``height`` are its size in pixels (a vector's viewBox)."""
 
-    image: Image
+    data: bytes
+    format: str
+    mime: str
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        # It becomes part of a storage key (runtime.storage.check_key) and a file name.
+        if not (self.format.isascii() and self.format.isalnum() and self.format.islower()):
+            raise ValueError(f"an output format is a short lowercase name, not {self.format!r}")
+        if self.width < 1 or self.height < 1:
+            raise ValueError("an output file has a size of at least 1x1")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Output:
+    """One thing a run made: an image, which the worker encodes in the job's ``format``
+    (``Output(image=...)``, what most kinds return), or a finished file
+    (``Output(file=OutputFile(...))``) stored as it is."""
+
+    _image: Image | None
+    file: OutputFile | None
+
+    def __init__(self, image: Image | None = None, *, file: OutputFile | None = None) -> None:
+        if (image is None) == (file is None):
+            raise ValueError("an Output is either an image or a file")
+        object.__setattr__(self, "_image", image)
+        object.__setattr__(self, "file", file)
+
+    @property
+    def image(self) -> Image:
+        """The image; an output made as a file has none (check ``file`` first)."""
+        if self._image is None:
+            raise AttributeError("this output is a file, not an image")
+        return self._image
 
 
 class JobKind(ABC):

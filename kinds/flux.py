@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from billing.catalog import ModelEntry
@@ -206,12 +206,15 @@ def run_flux(
     width: int,
     height: int,
     preview: bool = False,
+    on_latents: Callable[[int, int, Any], Any] | None = None,
     **call: Any,
 ) -> list[Output]:
     """Run a FLUX pipeline with the frozen common options plus ``call`` (the kind's own
     arguments: image, mask_image, strength...). Progress (and optional previews of the
     latents) go to ``on_step`` between denoising steps; it raises to stop the run there,
-    which also skips the VAE decode of abandoned latents."""
+    which also skips the VAE decode of abandoned latents. ``on_latents(i, steps,
+    latents)``, if given, replaces the packed latents after step ``i`` (0-based) with
+    what it returns (``kinds.tiling`` rolls them so the image wraps around)."""
     import torch
 
     steps = int(params["steps"])
@@ -224,6 +227,8 @@ def run_flux(
         if preview_every and step % preview_every == 0 and step < steps:
             shot = latents_preview(pipe, kwargs["latents"], height, width)
         on_step(step, steps, shot)
+        if on_latents is not None:
+            kwargs["latents"] = on_latents(i, steps, kwargs["latents"])
         return kwargs
 
     negative = params.get("negative_prompt")

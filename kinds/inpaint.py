@@ -66,6 +66,37 @@ def check_fill_options(params: FluxOptions) -> None:
         )
 
 
+def binary_mask(mask: Image, size: tuple[int, int]) -> Image:
+    """``mask`` at ``size`` as 0/255, thresholded at half grey as FLUX Fill reads it."""
+    from PIL import Image as PILImage
+
+    gray = mask.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, PILImage.Resampling.NEAREST)
+    return gray.point(lambda v: 255 if v >= 128 else 0)
+
+
+def paste_masked(original: Image, painted: Image, mask: Image, feather: int = 0) -> Image:
+    """``original`` with ``painted`` (scaled to its size) where ``mask`` is white.
+
+    Fill's output is a VAE decode of the whole image, so outside the mask it only
+    resembles the input; pasting keeps every pixel outside the mask exactly the
+    original's. ``feather`` > 0 blends over about that many pixels *inside* the mask's
+    edge (never outside it), so the repainted area has no hard border."""
+    from PIL import Image as PILImage
+    from PIL import ImageChops, ImageFilter
+
+    base = original.convert("RGB")
+    alpha = binary_mask(mask, base.size)
+    if painted.size != base.size:
+        painted = painted.resize(base.size, PILImage.Resampling.LANCZOS)
+    if feather > 0:
+        # Blurring spreads the edge both ways; keeping the darker of the blur and the
+        # mask leaves only the inward half: 0 everywhere outside the mask.
+        alpha = ImageChops.darker(alpha.filter(ImageFilter.GaussianBlur(feather)), alpha)
+    return PILImage.composite(painted.convert("RGB"), base, alpha)
+
+
 class Inpaint(JobKind):
     name = "inpaint"
     title = "Inpaint"

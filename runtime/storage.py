@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import mimetypes
 import os
 import re
 import tempfile
@@ -30,6 +31,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}(/[A-Za-z0-9][A-Za-z0-9._-]{0,200}){0,3}$")
+
+
+# The Content-Type of a stored file by its key's extension: what ``LocalStorage``'s files
+# are served as (S3 keeps the type given to ``put``). Outputs that are not raster images
+# (kinds.base.OutputFile) are here too, so the API never serves an SVG or EPS by a guess.
+MEDIA_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "svg": "image/svg+xml",
+    "eps": "application/postscript",
+}
+
+
+def media_type(key: str) -> str:
+    """The Content-Type a file stored as ``key`` is served with."""
+    extension = key.rpartition(".")[2].lower() if "." in key else ""
+    known = MEDIA_TYPES.get(extension) or mimetypes.guess_type(f"x.{extension}")[0]
+    return known or "application/octet-stream"
 
 
 def check_key(key: str) -> str:
@@ -74,6 +94,10 @@ class LocalStorage:
         self.public_base = public_base.rstrip("/")
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
+        # Files are served by their name's extension (``media_type``): a key whose type
+        # would be served differently from the one stored is a programming error.
+        if media_type(key) != content_type:
+            raise ValueError(f"{key!r} would be served as {media_type(key)}, not {content_type}")
         await asyncio.to_thread(self._write, check_key(key), data)
 
     def _write(self, key: str, data: bytes) -> None:

@@ -28,13 +28,15 @@ class GenerationType(Enum):
     IMAGE = "IMAGE"
 
 
-@strawberry.type(description="An image a job made.")
+@strawberry.type(description="An image or file (vectorize: SVG, EPS) a job made.")
 class ImageOutput:
     id: strawberry.ID = strawberry.field(description="Pass as imageId to edit it further.")
     url: str
     width: int
     height: int
-    format: str = strawberry.field(description="png | jpeg | webp")
+    format: str = strawberry.field(
+        description="png | jpeg | webp; svg | eps (vectorize). Also the file's extension."
+    )
 
 
 @strawberry.type(description="An image a job was given.")

@@ -34,7 +34,7 @@ from runtime import queue
 from runtime.events import Broker
 from runtime.metrics import counting
 from runtime.settings import Settings, get_settings
-from runtime.storage import storage_from_settings
+from runtime.storage import media_type, storage_from_settings
 from schema import Hardening, build_schema
 from schema.context import InputLimits, Payments, Services
 from schema.limiter import RequestLimiter
@@ -55,8 +55,18 @@ async def files(request: Request) -> Response:
     path = None if unstorable(key) else services.storage.local_path(key)
     if path is None:
         return error_response(404, ErrorCode.NOT_FOUND.value, "File not found")
-    # Keys are unguessable job ids and files never change once written.
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    # Keys are unguessable job ids and files never change once written. The type comes
+    # from our own table, never a guess; a stored SVG opened on its own runs nothing
+    # (it is ours, made by a kind, but the origin is the dashboard's).
+    return FileResponse(
+        path,
+        media_type=media_type(key),
+        headers={
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 async def stripe_webhook(request: Request) -> JSONResponse:

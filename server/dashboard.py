@@ -38,6 +38,9 @@ HOME = "/dashboard"
 # Ids in dashboard URLs are short; anything longer (or with a NUL) names nothing.
 MAX_ID_LENGTH = 255
 MAX_PAGE = 10**9
+# What a job page shows inline (<img>, SVG included: an <img> runs no script in it); any
+# other output (EPS) is a download link.
+SHOWN_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/svg+xml"})
 
 
 def _services(request: Request) -> Services:
@@ -264,7 +267,8 @@ async def job_page(request: Request, caller: accounts.Caller) -> Response:
         return _not_found("Generation")
     images = [
         {"role": a.role, "url": services.storage.url(a.key), "width": a.width,
-         "height": a.height, "mime": a.mime}
+         "height": a.height, "mime": a.mime, "shown": a.mime in SHOWN_TYPES,
+         "format": a.key.rpartition(".")[2].upper()}
         for a in stored
     ]  # fmt: skip
     inputs = [i for i in images if i["role"] != "output"]

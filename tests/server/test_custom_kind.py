@@ -120,7 +120,8 @@ def prices(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped price table with a row for ``invert`` (the last section of the file is
     ``[kind_surcharge]``)."""
     text = PRICES_FILE.read_text()
-    assert text.rstrip().splitlines()[-1].startswith("outpaint"), "kind_surcharge moved"
+    sections = [line.strip() for line in text.splitlines() if line.startswith("[")]
+    assert sections[-1] == "[kind_surcharge]", "kind_surcharge moved"
     path = tmp_path_factory.mktemp("prices") / "prices.toml"
     path.write_text(f"{text.rstrip()}\ninvert = {SURCHARGE}\n")
     return path
