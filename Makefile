@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint schema bench bench-accept bench-live clean
+.PHONY: setup run test lint schema bench bench-accept bench-live bench-library clean
 
 setup:
 	@deploy/setup.sh
@@ -33,6 +33,9 @@ bench-accept: setup
 
 bench-live: setup
 	$(BIN)/python bench/live.py
+
+bench-library: setup
+	$(BIN)/python bench/library.py
 
 clean:
 	rm -rf var/storage var/dev-account.json

@@ -43,6 +43,11 @@ def pool_of(params: Mapping[str, Any]) -> str:
     return pool if isinstance(pool, str) and pool else DEFAULT_POOL
 
 
+def default_family(pipeline: str) -> str:
+    """The model family of a registry entry that names none, from its pipeline class."""
+    return "flux.2" if pipeline.startswith("Flux2") else "flux.1"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
     provider: str
@@ -55,6 +60,10 @@ class ModelEntry:
     max_sequence_length: int
     is_default: bool
     pool: str = DEFAULT_POOL
+    # What LoRAs it takes (``family:<name>`` in a LoRA's base model, issue 13): the
+    # registry's ``family``, else flux.2 for the Flux2* pipelines and flux.1 for the others
+    # (the checkpoints of one family share an architecture).
+    family: str = "flux.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,7 @@ class Catalog:
                     max_sequence_length=int(raw.get("max_sequence_length", 512)),
                     is_default=bool(raw.get("default", False)),
                     pool=check_pool_name(str(raw.get("pool", DEFAULT_POOL))),
+                    family=str(raw.get("family", default_family(str(raw.get("pipeline", ""))))),
                 )
             )
         if not entries:

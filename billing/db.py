@@ -69,6 +69,7 @@ class GenerationAccepted:
 
     generation_id: str
     pool: str = DEFAULT_POOL  # billing.catalog.pool_of(the job's params)
+    priority: int = 1  # models.Priority rank: orders it in the queue (runtime/queue.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class GenerationRequeued:
 
     generation_id: str
     pool: str = DEFAULT_POOL
+    priority: int = 1
 
 
 @dataclass(frozen=True, slots=True)

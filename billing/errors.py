@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
@@ -92,6 +93,20 @@ class RateLimited(FluxgateError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(FluxgateError):
+    """A plan quota refuses the job (nothing charged). ``limit`` names it: ``storage``
+    (used and quota in MB), ``daily`` (jobs of ``kind`` today, with ``resetAt``) or
+    ``resolution`` (megapixels)."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+    def __init__(self, limit: str, used: float, quota: float, message: str, **extra: Any) -> None:
+        super().__init__(message, limit=limit, used=used, quota=quota, **extra)
+        self.limit = limit
+        self.used = used
+        self.quota = quota
+
+
 class ServiceUnavailable(FluxgateError):
     """A store the request needs (Redis) is unreachable or too slow: nothing was done or
     charged, and the same request may be sent again after ``retry_after`` seconds."""
@@ -114,4 +129,15 @@ class IdempotencyKeyReused(FluxgateError):
         super().__init__(
             "This Idempotency-Key was already used with a different request body",
             field="Idempotency-Key",
+        )
+
+
+class BatchIdReused(IdempotencyKeyReused):
+    """A ``clientBatchId`` sent again with a different batch (issue 13)."""
+
+    def __init__(self) -> None:
+        FluxgateError.__init__(
+            self,
+            "This clientBatchId was already used with a different batch",
+            field="clientBatchId",
         )

@@ -11,13 +11,16 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Index,
+    SmallInteger,
     Text,
     UniqueConstraint,
     false,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlmodel import Field, SQLModel
 
 
@@ -64,6 +67,7 @@ class LedgerKind(StrEnum):
     CAPTURE = "capture"
     RELEASE = "release"
     REVERSAL = "reversal"
+    DEDUCT = "deduct"  # an admin's correction (issue 13)
 
 
 class Account(SQLModel, table=True):
@@ -88,6 +92,10 @@ class Account(SQLModel, table=True):
         sa_column_kwargs={"server_default": false()},
         description="May change other accounts' plans.",
     )
+    # Read with the key on every request (repository.find_key_by_hash selects the whole
+    # account): refusing a banned account costs no extra query.
+    banned_at: datetime | None = _ts(nullable=True)
+    ban_reason: str | None = Field(default=None, max_length=500)
     webhook_secret: str = Field(max_length=128)
     webhook_secret_previous: str | None = Field(
         default=None, max_length=128, description="Still signs until the grace period ends."
@@ -102,6 +110,21 @@ class Account(SQLModel, table=True):
         default=0,
         sa_type=BigInteger,
         description="Cache of SUM(ledger.reserved_delta); held by unfinished jobs.",
+    )
+    # Quotas (issue 13, migration 0010).
+    storage_bytes: int = Field(
+        default=0,
+        sa_type=BigInteger,
+        sa_column_kwargs={"server_default": "0"},
+        description="Cache of SUM(assets.bytes), kept by a trigger on assets (0010).",
+    )
+    low_credit_threshold: int | None = Field(
+        default=None,
+        sa_type=BigInteger,
+        description="credits.low is sent when a debit takes the balance below it (null: off).",
+    )
+    low_credit_webhook_url: str | None = Field(
+        default=None, sa_type=Text, description="Where credits.low goes (null: the job's URL)."
     )
     created_at: datetime = _ts()
 
@@ -126,6 +149,8 @@ class Generation(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("account_id", "idempotency_key", name="uq_generations_idempotency"),
         Index("ix_generations_account_created", "account_id", "created_at"),
+        # Partial: the many jobs outside a batch cost the index nothing on insert.
+        Index("ix_generations_batch", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
         CheckConstraint(
             "status IN ('queued', 'processing', 'completed', 'failed', 'cancelled')",
             name="ck_generations_status",
@@ -197,12 +222,116 @@ class Generation(SQLModel, table=True):
     heartbeat_at: datetime | None = _ts(nullable=True)
     # When the job last entered the queue (null: created_at): bounds its wait for a worker.
     queued_at: datetime | None = _ts(nullable=True)
+    # Batches (issue 13): the batch the job belongs to, and its queue priority
+    # (``Priority.rank``: 0 low, 1 normal, 2 high; see runtime/queue.py, PRIORITY_STEP_MS).
+    batch_id: str | None = Field(default=None, foreign_key="batches.id", max_length=40)
+    priority: int = Field(
+        default=1,
+        sa_type=SmallInteger,
+        sa_column_kwargs={"server_default": "1"},
+        description="Queue priority rank: 0 low, 1 normal, 2 high.",
+    )
+
+
+class Priority(StrEnum):
+    """A job's or batch's place in the queue (see runtime/queue.py, PRIORITY_STEP_MS)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return {"low": 0, "normal": 1, "high": 2}[self.value]
+
+
+class Batch(SQLModel, table=True):
+    """Up to 10 jobs accepted together (all priced and reserved in one transaction). Its
+    items are the generations whose ``batch_id`` is this id, in ``item_ids`` order."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("account_id", "client_batch_id", name="uq_batches_client_batch_id"),
+        Index("ix_batches_account_created", "account_id", "created_at"),
+        CheckConstraint("priority IN ('high', 'normal', 'low')", name="ck_batches_priority"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: uuid.UUID = Field(foreign_key="accounts.id")
+    api_key_id: uuid.UUID | None = Field(default=None, foreign_key="api_keys.id")
+    client_batch_id: str | None = Field(
+        default=None, max_length=255, description="The client's id: makes creation idempotent."
+    )
+    request_hash: str = Field(max_length=64, description="Fingerprint of the whole request.")
+    priority: str = Field(default=Priority.NORMAL.value, max_length=16)
+    item_ids: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JSONB, nullable=False, server_default="[]"),
+        description="The items' generation ids, in the order they were sent.",
+    )
+    credit_cost: int = Field(
+        sa_type=BigInteger, description="Credits reserved for all items together."
+    )
+    webhook_url: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts()
+    completed_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+        nullable=True,
+        description="Set once, when the last item reached a final state (batch.completed).",
+    )
 
 
 class AssetRole(StrEnum):
     IMAGE = "image"  # an input image
     MASK = "mask"  # an input mask (white = repaint)
     OUTPUT = "output"
+
+
+# The library's search vector (a generated column) and indexes, shared with migration
+# 0009. Weights let one GIN index answer seed 002's ``search_by``: A prompt, B name,
+# C description. Trigram indexes find partial words inside words.
+LIBRARY_SEARCH = (
+    "setweight(to_tsvector('simple'::regconfig, prompt), 'A') || "
+    "setweight(to_tsvector('simple'::regconfig, (name)::text), 'B') || "
+    "setweight(to_tsvector('simple'::regconfig, description), 'C')"
+)
+_OUTPUTS = text("role = 'output'")
+LIBRARY_INDEXES = (
+    Index("ix_assets_lib_created", "account_id", "created_at", "id", postgresql_where=_OUTPUTS),
+    Index("ix_assets_lib_name", "account_id", "name", "id", postgresql_where=_OUTPUTS),
+    Index("ix_assets_lib_bytes", "account_id", "bytes", "id", postgresql_where=_OUTPUTS),
+    Index(
+        "ix_assets_lib_favorite",
+        "account_id",
+        "favorite",
+        "created_at",
+        "id",
+        postgresql_where=_OUTPUTS,
+    ),
+    Index("ix_assets_lib_kind", "account_id", "kind", "created_at", postgresql_where=_OUTPUTS),
+    Index("ix_assets_lib_size", "account_id", "width", "height", postgresql_where=_OUTPUTS),
+    *(
+        Index(
+            f"ix_assets_lib_{column}",
+            "account_id",
+            column,
+            postgresql_where=text(f"role = 'output' AND {column} IS NOT NULL"),
+        )
+        for column in ("preset_style", "preset_medium", "preset_filter")
+    ),
+    Index("ix_assets_lib_search", "search", postgresql_using="gin", postgresql_where=_OUTPUTS),
+    *(
+        Index(
+            f"ix_assets_lib_trgm_{column}",
+            column,
+            postgresql_using="gin",
+            postgresql_ops={column: "gin_trgm_ops"},
+            postgresql_where=_OUTPUTS,
+        )
+        for column in ("prompt", "name", "description")
+    ),
+)
 
 
 class Asset(SQLModel, table=True):
@@ -213,6 +342,7 @@ class Asset(SQLModel, table=True):
         Index("ix_assets_account_created", "account_id", "created_at"),
         Index("ix_assets_generation", "generation_id", "role", "position"),
         CheckConstraint("role IN ('image', 'mask', 'output')", name="ck_assets_role"),
+        *LIBRARY_INDEXES,
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -227,6 +357,32 @@ class Asset(SQLModel, table=True):
     bytes: int = Field(sa_type=BigInteger)
     sha256: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
+    # Retention (issue 13): created + the plan's retention_days; null = kept forever.
+    expires_at: datetime | None = Field(
+        default=None, sa_type=DateTime(timezone=True), nullable=True, index=True
+    )
+    # The image library (issue 13, migration 0009). What the owner calls an output, and
+    # copies of its job's summary taken at completion: listing, filtering and searching an
+    # account's images reads this one table through its own (partial, outputs-only)
+    # indexes, never a join over every job.
+    name: str = Field(default="", max_length=200, sa_column_kwargs={"server_default": ""})
+    description: str = Field(default="", sa_type=Text, sa_column_kwargs={"server_default": ""})
+    favorite: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    thumbnail_key: str | None = Field(
+        default=None, max_length=255, description="A WebP of ~256 px (raster outputs only)."
+    )
+    kind: str | None = Field(default=None, max_length=32, description="The job's kind.")
+    provider: str | None = Field(default=None, max_length=64)
+    version: str | None = Field(default=None, max_length=64)
+    prompt: str = Field(default="", sa_type=Text, sa_column_kwargs={"server_default": ""})
+    preset_style: str | None = Field(default=None, max_length=64)
+    preset_medium: str | None = Field(default=None, max_length=64)
+    preset_filter: str | None = Field(default=None, max_length=64)
+    search: str | None = Field(
+        default=None,
+        sa_column=Column(TSVECTOR, Computed(LIBRARY_SEARCH, persisted=True), nullable=True),
+        description="Full-text vector: prompt (weight A), name (B), description (C).",
+    )
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -352,6 +508,26 @@ class Payment(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class AdminAuditEntry(SQLModel, table=True):
+    """One admin action (issue 13). Rows are only ever inserted (a trigger refuses UPDATE,
+    DELETE and TRUNCATE): the record of who did what cannot be rewritten."""
+
+    __tablename__ = "admin_audit_log"
+    __table_args__ = (Index("ix_admin_audit_log_created", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    actor_account_id: uuid.UUID | None = Field(
+        default=None, foreign_key="accounts.id", description="The admin; null: the CLI."
+    )
+    actor: str = Field(max_length=320, description="The admin's email, or cli:<user>.")
+    action: str = Field(max_length=64, description="grant | deduct | set_plan | ban | unban")
+    target_account_id: uuid.UUID | None = Field(default=None, foreign_key="accounts.id", index=True)
+    details: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
+    )
+    created_at: datetime = _ts()
+
+
 class DashboardSession(SQLModel, table=True):
     """A signed-in dashboard session. The cookie carries only its id: signing out (or
     revoking the key it was opened with) ends it on the server, copies of the cookie
@@ -365,3 +541,40 @@ class DashboardSession(SQLModel, table=True):
     created_at: datetime = _ts()
     expires_at: datetime = _ts()
     revoked_at: datetime | None = _ts(nullable=True)
+
+
+class Lora(SQLModel, table=True):
+    """A LoRA style of the catalogue (issue 13). Operators manage it (``fluxgate lora``,
+    the admin mutations); users list the enabled ones. A job freezes what it uses (the
+    weight file's path included, ``kinds.lora``), so editing, disabling or removing a row
+    never changes an accepted job."""
+
+    __tablename__ = "loras"
+    __table_args__ = (
+        CheckConstraint("default_scale >= 0 AND default_scale <= 2", name="ck_loras_default_scale"),
+        Index("ix_loras_category", "category"),
+    )
+
+    id: str = Field(
+        primary_key=True, max_length=64, description="A slug (anime-style-v2); what jobs name."
+    )
+    name: str = Field(max_length=100)
+    category: str = Field(max_length=64)
+    description: str = Field(default="", max_length=500)
+    trigger_words: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JSONB, nullable=False, server_default="[]"),
+        description="Appended to the prompt of a job that uses it.",
+    )
+    base_model: str = Field(
+        max_length=130,
+        description="provider, provider/version, or family:<name> of the model registry.",
+    )
+    path: str = Field(
+        sa_column=Column(Text, nullable=False),
+        description="The local .safetensors file the workers load (never downloaded).",
+    )
+    default_scale: float = Field(default=1.0)
+    enabled: bool = Field(default=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

@@ -4,7 +4,7 @@ query all call :func:`PriceTable.quote`, so a quote is always what a job is char
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ class Quote:
     kind: str = "text_to_image"
     count: int = 1
     unit_credits: int = 0  # one image's price; ``credits`` is ``count`` of them
+    loras: int = 0  # LoRAs applied, each adding ``PriceTable.lora_surcharge`` per image
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class PriceTable:
     version_surcharge: dict[str, int]
     quality_surcharge: dict[str, int]
     kind_surcharge: dict[str, int]
+    lora_surcharge: int = 0  # per LoRA a job applies, added to each image (issue 13)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriceTable:
@@ -62,6 +64,7 @@ class PriceTable:
             kind_surcharge={
                 k: int(v) for k, v in data.get("kind_surcharge", {"text_to_image": 0}).items()
             },
+            lora_surcharge=int(data.get("lora_surcharge", {}).get("per_lora", 0)),
         )
 
     @classmethod
@@ -110,6 +113,13 @@ class PriceTable:
             version=version,
             quality=quality,
         )
+
+
+def with_loras(table: PriceTable, quote: Quote, loras: int) -> Quote:
+    """``quote`` for a job that also applies ``loras`` LoRAs: each adds the table's
+    ``lora_surcharge`` to every image."""
+    unit = quote.unit_credits + loras * table.lora_surcharge
+    return replace(quote, unit_credits=unit, credits=unit * quote.count, loras=loras)
 
 
 @lru_cache(maxsize=1)

@@ -29,11 +29,13 @@ from billing.models import (
     Account,
     ApiKey,
     Asset,
+    Batch,
     DashboardSession,
     Generation,
     GenerationStatus,
     LedgerEntry,
     LedgerKind,
+    Lora,
     Payment,
     StripeEvent,
     WebhookAttempt,
@@ -101,12 +103,20 @@ _INSERT_ENTRY = (
 # if the debit happened (at most one per movement key). Counts what each part did.
 _HOLD = (
     update(_ACCOUNTS)
-    .where(_A.id == bindparam("account_id"), _A.credits_available >= bindparam("amount"))
+    # Not for a banned account: a submission authenticated just before the ban committed
+    # waits here on the ban's row lock, then finds the account banned (no job, no hold).
+    .where(
+        _A.id == bindparam("account_id"),
+        _A.credits_available >= bindparam("amount"),
+        _A.banned_at.is_(None),
+    )
     .values(
         credits_available=_A.credits_available - bindparam("amount"),
         credits_reserved=_A.credits_reserved + bindparam("amount"),
     )
-    .returning(_A.id)
+    # The new balance and the low-credit threshold: whether this debit crossed it is read
+    # from the same statement (free on the accept path; see reserve_credits).
+    .returning(_A.id, _A.credits_available, _A.low_credit_threshold)
     .cte("hold")
 )
 _HOLD_ENTRY = (
@@ -138,6 +148,23 @@ _HOLD_ENTRY = (
 _RESERVE = select(
     select(func.count()).select_from(_HOLD).scalar_subquery(),
     select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery(),
+    # Crossed the threshold: from >= threshold before the debit to < threshold after.
+    select(func.count())
+    .select_from(_HOLD)
+    .where(
+        _HOLD.c.low_credit_threshold.is_not(None),
+        _HOLD.c.credits_available < _HOLD.c.low_credit_threshold,
+        _HOLD.c.credits_available + bindparam("amount", type_=BigInteger)
+        >= _HOLD.c.low_credit_threshold,
+    )
+    .scalar_subquery(),
+)
+# The plan, overrides and storage used, the account row locked (see lock_account_plan):
+# the storage quota is checked with no statement of its own.
+_LOCK_QUOTA = (
+    select(_A.plan, _A.limit_overrides, _A.storage_bytes)
+    .where(_A.id == bindparam("account_id"))
+    .with_for_update(key_share=True)
 )
 _W = WebhookEvent.__table__.c  # type: ignore[attr-defined]
 _WA = WebhookAttempt.__table__.c  # type: ignore[attr-defined]
@@ -280,6 +307,15 @@ async def hold_credits(
     serialized and each re-checks the committed balance; the ledger row is inserted only
     when the debit happened, and not at all when the job already has one (recorded is
     then False and the caller must undo the debit)."""
+    debited, recorded, _ = await reserve_credits(session, account_id, generation_id, amount)
+    return debited, recorded
+
+
+async def reserve_credits(
+    session: AsyncSession, account_id: uuid.UUID, generation_id: str, amount: int
+) -> tuple[bool, bool, bool]:
+    """``hold_credits`` plus whether the debit took the balance from at least the
+    account's low-credit threshold to below it (one statement all the same)."""
     connection = await session.connection()
     result = await connection.execute(
         _RESERVE,
@@ -292,8 +328,8 @@ async def hold_credits(
             "entry_at": utcnow(),
         },
     )
-    debited, recorded = result.one()
-    return bool(debited), bool(recorded)
+    debited, recorded, crossed = result.one()
+    return bool(debited), bool(recorded), bool(crossed)
 
 
 async def adjust_balance(
@@ -336,6 +372,11 @@ async def insert_entry(
         },
     )
     return result.first() is not None
+
+
+async def is_banned(session: AsyncSession, account_id: uuid.UUID) -> bool:
+    result = await session.execute(select(_A.banned_at).where(_A.id == account_id))
+    return result.scalar_one_or_none() is not None
 
 
 async def balance_cache(session: AsyncSession, account_id: uuid.UUID) -> tuple[int, int]:
@@ -927,7 +968,12 @@ async def revoke_dashboard_sessions(
 # them at once: each statement takes the ids as one array parameter (one statement text,
 # prepared once, whatever the count, and no limit on the number of bound parameters).
 
-_ACTIVE_KEYS = select(_K.id).where(_K.id == func.any(bindparam("ids")), _K.revoked_at.is_(None))
+_ACTIVE_KEYS = (
+    select(_K.id)
+    .join_from(ApiKey, Account, _A.id == _K.account_id)
+    # A banned account's keys count as revoked: its subscriptions end (issue 13).
+    .where(_K.id == func.any(bindparam("ids")), _K.revoked_at.is_(None), _A.banned_at.is_(None))
+)
 _REVISIONS = select(_G.id, _G.revision).where(_G.id == func.any(bindparam("ids")))
 
 
@@ -945,3 +991,233 @@ async def generation_revisions(
     connection = await session.connection()
     result = await connection.execute(_REVISIONS, {"ids": list(generation_ids)})
     return {job_id: int(revision) for job_id, revision in result.all()}
+
+
+# --- the LoRA catalogue (issue 13) ------------------------------------------------------
+
+
+async def get_lora(session: AsyncSession, lora_id: str) -> Lora | None:
+    return await session.get(Lora, lora_id)
+
+
+async def loras_by_id(session: AsyncSession, lora_ids: Sequence[str]) -> list[Lora]:
+    """The catalogue rows of ``lora_ids`` that exist (enabled or not), in one query."""
+    result = await session.execute(select(Lora).where(Lora.id.in_(list(lora_ids))))  # type: ignore[attr-defined]  # a SQLModel column
+    return list(result.scalars())
+
+
+async def list_loras(
+    session: AsyncSession, *, category: str | None = None, enabled_only: bool = True
+) -> list[Lora]:
+    query = select(Lora).order_by(Lora.category, Lora.name)
+    if category is not None:
+        query = query.where(Lora.category == category)  # type: ignore[arg-type]  # a SQLModel column
+    if enabled_only:
+        query = query.where(Lora.enabled.is_(True))  # type: ignore[attr-defined]  # a SQLModel column
+    result = await session.execute(query)
+    return list(result.scalars())
+
+
+async def delete_lora(session: AsyncSession, lora: Lora) -> None:
+    await session.delete(lora)
+    await session.flush()
+
+
+# --- batches (issue 13) -----------------------------------------------------------------
+
+_B = Batch.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
+_ACTIVE_STATUSES = [GenerationStatus.QUEUED.value, GenerationStatus.PROCESSING.value]
+
+
+async def insert_batch(session: AsyncSession, values: dict[str, Any]) -> Batch | None:
+    """Insert a batch row; None when the account already used its client batch id (a
+    concurrent duplicate waits for the first transaction, then sees its row)."""
+    result = await session.execute(
+        insert(Batch)
+        .values(values)
+        .on_conflict_do_nothing(constraint="uq_batches_client_batch_id")
+        .returning(Batch)
+    )
+    return result.scalars().first()
+
+
+async def get_batch_for_account(
+    session: AsyncSession, account_id: uuid.UUID, batch_id: str
+) -> Batch | None:
+    result = await session.execute(
+        select(Batch)
+        .where(_B.id == batch_id, _B.account_id == account_id)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+async def get_batch_by_client_id(
+    session: AsyncSession, account_id: uuid.UUID, client_batch_id: str
+) -> Batch | None:
+    result = await session.execute(
+        select(Batch).where(_B.account_id == account_id, _B.client_batch_id == client_batch_id)
+    )
+    return result.scalars().first()
+
+
+async def list_batches(
+    session: AsyncSession, account_id: uuid.UUID, *, limit: int, after: tuple[datetime, str] | None
+) -> Sequence[Batch]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    query = select(Batch).where(_B.account_id == account_id)
+    if after is not None:
+        query = query.where(tuple_(_B.created_at, _B.id) < tuple_(*after))
+    result = await session.execute(query.order_by(_B.created_at.desc(), _B.id.desc()).limit(limit))
+    return result.scalars().all()
+
+
+async def batch_items(session: AsyncSession, batch_ids: Sequence[str]) -> Sequence[Generation]:
+    """The jobs of the batches ``batch_ids`` (any order: the batches' ``item_ids`` say it)."""
+    if not batch_ids:
+        return []
+    result = await session.execute(
+        select(Generation)
+        .where(_G.batch_id.in_(list(batch_ids)))
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().all()
+
+
+async def lock_active_batch_items(session: AsyncSession, batch_id: str) -> list[str]:
+    """The batch's queued and processing jobs, their rows locked in primary-key order:
+    cancelling a batch then takes its locks in the order a worker settling one item does
+    (the job, then the account, then the batch), so the two cannot deadlock."""
+    result = await session.execute(
+        select(_G.id)
+        .where(_G.batch_id == batch_id, _G.status.in_(_ACTIVE_STATUSES))
+        .order_by(_G.id)
+        .with_for_update()
+    )
+    return [str(i) for i in result.scalars()]
+
+
+async def lock_batch_unfinished(session: AsyncSession, batch_id: str) -> int:
+    """Lock the batch row (until commit), then count its unfinished jobs.
+
+    Serializes the settlements of one batch's items: each counts only after the previous
+    one committed (READ COMMITTED re-reads after the lock), so the last one to settle
+    always sees zero, and only one transaction can be the last."""
+    await session.execute(select(_B.id).where(_B.id == batch_id).with_for_update())
+    result = await session.execute(
+        select(func.count())
+        .select_from(Generation)
+        .where(_G.batch_id == batch_id, _G.status.in_(_ACTIVE_STATUSES))
+    )
+    return int(result.scalar_one())
+
+
+async def mark_batch_completed(session: AsyncSession, batch_id: str) -> Batch | None:
+    """Stamp ``completed_at`` once; None if it was already stamped."""
+    result = await session.execute(
+        update(Batch)
+        .where(_B.id == batch_id, _B.completed_at.is_(None))
+        .values(completed_at=utcnow())
+        .returning(Batch)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalars().first()
+
+
+# --- quotas (issue 13) ---------------------------------------------------------------
+
+
+async def lock_account_quota(
+    session: AsyncSession, account_id: uuid.UUID
+) -> tuple[str, dict[str, Any] | None, int]:
+    """``lock_account_plan`` plus the account's storage used (bytes), same statement."""
+    connection = await session.connection()
+    result = await connection.execute(_LOCK_QUOTA, {"account_id": account_id})
+    plan, overrides, used = result.one()
+    return str(plan), overrides, int(used)
+
+
+async def account_plan_of_job(
+    session: AsyncSession, generation_id: str
+) -> tuple[str, dict[str, Any] | None]:
+    """The plan and overrides of the account a job belongs to (free plan if it is gone)."""
+    result = await session.execute(
+        select(_A.plan, _A.limit_overrides)
+        .join_from(Generation, Account, _A.id == _G.account_id)
+        .where(_G.id == generation_id)
+    )
+    row = result.first()
+    return ("free", None) if row is None else (str(row[0]), row[1])
+
+
+async def count_kind_since(
+    session: AsyncSession, account_id: uuid.UUID, kind: str, since: datetime
+) -> int:
+    """Jobs of ``kind`` submitted since ``since`` (ix_generations_account_created)."""
+    result = await session.execute(
+        select(func.count())
+        .select_from(Generation)
+        .where(_G.account_id == account_id, _G.created_at >= since, _G.kind == kind)
+    )
+    return int(result.scalar_one())
+
+
+async def jobs_by_kind(
+    session: AsyncSession, account_id: uuid.UUID, since: datetime
+) -> dict[str, int]:
+    result = await session.execute(
+        select(_G.kind, func.count())
+        .where(_G.account_id == account_id, _G.created_at >= since)
+        .group_by(_G.kind)
+    )
+    return {str(row[0]): int(row[1]) for row in result.all()}
+
+
+async def storage_used(session: AsyncSession, account_id: uuid.UUID) -> int:
+    result = await session.execute(select(_A.storage_bytes).where(_A.id == account_id))
+    return int(result.scalar_one())
+
+
+async def take_expired_assets(
+    session: AsyncSession, now: datetime, limit: int
+) -> list[tuple[uuid.UUID, str]]:
+    """Delete up to ``limit`` assets whose retention ended, returning (id, storage key)
+    of each file they had (image, thumbnail): the caller deletes the files before it
+    commits. SKIP LOCKED: concurrent sweepers take
+    different rows; the storage trigger takes the bytes off each account."""
+    expired = (
+        select(_AS.id)
+        .where(_AS.expires_at.is_not(None), _AS.expires_at <= now)
+        .order_by(_AS.expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        delete(Asset).where(_AS.id.in_(expired)).returning(_AS.id, _AS.key, _AS.thumbnail_key)
+    )
+    # The library's thumbnail goes with its image.
+    return [(row[0], key) for row in result.all() for key in (row[1], row[2]) if key is not None]
+
+
+async def set_low_credit(
+    session: AsyncSession, account_id: uuid.UUID, threshold: int | None, url: str | None
+) -> None:
+    await session.execute(
+        update(Account)
+        .where(_A.id == account_id)
+        .values(low_credit_threshold=threshold, low_credit_webhook_url=url)
+    )
+
+
+async def low_credit_state(
+    session: AsyncSession, account_id: uuid.UUID
+) -> tuple[int | None, str | None, int]:
+    """(threshold, webhook URL, available credits)."""
+    result = await session.execute(
+        select(_A.low_credit_threshold, _A.low_credit_webhook_url, _A.credits_available).where(
+            _A.id == account_id
+        )
+    )
+    threshold, url, available = result.one()
+    return threshold, url, int(available)

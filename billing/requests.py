@@ -24,8 +24,11 @@ DEFAULT_SIDE = 1024
 # GraphQL Int is a signed 32-bit integer, so seeds stay within it on every surface.
 MAX_SEED = 2**31 - 1
 MAX_URL_LEN = 2048
+# FLUX.2 [dev] and [klein]: text-to-image pipelines that run as their own class (no
+# FluxPipeline over their directory) and take no negative prompt.
+FLUX2_PIPELINES = frozenset({"Flux2Pipeline", "Flux2KleinPipeline"})
 # The registry's pipeline classes that make an image from text.
-TEXT_TO_IMAGE_PIPELINES = frozenset({"FluxPipeline"})
+TEXT_TO_IMAGE_PIPELINES = frozenset({"FluxPipeline"}) | FLUX2_PIPELINES
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,9 @@ if [ "${FLUXGATE_SKIP_MIGRATE:-0}" != 1 ]; then
 fi
 
 # --- 4. tiny development model ------------------------------------------------------------
-if [ ! -f "$TINY_DIR/model_index.json" ] || [ ! -f "$TINY_DIR-fill/model_index.json" ]; then
-  say "building the tiny FLUX models (text-to-image, Fill) under $(dirname "$TINY_DIR")"
+if [ ! -f "$TINY_DIR/model_index.json" ] || [ ! -f "$TINY_DIR-fill/model_index.json" ] \
+  || [ ! -f "$(dirname "$TINY_DIR")/loras/tiny-style-a.safetensors" ] \
+  || [ ! -f "$TINY_DIR"2/model_index.json ] || [ ! -f "$TINY_DIR"2-klein/model_index.json ]; then
+  say "building the tiny FLUX models (text-to-image, Fill, LoRA styles, FLUX.2 [dev] and [klein]) under $(dirname "$TINY_DIR")"
   "$VENV/bin/fluxgate" models build-dev "$(dirname "$TINY_DIR")"
 fi

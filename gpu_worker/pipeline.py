@@ -13,7 +13,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from billing.catalog import Catalog
 from billing.images import open_image
+from gpu_worker.loras import LoraCache
+from gpu_worker.speed import Speed, SpeedOptions
 from kinds.base import JobKind, Output, Pipelines, StepCallback, model_ref
 
 if TYPE_CHECKING:
@@ -126,10 +128,20 @@ def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
 
 
 class PipelineRunner:
-    def __init__(self, catalog: Catalog, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        speed: SpeedOptions | None = None,
+    ) -> None:
         self.catalog = catalog
         self.device, self.dtype = resolve_device(device, dtype)
-        self.pipelines = LoadedPipelines(self.device, self.dtype)
+        # Checked before anything loads: a setting this device cannot run stops start-up.
+        self.speed = Speed(speed or SpeedOptions(), self.device)
+        self.speed.check()
+        self.pipelines = LoadedPipelines(self.device, self.dtype, self.speed)
         # One thread: a GPU runs one pipeline at a time, and diffusers pipelines are not
         # thread-safe.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -146,6 +158,8 @@ class PipelineRunner:
 
     def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         images = {role: open_image(data) for role, data in job.inputs.items()}
+        # Every pipeline the kind gets is put in this job's LoRA state (none: disabled).
+        self.pipelines.use_loras(job.params.get("loras") or ())
         started = time.perf_counter()
         outputs = job.kind.run(self.pipelines, job.params, images, on_step)
         seconds = time.perf_counter() - started
@@ -172,10 +186,18 @@ class LoadedPipelines(Pipelines):
     thread-safe: like the pipelines themselves, it is used from the one pipeline thread.
     """
 
-    def __init__(self, device: str, dtype: torch.dtype) -> None:
+    def __init__(self, device: str, dtype: torch.dtype, speed: Speed | None = None) -> None:
         self.device = device
         self.dtype = dtype
+        self.speed = speed
         self._loaded: dict[Path, dict[str, Any]] = {}
+        self.loras = LoraCache()
+        self._job_loras: Sequence[Mapping[str, Any]] = ()
+
+    def use_loras(self, loras: Sequence[Mapping[str, Any]]) -> None:
+        """The LoRAs (frozen by ``kinds.lora``) of the job about to run: ``get`` returns
+        pipelines with exactly these adapters active, or none."""
+        self._job_loras = tuple(loras)
 
     def preload(self, model: Mapping[str, Any]) -> Any:
         """Load a frozen model (``kinds.base.model_ref``) as its own pipeline class now,
@@ -199,12 +221,18 @@ class LoadedPipelines(Pipelines):
             # it shares with ``base``) to float32 when it is not given.
             pipe = getattr(diffusers, wanted).from_pipe(base, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
+            if self.speed is not None:
+                self.speed.wrap(pipe, str(path))
             log.info(
                 "made %s from the %s loaded from %s in %.1fs",
                 wanted, type(base).__name__, path, time.perf_counter() - started,
             )  # fmt: skip
             by_class[wanted] = pipe
-        return by_class[wanted]
+        pipe = by_class[wanted]
+        # The components (adapters on the transformer) are shared by every class made
+        # from this directory: set them for this job whichever class it asks for.
+        self.loras.apply(path, pipe, self._job_loras)
+        return pipe
 
     def _load(self, path: Path, pipeline: str) -> Any:
         import diffusers
@@ -220,6 +248,8 @@ class LoadedPipelines(Pipelines):
         pipe = cls.from_pretrained(str(path), dtype=self.dtype, local_files_only=True)
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        if self.speed is not None:
+            self.speed.apply(pipe, str(path))
         log.info(
             "loaded %s from %s on %s/%s in %.1fs",
             pipeline, path, self.device, self.dtype, time.perf_counter() - started,

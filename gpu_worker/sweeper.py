@@ -5,6 +5,8 @@
 - A queued job no worker took within ``max_queue_wait_s`` is failed and released.
 - A queued job Redis may have lost (a Redis restart) is enqueued again, on its own pool's
   queue (arq ignores a duplicate of a job it still has).
+- On GPU workers (which hold the storage): images whose retention ended (``expires_at``)
+  are deleted, files and rows, in bounded batches (``sweep_assets``).
 
 Every sweeper looks at every pool's jobs: a pool with no live worker still has its jobs
 failed and released after the maximum wait, by whichever worker sweeps.
@@ -20,8 +22,9 @@ from datetime import timedelta
 
 from billing.db import Store
 from billing.models import GenerationStatus
-from billing.service import generations
+from billing.service import generations, quotas
 from runtime.settings import Settings
+from runtime.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,12 @@ async def sweep_periodically(interval: float, sweep_once: Callable[[], Awaitable
             log.exception("sweep failed")
 
 
-async def sweep(store: Store, settings: Settings) -> dict[str, list[str]]:
+async def sweep(
+    store: Store, settings: Settings, storage: Storage | None = None
+) -> dict[str, list[str]]:
     """Retry or fail processing jobs whose worker vanished (lease expired), fail jobs
     queued past the maximum wait, and enqueue again queued jobs Redis may have lost.
+    With ``storage`` (the GPU workers'), also delete the images whose retention ended.
 
     One transaction per job: a job that a worker settles or renews meanwhile is skipped
     (each change is conditional), and one error does not undo the others.
@@ -82,9 +88,34 @@ async def sweep(store: Store, settings: Settings) -> dict[str, list[str]]:
     async with store.unit_of_work() as uow:
         for generation_id in stale.queued:
             await generations.requeue(uow, generation_id)
+    swept = await sweep_assets(store, storage) if storage is not None else []
     if retried or failed or expired:
         log.warning(
             "sweeper: lease expired: retried %s, failed %s; queued too long: failed %s",
             retried, failed, expired,
         )  # fmt: skip
-    return {"retried": retried, "failed": failed, "expired": expired, "requeued": stale.queued}
+    return {
+        "retried": retried,
+        "failed": failed,
+        "expired": expired,
+        "requeued": stale.queued,
+        "assets_expired": swept,
+    }
+
+
+async def sweep_assets(
+    store: Store, storage: Storage, *, batch: int = quotas.SWEEP_BATCH, max_batches: int = 10
+) -> list[str]:
+    """Delete the assets whose retention ended (files, then rows, one transaction per
+    batch of ``batch``), at most ``max_batches`` per sweep so a backlog never holds a
+    sweep up for long; the next sweep goes on."""
+    swept: list[str] = []
+    for _ in range(max_batches):
+        async with store.unit_of_work() as uow:
+            ids = await quotas.sweep_expired(uow, storage.delete, limit=batch)
+        swept.extend(str(i) for i in ids)
+        if len(ids) < batch:
+            break
+    if swept:
+        log.info("sweeper: %d expired assets deleted", len(swept))
+    return swept

@@ -54,13 +54,24 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import shutil
 import string
 import tempfile
 from typing import Any
 
-__all__ = ["build_tiny_flux", "build_tiny_flux_fill", "build_tiny_models"]
+from gpu_worker.tiny_flux2 import (
+    TINY_FLUX2,
+    TINY_FLUX2_KLEIN,
+    build_tiny_flux2,
+    build_tiny_flux2_klein,
+)
+
+__all__ = [
+    "build_tiny_flux", "build_tiny_flux_fill", "build_tiny_lora", "build_tiny_loras",
+    "build_tiny_models",
+]  # fmt: skip
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
@@ -174,8 +185,9 @@ def build_tiny_flux_fill(directory: pathlib.Path, *, seed: int = 0) -> None:
 
 
 def build_tiny_models(root: pathlib.Path, *, seed: int = 0) -> list[pathlib.Path]:
-    """Build ``root/tiny-flux`` and ``root/tiny-flux-fill`` (the directories
-    ``deploy/models.dev.toml`` names), skipping one that already holds a pipeline.
+    """Build ``root/tiny-flux``, ``root/tiny-flux-fill``, ``root/tiny-flux2`` and
+    ``root/tiny-flux2-klein`` (the directories ``deploy/models.dev.toml`` names),
+    skipping one that already holds a pipeline.
 
     Each is written to a temporary sibling and renamed into place, so a build that is
     interrupted, or that races another process building the same directory, never
@@ -183,7 +195,14 @@ def build_tiny_models(root: pathlib.Path, *, seed: int = 0) -> list[pathlib.Path
     directories built now.
     """
     built = []
-    for name, build in ((TINY_FLUX, build_tiny_flux), (TINY_FLUX_FILL, build_tiny_flux_fill)):
+    builds = (
+        (TINY_FLUX, build_tiny_flux),
+        (TINY_FLUX_FILL, build_tiny_flux_fill),
+        # FLUX.2 [dev] and [klein] (gpu_worker.tiny_flux2), for the flux-2-* services.
+        (TINY_FLUX2, build_tiny_flux2),
+        (TINY_FLUX2_KLEIN, build_tiny_flux2_klein),
+    )
+    for name, build in builds:
         target = root / name
         if (target / "model_index.json").is_file():
             continue
@@ -295,6 +314,56 @@ def _tiny_flux(seed: int) -> Any:
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
+
+
+# Tiny LoRA styles for the tiny transformer (issue 13): development and the tests apply
+# them to tiny-flux. Name -> seed of its random weights.
+TINY_LORAS = {"tiny-style-a": 11, "tiny-style-b": 12, "tiny-style-c": 13, "tiny-style-d": 14}
+_LORA_RANK = 4
+# The attention projections of the tiny transformer's one double-stream and one
+# single-stream block, as FluxLoraLoaderMixin names them (diffusers/peft format).
+_LORA_TARGETS = tuple(
+    f"transformer.transformer_blocks.0.attn.{m}"
+    for m in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj")
+) + tuple(f"transformer.single_transformer_blocks.0.attn.{m}" for m in ("to_q", "to_k", "to_v"))
+
+
+def build_tiny_lora(path: pathlib.Path, *, seed: int) -> None:
+    """Write a rank-4 LoRA for the tiny transformer's attention projections to ``path``
+    (safetensors). Both factors are random and non-zero (a trained LoRA's B starts at
+    zero and moves; an untrained one would change nothing), large enough that an image
+    made with it differs clearly from one without."""
+    import torch
+    from safetensors.torch import save_file
+
+    inner = 2 * 16  # 2 heads of width 16 (_tiny_transformer): every projection is 32 -> 32
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, Any] = {}
+    for module in _LORA_TARGETS:
+        a = torch.randn(_LORA_RANK, inner, generator=generator) * 0.5
+        b = torch.randn(inner, _LORA_RANK, generator=generator) * 0.5
+        tensors[f"{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"{module}.lora_B.weight"] = b.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, staging)
+        pathlib.Path(staging).replace(path)  # atomic: a reader never sees half a file
+    finally:
+        pathlib.Path(staging).unlink(missing_ok=True)
+
+
+def build_tiny_loras(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Build the tiny LoRA files (``<name>.safetensors``) missing from ``directory``;
+    returns those built now."""
+    built = []
+    for name, seed in TINY_LORAS.items():
+        path = directory / f"{name}.safetensors"
+        if not path.is_file():
+            build_tiny_lora(path, seed=seed)
+            built.append(path)
+    return built
 
 
 def _tiny_transformer(diffusers: Any, *, in_channels: int, out_channels: int | None = None) -> Any:

@@ -44,13 +44,15 @@ import kinds
 from billing.catalog import Catalog, ModelEntry, pool_of
 from billing.db import Store, UnitOfWork, make_engine, make_sessionmaker
 from billing.models import Generation
+from billing.requests import TEXT_TO_IMAGE_PIPELINES
 from billing.service import generations
 from billing.service.generations import NewAsset
 from gpu_worker import metrics, sweeper
 from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
+from gpu_worker.speed import SpeedOptions
 from gpu_worker.supervisor import Supervisor, WorkerGroup
 from kinds.base import model_ref
-from runtime import logs
+from runtime import logs, thumbnails
 from runtime.metrics import counting
 from runtime.queue import (
     RUN_GENERATION,
@@ -77,6 +79,7 @@ RETRY_DEFER_S = 5
 # job failed and release its credits (arq's cancellation would leave them to the sweeper).
 TIMEOUT_MARGIN_S = 5
 WARM_UP_SIZE = 256
+COMPILED_WARM_UP_SIZE = 1024  # the default size: a compiled worker warms up at both
 
 
 @dataclass
@@ -115,7 +118,13 @@ async def _startup(ctx: dict[str, Any]) -> None:
     if runner is None:
         # Only the served pools' models: each pool's are sized for its GPUs.
         own = Catalog(entries=tuple(catalog.in_pools(pools)))
-        runner = PipelineRunner(own, device=settings.device, dtype=settings.dtype)
+        runner = PipelineRunner(
+            own,
+            device=settings.device,
+            dtype=settings.dtype,
+            speed=SpeedOptions.from_settings(settings),
+        )
+        runner.pipelines.loras.max_adapters = settings.lora_cache_size
         await asyncio.to_thread(runner.load_all)
         await asyncio.to_thread(warm_up, runner, own.entries)
         # Kept in ctx: a worker rebuilt after a Redis outage (same ctx) reuses the models.
@@ -151,15 +160,22 @@ def warm_up(runner: PipelineRunner, entries: Sequence[ModelEntry]) -> None:
     text_to_image = kinds.get("text_to_image")
     done: set[Path] = set()
     for entry in entries:
-        if entry.pipeline != "FluxPipeline" or entry.path in done:
+        if entry.pipeline not in TEXT_TO_IMAGE_PIPELINES or entry.path in done:
             continue
         done.add(entry.path)
         started = time.perf_counter()
-        params = {
-            "model": model_ref(entry), "prompt": "warm-up", "steps": 1, "seed": 0,
-            "guidance": entry.guidance, "width": WARM_UP_SIZE, "height": WARM_UP_SIZE,
-        }  # fmt: skip
-        text_to_image.run(runner.pipelines, params, {}, lambda *_: None)
+        # Compiled blocks are traced for the first size they see; a second size makes
+        # dynamo recompile them once with dynamic shapes, which then serve every size. Both
+        # compiles happen here, before the worker is announced, not on customers' jobs.
+        sizes = [WARM_UP_SIZE]
+        if runner.speed.options.compile != "off":
+            sizes.append(COMPILED_WARM_UP_SIZE)
+        for size in sizes:
+            params = {
+                "model": model_ref(entry), "prompt": "warm-up", "steps": 1, "seed": 0,
+                "guidance": entry.guidance, "width": size, "height": size,
+            }  # fmt: skip
+            text_to_image.run(runner.pipelines, params, {}, lambda *_: None)
         log.info("warmed up %s in %.1fs", entry.path, time.perf_counter() - started)
 
 
@@ -447,6 +463,7 @@ async def _render(
         for position, encoded in enumerate(rendered.outputs):
             key = f"{generation.id}-{token}-{position}.{encoded.extension}"
             await state.storage.put(key, encoded.data, encoded.mime)
+            thumb = await _thumbnail(state, key, encoded.format, encoded.data)
             outputs.append(
                 NewAsset(
                     role="output",
@@ -458,6 +475,7 @@ async def _render(
                     sha256=hashlib.sha256(encoded.data).hexdigest(),
                     position=position,
                     format=encoded.format,
+                    thumbnail_key=thumb,
                 )
             )
     except BaseException:
@@ -496,6 +514,22 @@ def _params(state: WorkerState, generation: Generation) -> dict[str, Any]:
 async def _delete(state: WorkerState, outputs: list[NewAsset]) -> None:
     for output in outputs:
         await state.storage.delete(output.key)
+        if output.thumbnail_key is not None:
+            await state.storage.delete(output.thumbnail_key)
+
+
+async def _thumbnail(state: WorkerState, key: str, fmt: str, data: bytes) -> str | None:
+    """Store the library's WebP thumbnail of a raster output next to it; its key."""
+    if fmt not in thumbnails.RASTER_FORMATS:
+        return None  # SVG, EPS: no raster to shrink
+    small = await asyncio.to_thread(thumbnails.make_thumbnail, data)
+    thumb = thumbnails.thumbnail_key(key)
+    try:
+        await state.storage.put(thumb, small, thumbnails.MIME)
+    except BaseException:
+        await state.storage.delete(key)  # not yet in ``outputs``: _render cannot see it
+        raise
+    return thumb
 
 
 async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -> None:
@@ -520,7 +554,7 @@ async def _keep_lease(state: WorkerState, generation: Generation, live: _Live) -
 async def sweep_stale(ctx: dict[str, Any]) -> dict[str, list[str]]:
     """One sweep (gpu_worker/sweeper.py) with this worker's database and Redis."""
     state: WorkerState = ctx["state"]
-    return await sweeper.sweep(state.store, state.settings)
+    return await sweeper.sweep(state.store, state.settings, state.storage)
 
 
 def functions(settings: Settings) -> list[Function]:

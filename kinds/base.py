@@ -23,6 +23,7 @@ from pydantic.alias_generators import to_camel
 
 from billing.catalog import Catalog, ModelEntry
 from billing.errors import BadUserInput
+from billing.models import Lora
 from billing.pricing import PriceTable, Quote
 from billing.requests import Limits
 
@@ -108,6 +109,9 @@ class PlanContext:
     catalog: Catalog
     prices: PriceTable
     limits: Limits
+    # The catalogue rows of the LoRAs a request names (kinds.lora), looked up before
+    # planning only when it names some: a request without LoRAs costs no query.
+    loras: Mapping[str, Lora] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from billing.catalog import ModelEntry
 from billing.errors import BadUserInput
+from billing.requests import FLUX2_PIPELINES
 from billing.text import unstorable
 from kinds.base import (
     FluxOptions,
@@ -42,6 +43,29 @@ FLUX_LATENT_RGB = (
     (-0.1262, -0.0982, -0.0778),
 )  # fmt: skip
 FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+# FLUX.2's 32 latent channels (ComfyUI's latent_formats.Flux2 fit, applied as there to the
+# batch-normalised latents the transformer denoises, each 2x2 patch unfolded first).
+FLUX2_LATENT_RGB = (
+    (0.0058, 0.0113, 0.0073), (0.0495, 0.0443, 0.0836), (-0.0099, 0.0096, 0.0644),
+    (0.2144, 0.3009, 0.3652), (0.0166, -0.0039, -0.0054), (0.0157, 0.0103, -0.0160),
+    (-0.0398, 0.0902, -0.0235), (-0.0052, 0.0095, 0.0109), (-0.3527, -0.2712, -0.1666),
+    (-0.0301, -0.0356, -0.0180), (-0.0107, 0.0078, 0.0013), (0.0746, 0.0090, -0.0941),
+    (0.0156, 0.0169, 0.0070), (-0.0034, -0.0040, -0.0114), (0.0032, 0.0181, 0.0080),
+    (-0.0939, -0.0008, 0.0186), (0.0018, 0.0043, 0.0104), (0.0284, 0.0056, -0.0127),
+    (-0.0024, -0.0022, -0.0030), (0.1207, -0.0026, 0.0065), (0.0128, 0.0101, 0.0142),
+    (0.0137, -0.0072, -0.0007), (0.0095, 0.0092, -0.0059), (0.0000, -0.0077, -0.0049),
+    (-0.0465, -0.0204, -0.0312), (0.0095, 0.0012, -0.0066), (0.0290, -0.0034, 0.0025),
+    (0.0220, 0.0169, -0.0048), (-0.0332, -0.0457, -0.0468), (-0.0085, 0.0389, 0.0609),
+    (-0.0076, 0.0003, -0.0043), (-0.0111, -0.0460, -0.0614),
+)  # fmt: skip
+
+
+def text_pipeline(model: Mapping[str, Any]) -> str:
+    """The pipeline class text-to-image runs over a frozen model: FLUX.2's own class (its
+    directory holds no FLUX.1 components), else FluxPipeline (over a FLUX.1 directory of
+    any class: Kontext, say)."""
+    own = str(model["pipeline"])
+    return own if own in FLUX2_PIPELINES else "FluxPipeline"
 
 
 def resolve_model(
@@ -186,8 +210,13 @@ def latents_preview(pipe: Any, latents: Any, height: int, width: int) -> bytes:
     import torch
     from PIL import Image as PILImage
 
-    unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)[0]
-    factors = torch.tensor(FLUX_LATENT_RGB, dtype=torch.float32, device=unpacked.device)
+    table: tuple[tuple[float, float, float], ...] = FLUX_LATENT_RGB
+    if type(pipe).__name__ in FLUX2_PIPELINES:
+        unpacked = _flux2_unpacked(pipe, latents, height, width)
+        table = FLUX2_LATENT_RGB
+    else:
+        unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)[0]
+    factors = torch.tensor(table, dtype=torch.float32, device=unpacked.device)
     bias = torch.tensor(FLUX_LATENT_RGB_BIAS, dtype=torch.float32, device=unpacked.device)
     rgb = torch.einsum("chw,cr->hwr", unpacked.float(), factors) + bias
     pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
@@ -196,6 +225,17 @@ def latents_preview(pipe: Any, latents: Any, height: int, width: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _flux2_unpacked(pipe: Any, latents: Any, height: int, width: int) -> Any:
+    """The first image's FLUX.2 latents as ``(32, H/8, W/8)``: FLUX.2 packs one token per
+    2x2 latent patch, row by row, with the patch's 4 x 32 values as its 128 channels (the
+    pipeline's ``_pack_latents`` of ``_patchify_latents``)."""
+    rows = height // (pipe.vae_scale_factor * 2)
+    cols = width // (pipe.vae_scale_factor * 2)
+    first = latents[:1, : rows * cols]
+    patches = first.reshape(1, rows, cols, -1).permute(0, 3, 1, 2)
+    return pipe._unpatchify_latents(patches)[0]
 
 
 def run_flux(
@@ -232,6 +272,9 @@ def run_flux(
         return kwargs
 
     negative = params.get("negative_prompt")
+    if negative and type(pipe).__name__ in FLUX2_PIPELINES:
+        # Refused when planned (kinds.text_to_image); never silently dropped.
+        raise ValueError(f"{type(pipe).__name__} takes no negative prompt")
     if negative:
         call.update(negative_prompt=negative, true_cfg_scale=params["true_cfg_scale"])
     # A CPU generator gives the same images for a seed on any device.

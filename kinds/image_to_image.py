@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from billing.errors import BadUserInput
+from kinds import lora
 from kinds.base import (
     FluxOptions,
     ImageInfo,
@@ -37,6 +38,8 @@ from kinds.flux import (
     resolve_model,
     run_flux,
 )
+from kinds.lora import LoraChoice, loras_field
+from kinds.presets import PresetOptions, with_presets
 from kinds.registry import register
 
 if TYPE_CHECKING:
@@ -48,7 +51,7 @@ DEFAULT_SERVICE = "flux-dev"
 DEFAULT_STRENGTH = 0.75
 
 
-class ImageToImageParams(FluxOptions):
+class ImageToImageParams(PresetOptions, FluxOptions):
     strength: float = Field(
         default=DEFAULT_STRENGTH,
         ge=0.0,
@@ -57,6 +60,7 @@ class ImageToImageParams(FluxOptions):
     )
     width: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
     height: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
+    loras: tuple[LoraChoice, ...] | None = loras_field()
 
 
 def denoising_steps(steps: int, strength: float) -> int:
@@ -88,7 +92,8 @@ class ImageToImage(JobKind):
                 f"{frozen['steps']}; raise strength (or steps)",
             )
         frozen.update(width=width, height=height, strength=params.strength)
-        return image_plan(self.name, entry, frozen, ctx)
+        plan = with_presets(image_plan(self.name, entry, frozen, ctx), params)
+        return lora.apply(plan, params.loras, entry, ctx)
 
     def run(
         self,

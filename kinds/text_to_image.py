@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from billing.errors import BadUserInput
-from billing.requests import ImageRequest, RawImageRequest, validate
+from billing.requests import FLUX2_PIPELINES, ImageRequest, RawImageRequest, validate
+from kinds import lora
 from kinds.base import (
     FluxOptions,
     ImageInfo,
@@ -24,17 +25,20 @@ from kinds.base import (
     StepCallback,
     model_ref,
 )
-from kinds.flux import check_prompt, run_flux
+from kinds.flux import check_prompt, run_flux, text_pipeline
+from kinds.lora import LoraChoice, loras_field
+from kinds.presets import PresetOptions, with_presets
 from kinds.registry import register
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-class TextToImageParams(FluxOptions):
+class TextToImageParams(PresetOptions, FluxOptions):
     width: int | None = Field(default=None, description="Multiple of 16; default 1024.")
     height: int | None = Field(default=None, description="Multiple of 16; default 1024.")
     quality: Literal["standard", "high"] = "standard"
+    loras: tuple[LoraChoice, ...] | None = loras_field()
 
 
 def plan_request(
@@ -115,6 +119,10 @@ class TextToImage(JobKind):
             negative = check_prompt(negative, ctx.limits, "negative_prompt")
         else:
             negative = None
+        if negative is not None and request.model.pipeline in FLUX2_PIPELINES:
+            raise BadUserInput(
+                "negative_prompt", f"service {request.provider!r} takes no negative prompt"
+            )
         quote = ctx.prices.quote(
             width=request.width,
             height=request.height,
@@ -123,7 +131,7 @@ class TextToImage(JobKind):
             kind=self.name,
             count=params.count,
         )
-        return plan_request(
+        plan = plan_request(
             replace(request, quote=quote),
             negative_prompt=negative,
             true_cfg_scale=params.true_cfg_scale,
@@ -133,6 +141,7 @@ class TextToImage(JobKind):
             output_quality=params.output_quality,
             count=params.count,
         )
+        return lora.apply(with_presets(plan, params), params.loras, request.model, ctx)
 
     def run(
         self,
@@ -141,7 +150,7 @@ class TextToImage(JobKind):
         inputs: Mapping[str, Image],
         on_step: StepCallback,
     ) -> list[Output]:
-        pipe = pipelines.get(params["model"], "FluxPipeline")
+        pipe = pipelines.get(params["model"], text_pipeline(params["model"]))
         return run_flux(
             pipe,
             params,

@@ -25,7 +25,7 @@ from functools import cache
 from typing import Literal
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -239,6 +239,15 @@ for i = 1, #head, 2 do
     running = running + 1
   elseif oldest == '' then
     oldest = head[i + 1]
+    -- A score is moved by the job's priority (runtime/queue.py): its wait is measured
+    -- from the enqueue time in the job record when there is one.
+    local job = redis.call('get', ARGV[5] .. head[i])
+    if job then
+      local ok, data = pcall(cjson.decode, job)
+      if ok and type(data) == 'table' and type(data['et']) == 'number' then
+        oldest = data['et']
+      end
+    end
   end
 end
 local workers = redis.call('zcount', KEYS[2], ARGV[4], '+inf')
@@ -275,7 +284,13 @@ class QueueGauges:
             now = time.time()
             due, busy, oldest, live = await self._script(
                 keys=[queue_name, Keys(queue_name).workers],
-                args=[int(now * 1000), RUNNING_SCAN, in_progress_key_prefix, now - WORKER_TTL_S],
+                args=[
+                    int(now * 1000),
+                    RUNNING_SCAN,
+                    in_progress_key_prefix,
+                    now - WORKER_TTL_S,
+                    job_key_prefix,
+                ],
             )
             waited = max(0.0, now - float(oldest) / 1000) if oldest not in ("", b"") else 0.0
             depth.add_metric([pool], max(0, int(due) - int(busy)))

@@ -19,7 +19,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,21 @@ WORKER_TTL_S = 30
 # How many entries at the front of the queue may be running jobs (see QueueInspector).
 RUNNING_SCAN = 256
 _EWMA = 0.3  # weight of the newest measurement
+
+# Priorities (issue 13). arq's queue is a sorted set scored by enqueue time (ms), served
+# lowest score first. A job is scored ``enqueue time - rank * PRIORITY_STEP_MS`` (rank 0
+# low, 1 normal, 2 high): a high job overtakes the normal jobs queued less than one step
+# before it, and the low ones queued less than two steps before it, and no others. So
+# nothing starves: a job is never overtaken by a job enqueued more than two steps after
+# it, whoever's it is, and a low job older than two steps runs before any high job
+# queued now. Scores stay in the past (never deferred: arq takes only scores <= now), and
+# positions and ETAs need no change: they are ranks in the same sorted set.
+PRIORITY_STEP_MS = 30_000
+
+
+def priority_score(now_ms: int, priority: int, step_ms: int = PRIORITY_STEP_MS) -> int:
+    """The queue score of a job of priority rank ``priority`` enqueued at ``now_ms``."""
+    return now_ms - max(0, min(2, priority)) * step_ms
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -231,11 +246,21 @@ def _paired(events: list[Event]) -> list[Event | _Enqueue]:
 class Dispatcher:
     """Performs the side effects of committed events. Call only after commit."""
 
-    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+    def __init__(
+        self,
+        pool: ArqRedis,
+        queue_name: str,
+        *,
+        clock: Callable[[], int] = timestamp_ms,
+        priority_step_ms: int = PRIORITY_STEP_MS,
+    ) -> None:
         self.pool = pool
         self.queue_name = queue_name
         self.keys = Keys(queue_name)
         self._enqueue_script = pool.register_script(_ENQUEUE)
+        # Milliseconds since the epoch: what enqueue times and priority scores use.
+        self.clock = clock
+        self.priority_step_ms = priority_step_ms
 
     def pool_queue(self, pool: str) -> str:
         return pool_queue(self.queue_name, pool)
@@ -248,14 +273,17 @@ class Dispatcher:
         *,
         announce: str | None = None,
         queue: str | None = None,
+        priority: int = 1,
     ) -> bool:
         """Enqueue ``function(argument)`` as arq job ``jid`` now, as arq would; False
         when a job or a result with that id exists (a duplicate enqueue is a no-op).
         ``announce``: an event message published in the same round trip (either way).
-        ``queue``: the arq queue (default: the deployment's, the default pool's)."""
-        now_ms = timestamp_ms()
+        ``queue``: the arq queue (default: the deployment's, the default pool's).
+        ``priority``: the job's rank, which moves its score (``priority_score``)."""
+        now_ms = self.clock()
         job = serialize_job(function, (argument,), {}, None, now_ms, serializer=serialize)
-        args: list[Any] = [job, expires_extra_ms, jid, now_ms]
+        score = priority_score(now_ms, priority, self.priority_step_ms)
+        args: list[Any] = [job, expires_extra_ms, jid, score]
         if announce is not None:
             args += [self.keys.events, announce]
         added = await self._enqueue_script(
@@ -299,6 +327,7 @@ class Dispatcher:
                 job_id(accepted.generation_id),
                 announce=None if event.update is None else self._message(event.update),
                 queue=self.pool_queue(accepted.pool),
+                priority=accepted.priority,
             )
         elif isinstance(event, GenerationRequeued):
             # The dead run's arq job (its queue entry, job, in-progress, retry and result
@@ -312,8 +341,8 @@ class Dispatcher:
                                result_key_prefix):  # fmt: skip
                     pipe.delete(prefix + jid)
                 await pipe.execute()
-            await self.pool.enqueue_job(
-                RUN_GENERATION, event.generation_id, _job_id=jid, _queue_name=queue
+            await self.enqueue(
+                RUN_GENERATION, event.generation_id, jid, queue=queue, priority=event.priority
             )
         elif isinstance(event, GenerationUpdated):
             await self.pool.publish(self.keys.events, self._message(event))
@@ -424,6 +453,16 @@ class QueueInspector:
         async with self.redis.pipeline(transaction=False) as pipe:
             for pool in names:
                 pipe.zcount(Keys(pool_queue(self.queue_name, pool)).workers, since, "+inf")
+            counts = await pipe.execute()
+        return {pool: int(n) for pool, n in zip(names, counts, strict=True)}
+
+    async def depths(self, pools: Iterable[str]) -> dict[str, int]:
+        """Per pool, the jobs in its queue: waiting, or started by a worker (arq keeps a
+        job in the queue until it ends). One round trip (administration statistics)."""
+        names = list(pools)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in names:
+                pipe.zcard(pool_queue(self.queue_name, pool))
             counts = await pipe.execute()
         return {pool: int(n) for pool, n in zip(names, counts, strict=True)}
 

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     job_timeout_s: int = Field(default=600, ge=10)
+    # LoRA adapters a GPU worker keeps loaded per model (issue 13); past this the least
+    # recently used are deleted from the pipeline.
+    lora_cache_size: int = Field(default=8, ge=1)
     # On SIGTERM a GPU worker takes no more jobs and lets the one in flight finish for up
     # to this long (default: the job timeout, so a job is never cut short by a restart);
     # then it is cancelled and handed back. 0: cancel at once. A second signal skips it.
@@ -142,6 +145,26 @@ class Settings(BaseSettings):
     # as their directories' size on disk; over it, `fluxgate worker` refuses to start.
     # Unset: no check.
     worker_memory_gb: float | None = Field(default=None, gt=0)
+
+    # Serving speed (README "Serving fast"; applied by gpu_worker/speed.py when the worker
+    # loads a pipeline, before its warm-up, so the worker is announced only once compiled).
+    # `regional`: torch.compile of the transformer's repeated blocks (a cold start of tens
+    # of seconds on a GPU instead of minutes for the whole model).
+    compile: Literal["off", "regional"] = "off"
+    fuse_qkv: bool = False
+    # `fp8`: torchao float8 dynamic quantization of the transformer. Lossy, so off by
+    # default; needs a CUDA GPU with FP8 (compute capability 8.9+) and `torchao` (the
+    # `gpu` extra): a worker asked for it anywhere else refuses to start.
+    quantization: Literal["none", "fp8"] = "none"
+    # A diffusers attention backend (`diffusers.models.attention_dispatch
+    # .AttentionBackendName`: native, _native_cudnn, _native_flash, flash, _flash_3,
+    # sage...), checked at start-up; `default`: diffusers' own choice (torch SDPA).
+    attention_backend: str = Field(default="default", pattern=r"^[a-z0-9_]+$")
+    vae_tiling: bool = False
+    vae_channels_last: bool = False
+    # Text embeddings kept per (model, prompt, max_sequence_length), least recently used
+    # dropped past this many; 0: off. One FLUX.1 T5 embedding is ~4 MB of GPU memory.
+    prompt_cache: int = Field(default=0, ge=0, le=4096)
 
     # Webhooks. Allowed hosts: comma-separated names and CIDR ranges that may be reached
     # although they are not public addresses (everything private is refused otherwise).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
 
 from billing.requests import RawImageRequest
@@ -28,6 +30,10 @@ class GenerateOptionsInput:
     preview: bool = strawberry.field(
         default=False, description="Send small preview images with progress updates."
     )
+    # Presets (seed 002; ids from the `presets` query), applied to the prompt.
+    style: str | None = None
+    medium: str | None = None
+    filter: str | None = None
 
 
 @strawberry.input(description="Input of `generate` (seed 001, first form).")
@@ -38,6 +44,10 @@ class GenerateInput:
     options: GenerateOptionsInput | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = strawberry.field(default=None, description=WEBHOOK_EVENTS)
+
+    def presets(self) -> dict[str, str | None]:
+        options = self.options or GenerateOptionsInput()
+        return {"style": options.style, "medium": options.medium, "filter": options.filter}
 
     def to_raw(self) -> RawImageRequest:
         options = self.options or GenerateOptionsInput()
@@ -70,6 +80,13 @@ class ImageGenerationInput:
     preview: bool = strawberry.field(
         default=False, description="Send small preview images with progress updates."
     )
+    # Presets (seed 002; ids from the `presets` query), applied to the prompt.
+    style: str | None = None
+    medium: str | None = None
+    filter: str | None = None
+
+    def presets(self) -> dict[str, str | None]:
+        return {"style": self.style, "medium": self.medium, "filter": self.filter}
 
     def to_raw(self) -> RawImageRequest:
         return RawImageRequest(
@@ -92,15 +109,35 @@ class LimitOverridesInput:
     concurrent_jobs: int | None = strawberry.UNSET
     jobs_per_day: int | None = strawberry.UNSET
     max_subscriptions: int | None = strawberry.UNSET
+    # Quotas (issue 13).
+    retention_days: int | None = strawberry.UNSET
+    storage_quota_mb: int | None = strawberry.UNSET
+    max_megapixels: float | None = strawberry.UNSET
+    daily: list[KindQuotaInput] | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Per-kind daily quotas, merged into the plan's (perDay null: unlimited).",
+    )
 
-    def to_dict(self) -> dict[str, int | None]:
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
             name: value
             for name, value in (
                 ("requests_per_minute", self.requests_per_minute),
                 ("concurrent_jobs", self.concurrent_jobs),
                 ("jobs_per_day", self.jobs_per_day),
                 ("max_subscriptions", self.max_subscriptions),
+                ("retention_days", self.retention_days),
+                ("storage_quota_mb", self.storage_quota_mb),
+                ("max_megapixels", self.max_megapixels),
             )
             if value is not strawberry.UNSET
         }
+        if self.daily is not strawberry.UNSET:
+            found["daily"] = {q.kind: q.per_day for q in self.daily or []}
+        return found
+
+
+@strawberry.input(description="A daily quota of one job kind.")
+class KindQuotaInput:
+    kind: str
+    per_day: int | None = None

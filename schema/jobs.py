@@ -17,10 +17,11 @@ from typing import Any
 import kinds
 from billing.errors import BadUserInput, NotFound
 from billing.images import InputImage, check_same_size, decode_image
-from billing.models import Generation
+from billing.models import Generation, Lora
 from billing.requests import validate_webhook
-from billing.service import generations
-from billing.service.generations import NewAsset
+from billing.service import generations, loras
+from billing.service.generations import JobSpec, NewAsset
+from kinds import lora
 from kinds.base import ImageInfo, JobKind, KindParams, Plan, PlanContext
 from runtime.fetch import fetch_image
 from schema.context import Context
@@ -109,6 +110,13 @@ async def prepare(
         if name not in taken:
             raise BadUserInput(name, f"{kind.name} takes no {name}")
     params = kind.parse(raw)
+    lora_ids = lora.requested(params)
+    found: dict[str, Lora] = {}
+    if lora_ids:
+        # One query, and none for the (usual) request without LoRAs; read now so a
+        # disabled LoRA is refused at once, not after a cache's lifetime.
+        async with ctx.read() as session:
+            found = await loras.lookup(session, lora_ids)
     if sources:
         # Loading images is slow (a fetch, a decode): the request's database connection
         # is not held meanwhile; the job's transaction takes another.
@@ -129,7 +137,9 @@ async def prepare(
     plan = kind.plan(
         params,
         {name: ImageInfo(i.width, i.height) for name, i in images.items()},
-        PlanContext(catalog=services.catalog, prices=services.prices, limits=services.limits),
+        PlanContext(
+            catalog=services.catalog, prices=services.prices, limits=services.limits, loras=found
+        ),
     )
     return Prepared(kind=kind, params=params, images=images, plan=plan)
 
@@ -144,6 +154,38 @@ async def submit(
     """Accept a job of any kind: reserve its price and queue it (INSUFFICIENT_CREDITS,
     the plan's caps and idempotency as for every job)."""
     caller = await ctx.caller()
+    services = ctx.services
+    job, stored = await plan_job(ctx, kind_name, raw, sources, delivery)
+    try:
+        async with ctx.transaction() as uow:
+            generation = await generations.submit(
+                uow,
+                account_id=caller.account.id,
+                api_key_id=caller.api_key_id,
+                request=job,
+                idempotency_key=ctx.idempotency_key,
+                plans=services.plans,
+                limits=await ctx.limits(),
+            )
+            replay = await _is_replay(uow.session, generation, stored)
+    except BaseException:
+        await discard(ctx, stored)
+        raise
+    if replay:
+        # An idempotent retry got the first job back: its inputs are the first request's.
+        await discard(ctx, stored)
+    return generation
+
+
+async def plan_job(
+    ctx: Context,
+    kind_name: str,
+    raw: Mapping[str, Any],
+    sources: Mapping[str, Source],
+    delivery: Delivery,
+) -> tuple[JobSpec, list[NewAsset]]:
+    """A request made a priced job, ready to accept, and its image inputs stored (the
+    caller ``discard``s them if the job is not accepted)."""
     services = ctx.services
     prepared = await prepare(ctx, kind_name, raw, sources)
     kind, params, images, plan = prepared.kind, prepared.params, prepared.images, prepared.plan
@@ -170,25 +212,7 @@ async def submit(
         webhook_events=webhook_events,
         preview=delivery.preview,
     )
-    try:
-        async with ctx.transaction() as uow:
-            generation = await generations.submit(
-                uow,
-                account_id=caller.account.id,
-                api_key_id=caller.api_key_id,
-                request=job,
-                idempotency_key=ctx.idempotency_key,
-                plans=services.plans,
-                limits=await ctx.limits(),
-            )
-            replay = await _is_replay(uow.session, generation, stored)
-    except BaseException:
-        await _discard(ctx, stored)
-        raise
-    if replay:
-        # An idempotent retry got the first job back: its inputs are the first request's.
-        await _discard(ctx, stored)
-    return generation
+    return job, stored
 
 
 async def _is_replay(session: Any, generation: Generation, stored: list[NewAsset]) -> bool:
@@ -248,6 +272,6 @@ async def _store(ctx: Context, name: str, image: InputImage) -> NewAsset:
     )
 
 
-async def _discard(ctx: Context, stored: list[NewAsset]) -> None:
+async def discard(ctx: Context, stored: list[NewAsset]) -> None:
     for asset in stored:
         await ctx.services.storage.delete(asset.key)

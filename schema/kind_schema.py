@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Optional, get_args, get_origin
 
 import strawberry
+from pydantic import BaseModel
 from pydantic.alias_generators import to_camel, to_snake
 from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
@@ -43,9 +44,46 @@ def _graphql_type(annotation: Any) -> Any:
         return _graphql_type(args[0])
     if origin is Literal:
         return type(get_args(annotation)[0])
+    if origin in (list, tuple):
+        return list[_graphql_type(get_args(annotation)[0])]  # type: ignore[misc]  # a runtime type for strawberry
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _nested_input(annotation)
     if annotation in (str, int, float, bool):
         return annotation
     raise TypeError(f"no GraphQL type for parameter annotation {annotation!r}")
+
+
+_NESTED: dict[type[BaseModel], type] = {}
+
+
+def _nested_input(model: type[BaseModel]) -> type:
+    """A GraphQL input for a parameter model inside a kind's parameters (``LoraChoice``
+    becomes ``LoraChoiceInput``), made once per model since kinds share it."""
+    made = _NESTED.get(model)
+    if made is None:
+        annotations: dict[str, Any] = {}
+        namespace: dict[str, Any] = {}
+        for name, info in model.model_fields.items():
+            gql = _graphql_type(info.annotation)
+            if info.is_required():
+                annotations[name] = gql
+                namespace[name] = strawberry.field(description=info.description)
+            else:
+                annotations[name] = Optional[gql]  # noqa: UP045  # a runtime type for strawberry
+                namespace[name] = strawberry.field(default=None, description=info.description)
+        cls = type(f"{model.__name__}Input", (), {"__annotations__": annotations, **namespace})
+        made = strawberry.input(cls, description=model.__doc__)
+        _NESTED[model] = made
+    return made
+
+
+def _plain(value: Any) -> Any:
+    """A GraphQL input value as JSON-like data (nested inputs as dicts) for pydantic."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__strawberry_definition__"):
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return value
 
 
 def input_type(kind: JobKind) -> type:
@@ -167,7 +205,7 @@ async def _read(upload: Any, ctx: Context, name: str) -> bytes:
 
 
 def _values(input: object) -> dict[str, Any]:
-    return {k: v for k, v in vars(input).items() if not k.startswith("_")}
+    return {k: _plain(v) for k, v in vars(input).items() if not k.startswith("_")}
 
 
 def kind_mutation(kind: JobKind) -> Any:

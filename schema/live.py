@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.exceptions import RedisError
 
@@ -131,7 +132,7 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
             if message is None:
                 latest = current  # a queue-position tick: Redis only
             elif message.get("revoked"):
-                raise Unauthenticated(REVOKED_MESSAGE)
+                await _end_revoked(ctx)
             elif "snapshot" in message:
                 latest = models.from_snapshot(message["snapshot"])
                 live = message.get("live") or {}
@@ -152,6 +153,15 @@ async def follow(ctx: Context, caller: Caller, generation_id: str) -> AsyncItera
                 continue
             current, shown = latest, fresh
             yield shown
+
+
+async def _end_revoked(ctx: Context) -> NoReturn:
+    """End a subscription whose key's box was ended: the key was revoked, or its account
+    banned (issue 13: the keys of a banned account end their boxes too). The key is
+    checked again so a ban ends it with FORBIDDEN; a revoked key ends as before."""
+    with contextlib.suppress(Unauthenticated):
+        await ctx.caller()  # raises FORBIDDEN for a banned account's key
+    raise Unauthenticated(REVOKED_MESSAGE)
 
 
 def _end_if_cancelled() -> None:
@@ -185,7 +195,7 @@ async def follow_account(ctx: Context, caller: Caller) -> AsyncIterator[Generati
             _end_if_cancelled()
             message = await events.get()
             if message.get("revoked"):
-                raise Unauthenticated(REVOKED_MESSAGE)
+                await _end_revoked(ctx)
             if "snapshot" not in message:
                 if message.get("resync"):
                     # A reconnect: the revocation may be among what was missed (for a

@@ -11,12 +11,18 @@ from strawberry.types import Info
 from billing import models
 from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
-from billing.service import accounts, generations, ledger, payments, webhooks
+from billing.service import accounts, admin, generations, ledger, payments, webhooks
 from kinds import text_to_image
+from kinds.presets import apply_presets, presets_fingerprint
 from kinds.text_to_image import plan_request
+from schema.admin import AdminMutation, AdminQuery
+from schema.batches import BatchMutation, BatchQuery, BatchSubscription
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
+from schema.library import LibraryMutation, LibraryQuery
 from schema.live import follow, follow_account, present
+from schema.loras import LoraMutation, LoraQuery
+from schema.quotas import QuotaMutation, QuotaQuery
 from schema.types import (
     Account,
     AccountPlan,
@@ -40,12 +46,18 @@ def _validate(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> 
     )
 
 
-async def _submit(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> Generation:
+async def _submit(
+    ctx: Context,
+    raw: RawImageRequest,
+    fields: Mapping[str, str],
+    presets: dict[str, str | None] | None = None,
+) -> Generation:
     caller = await ctx.caller()
     request = _validate(ctx, raw, fields)
-    job = plan_request(request).job(
+    chosen = presets or {"style": None, "medium": None, "filter": None}
+    job = apply_presets(plan_request(request), **chosen).job(
         text_to_image.KIND.name,
-        request_hash=request.request_hash,
+        request_hash=presets_fingerprint(request.request_hash, chosen),
         webhook_url=request.webhook_url,
         webhook_events=request.webhook_events,
         preview=request.preview,
@@ -77,7 +89,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 
 @strawberry.type
-class Query:
+class Query(AdminQuery, BatchQuery, LibraryQuery, LoraQuery, QuotaQuery):
     @strawberry.field(description="The caller's account, balance and limits.")
     async def me(self, info: Ctx) -> Account:
         caller = await info.context.caller()
@@ -156,16 +168,16 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(AdminMutation, BatchMutation, LibraryMutation, LoraMutation, QuotaMutation):
     # Nullable results: when one of several aliased mutations fails, the others' jobs
     # (already accepted and charged) are still returned instead of nulling the whole data.
     @strawberry.mutation(description="Queue a generation (seed 001, first form).")
     async def generate(self, info: Ctx, input: GenerateInput) -> Generation | None:
-        return await _submit(info.context, input.to_raw(), GENERATE_FIELDS)
+        return await _submit(info.context, input.to_raw(), GENERATE_FIELDS, input.presets())
 
     @strawberry.mutation(description="Queue an image generation (seed 001, second form).")
     async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation | None:
-        return await _submit(info.context, input.to_raw(), IMAGE_FIELDS)
+        return await _submit(info.context, input.to_raw(), IMAGE_FIELDS, input.presets())
 
     @strawberry.mutation(
         description="Cancel a queued or processing generation; its credits are released in "
@@ -233,8 +245,9 @@ class Mutation:
         if not caller.account.is_admin:
             raise Forbidden("Only an admin account may change plans")
         async with info.context.transaction() as uow:
-            account = await accounts.set_plan(
-                uow.session,
+            account = await admin.set_plan(  # recorded in the admin audit log
+                uow,
+                admin.Actor.of(caller.account),
                 _uuid(account_id, "accountId"),
                 plan=plan,
                 overrides=overrides.to_dict() if overrides is not None else None,
@@ -268,7 +281,7 @@ class Mutation:
 
 
 @strawberry.type
-class Subscription:
+class Subscription(BatchSubscription):
     @strawberry.subscription(
         description="Every state of one generation: queued (queuePosition, etaSeconds) → "
         "processing (progress, step, totalSteps, etaSeconds, preview) → completed, failed "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -37,6 +38,13 @@ class ImageOutput:
     format: str = strawberry.field(
         description="png | jpeg | webp; svg | eps (vectorize). Also the file's extension."
     )
+    expires_at: UtcDateTime | None = strawberry.field(
+        default=None, description="When retention deletes it (null: kept forever)."
+    )
+
+
+def _expiry(value: Any) -> UtcDateTime | None:
+    return UtcDateTime(datetime.fromisoformat(value)) if isinstance(value, str) else None
 
 
 @strawberry.type(description="An image a job was given.")
@@ -93,6 +101,10 @@ class Generation:
     _estimating: strawberry.Private[asyncio.Future[None] | None] = None
     # The model pool of a job not yet finished (None once it is): for model_available.
     _pool: strawberry.Private[str | None] = None
+    # The presets applied to its prompt (seed 002), ids from the presets query.
+    style: str | None = None
+    medium: str | None = None
+    filter: str | None = None
 
     @strawberry.field(
         description="While the job is queued or running: whether a worker of its model's "
@@ -170,6 +182,7 @@ class Generation:
                 width=int(o["width"]),
                 height=int(o["height"]),
                 format=str(o["format"]),
+                expires_at=_expiry(o.get("expires_at")),
             )
             for o in (g.outputs if done else [])
         ]
@@ -191,6 +204,9 @@ class Generation:
             metadata=JSON(dict(g.meta)),
             credit_cost=g.credit_cost,
             webhook_url=g.webhook_url,
+            style=(g.params or {}).get("style"),
+            medium=(g.params or {}).get("medium"),
+            filter=(g.params or {}).get("filter"),
             progress=g.progress,
             step=g.step,
             total_steps=g.total_steps,
@@ -249,6 +265,10 @@ class Account:
                 concurrent_jobs=limits.concurrent_jobs,
                 jobs_per_day=limits.jobs_per_day,
                 max_subscriptions=limits.max_subscriptions,
+                retention_days=limits.retention_days,
+                storage_quota_mb=limits.storage_quota_mb,
+                max_megapixels=limits.max_megapixels,
+                daily=[KindQuota(kind=k, per_day=v) for k, v in sorted(limits.daily.items())],
             ),
             webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
@@ -263,6 +283,23 @@ class Limits:
     max_subscriptions: int | None = strawberry.field(
         description="GraphQL subscriptions open at once, over all connections."
     )
+    # Quotas (issue 13).
+    retention_days: int | None = strawberry.field(
+        default=None, description="Days an image is kept; null: forever."
+    )
+    storage_quota_mb: int | None = None
+    max_megapixels: float | None = strawberry.field(
+        default=None, description="Largest image a job may make (width x height / 1e6)."
+    )
+    daily: list[KindQuota] = strawberry.field(
+        default_factory=list, description="Jobs per UTC day per kind (a kind not listed: no quota)."
+    )
+
+
+@strawberry.type(description="A daily quota of one job kind.")
+class KindQuota:
+    kind: str
+    per_day: int
 
 
 @strawberry.type(description="Credits for sale through Stripe Checkout.")

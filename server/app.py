@@ -39,7 +39,7 @@ from schema import Hardening, build_schema
 from schema.context import InputLimits, Payments, Services
 from schema.limiter import RequestLimiter
 from schema.watch import SubscriptionWatch
-from server import dashboard, jobs_rest, rest
+from server import admin_pages, dashboard, jobs_rest, library_pages, rest
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
 from server.metrics import Telemetry, metrics_endpoint, readiness_endpoint, request_id_header
@@ -217,6 +217,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readiness_endpoint(settings), methods=["GET"]),
         Route("/metrics", metrics_endpoint(settings), methods=["GET"]),
         *dashboard.routes,
+        *admin_pages.routes,
+        *library_pages.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -14,6 +14,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from runtime.settings import get_settings
+from server.admin_cli import admin_app
+from server.library_cli import images_app
 
 app = typer.Typer(help="Fluxgate: self-hosted, credit-metered FLUX image generation.")
 db_app = typer.Typer(help="Database migrations.")
@@ -28,6 +30,8 @@ for sub, name in [
     (key_app, "key"), (models_app, "models"), (dev_app, "dev"), (stripe_app, "stripe"),
 ]:  # fmt: skip
     app.add_typer(sub, name=name)
+app.add_typer(admin_app, name="admin")
+app.add_typer(images_app, name="images")
 
 
 @app.callback()
@@ -257,6 +261,22 @@ def _limit_option(value: str | None, name: str) -> dict[str, int | None]:
     return {name: int(value)}
 
 
+def _quota_options(megapixels: str | None, daily: list[str] | None) -> dict[str, Any]:
+    """--max-megapixels and --daily KIND=N|unlimited as limit overrides."""
+    found: dict[str, Any] = {}
+    if megapixels is not None:
+        try:
+            found["max_megapixels"] = None if megapixels == "unlimited" else float(megapixels)
+        except ValueError:
+            raise _fail("--max-megapixels takes a number or 'unlimited'") from None
+    for item in daily or []:
+        kind, _, value = item.partition("=")
+        if not kind or not value:
+            raise _fail("--daily takes KIND=N or KIND=unlimited")
+        found.setdefault("daily", {})[kind] = _limit_option(value, "daily")["daily"]
+    return found
+
+
 @account_app.command("set-plan")
 def account_set_plan(
     account: Annotated[str, typer.Option(help="Account id or email")],
@@ -265,26 +285,40 @@ def account_set_plan(
     concurrent_jobs: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
     jobs_per_day: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
     max_subscriptions: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    retention_days: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    storage_quota_mb: Annotated[str | None, typer.Option(help="N or 'unlimited'")] = None,
+    max_megapixels: Annotated[str | None, typer.Option(help="e.g. 4.2, or 'unlimited'")] = None,
+    daily: Annotated[
+        list[str] | None, typer.Option(help="KIND=N or KIND=unlimited (repeatable)")
+    ] = None,
     clear_overrides: Annotated[bool, typer.Option(help="Back to the plan's limits")] = False,
 ) -> None:
     """Change an account's plan and per-account limit overrides."""
+    from billing.db import UnitOfWork
     from billing.errors import FluxgateError
     from billing.plans import default_plan_book
-    from billing.service import accounts
+    from billing.service import admin
+    from server import admin_cli
 
     given = {
         **_limit_option(requests_per_minute, "requests_per_minute"),
         **_limit_option(concurrent_jobs, "concurrent_jobs"),
         **_limit_option(jobs_per_day, "jobs_per_day"),
         **_limit_option(max_subscriptions, "max_subscriptions"),
+        **_limit_option(retention_days, "retention_days"),
+        **_limit_option(storage_quota_mb, "storage_quota_mb"),
+        **_quota_options(max_megapixels, daily),
     }
 
     async def change(session: Any) -> dict[str, Any]:
         found = await _resolve_account(session, account)
         merged = {} if clear_overrides else dict(found.limit_overrides or {})
+        if "daily" in given:  # per kind: merged into the account's other kinds
+            given["daily"] = {**(merged.get("daily") or {}), **given["daily"]}
         merged.update(given)
-        updated = await accounts.set_plan(
-            session,
+        updated = await admin.set_plan(  # recorded in the admin audit log
+            UnitOfWork(session),
+            admin_cli.cli_actor(),
             found.id,
             plan=plan,
             overrides=merged if (given or clear_overrides) else None,
@@ -432,9 +466,11 @@ def models_build_dev(
 ) -> None:
     """Build every tiny random-weight model the development registry names (tiny-flux,
     tiny-flux-fill) under ROOT; models already there are kept."""
-    from gpu_worker.tiny import build_tiny_models
+    from gpu_worker.tiny import build_tiny_loras, build_tiny_models
 
     built = build_tiny_models(root)
+    # The tiny LoRA styles for tiny-flux (issue 13; README "LoRA styles").
+    built += build_tiny_loras(root / "loras")
     typer.echo(f"built: {', '.join(map(str, built))}" if built else f"{root}: all present")
 
 
@@ -535,6 +571,116 @@ def stripe_retry(event_id: Annotated[str, typer.Argument(help="A dead letter's e
     except FluxgateError as exc:
         raise _fail(exc.message) from None
     typer.echo(f"queued {event_id}")
+
+
+# --- LoRA styles (issue 13) ----------------------------------------------------------------
+lora_app = typer.Typer(help="The LoRA catalogue (styles jobs apply with `loras`).")
+app.add_typer(lora_app, name="lora")
+
+
+def _lora_change(run: Callable[[Any, Any], Awaitable[Any]]) -> dict[str, Any]:
+    """Run ``run(session, catalog)`` in one transaction; the LoRA as JSON."""
+    from billing.catalog import Catalog
+    from billing.errors import FluxgateError
+
+    catalog = Catalog.load(get_settings().models)
+
+    async def change(session: Any) -> dict[str, Any]:
+        return _lora_json(await run(session, catalog))
+
+    try:
+        return _with_session(change)
+    except FluxgateError as exc:
+        raise _fail(exc.message) from None
+
+
+def _lora_json(lora: Any) -> dict[str, Any]:
+    return {
+        "id": lora.id, "name": lora.name, "category": lora.category,
+        "base_model": lora.base_model, "path": lora.path,
+        "trigger_words": list(lora.trigger_words), "default_scale": lora.default_scale,
+        "enabled": lora.enabled, "description": lora.description,
+    }  # fmt: skip
+
+
+@lora_app.command("add")
+def lora_add(
+    lora_id: Annotated[str, typer.Argument(help="The id jobs name, e.g. anime-style-v2")],
+    path: Annotated[Path, typer.Option(help="The .safetensors file (a path the workers see)")],
+    name: Annotated[str, typer.Option(help="Display name")],
+    category: Annotated[str, typer.Option(help="e.g. anime, photo, art")],
+    base_model: Annotated[
+        str, typer.Option(help="provider, provider/version or family:<name> (e.g. family:flux.1)")
+    ],
+    trigger: Annotated[
+        list[str] | None, typer.Option(help="A trigger word appended to prompts (repeatable)")
+    ] = None,
+    scale: Annotated[float, typer.Option(help="Default scale, 0..2")] = 1.0,
+    description: str = "",
+    disabled: Annotated[bool, typer.Option(help="Add it disabled")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Accept a path this machine cannot see (workers elsewhere)")
+    ] = False,
+) -> None:
+    """Add a LoRA to the catalogue. Its weight file is never downloaded: copy it to every
+    worker first."""
+    from billing.service import loras
+
+    resolved = path.expanduser().absolute()
+    if not allow_missing and not resolved.is_file():
+        raise _fail(f"no file at {resolved} (use --allow-missing if only the workers have it)")
+    changes = loras.LoraChanges(
+        name=name, category=category, base_model=base_model, path=str(resolved),
+        trigger_words=trigger or [], default_scale=scale, description=description,
+        enabled=not disabled,
+    )  # fmt: skip
+    added = _lora_change(lambda s, c: loras.add(s, lora_id, changes, catalog=c))
+    typer.echo(json.dumps(added))
+
+
+@lora_app.command("list")
+def lora_list(
+    category: Annotated[str | None, typer.Option(help="Only this category")] = None,
+) -> None:
+    """Every LoRA of the catalogue, disabled ones included (one JSON object a line)."""
+    from billing.service import loras
+
+    async def load(session: Any) -> list[dict[str, Any]]:
+        found = await loras.list_loras(session, category=category, include_disabled=True)
+        return [_lora_json(x) for x in found]
+
+    for row in _with_session(load):
+        typer.echo(json.dumps(row))
+
+
+def _lora_set(lora_id: str, enabled: bool) -> None:
+    from billing.service import loras
+
+    changed = _lora_change(
+        lambda s, c: loras.update(s, lora_id, loras.LoraChanges(enabled=enabled), catalog=c)
+    )
+    typer.echo(json.dumps(changed))
+
+
+@lora_app.command("enable")
+def lora_enable(lora_id: str) -> None:
+    """Offer a LoRA to users again."""
+    _lora_set(lora_id, True)
+
+
+@lora_app.command("disable")
+def lora_disable(lora_id: str) -> None:
+    """Stop offering a LoRA: new jobs are refused it; accepted jobs still run it."""
+    _lora_set(lora_id, False)
+
+
+@lora_app.command("remove")
+def lora_remove(lora_id: str) -> None:
+    """Delete a LoRA from the catalogue (its file stays; accepted jobs still run it)."""
+    from billing.service import loras
+
+    removed = _lora_change(lambda s, _c: loras.remove(s, lora_id))
+    typer.echo(json.dumps(removed))
 
 
 if __name__ == "__main__":  # pragma: no cover

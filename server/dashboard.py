@@ -26,8 +26,20 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
-from billing.errors import Conflict, FluxgateError
-from billing.service import accounts, generations, ledger, payments, reports, web_sessions, webhooks
+from billing.errors import Conflict, FluxgateError, Forbidden
+from billing.service import (
+    accounts,
+    batches,
+    generations,
+    ledger,
+    loras,
+    payments,
+    quotas,
+    reports,
+    web_sessions,
+    webhooks,
+)
+from billing.service.batch_progress import BatchView
 from schema.context import Services
 from server import rest
 from server.auth import api_key_from
@@ -193,6 +205,8 @@ async def login(request: Request) -> Response:
                 session, str(form.get("api_key", "")).strip() or api_key_from(request),
                 services.pepper,
             )  # fmt: skip
+    except Forbidden as exc:  # a banned account (issue 13)
+        return _render(request, "login.html", None, status_code=403, error=exc.message + ".")
     except FluxgateError:
         return _render(
             request, "login.html", None, status_code=401, error="That API key is not valid."
@@ -400,6 +414,106 @@ async def rotate_secret(
     return RedirectResponse(f"{HOME}/webhooks", status_code=303)
 
 
+def _batch_items(services: Services, view: BatchView) -> list[dict[str, Any]]:
+    """Each item with its first output's image (a completed one), for the batch pages."""
+    shown = []
+    for g in view.items:
+        first = g.outputs[0] if g.status == "completed" and g.outputs else None
+        url = services.storage.url(first["key"]) if first else None
+        shown.append({"job": g, "image": url})
+    return shown
+
+
+@signed_in
+async def batches_page(request: Request, caller: accounts.Caller) -> Response:
+    services = _services(request)
+    after = request.query_params.get("after") or None
+    try:
+        async with services.sessions() as session:
+            page = await batches.list_page(session, caller.account.id, first=20, after=after)
+    except FluxgateError:  # a cursor not ours: the first page
+        async with services.sessions() as session:
+            page = await batches.list_page(session, caller.account.id, first=20, after=None)
+    rows = [{"view": v, "items": _batch_items(services, v)} for v in page.items]
+    return _render(request, "batches.html", caller, page="batches", rows=rows,
+                   next_cursor=page.next_cursor)  # fmt: skip
+
+
+@signed_in
+async def batch_page(request: Request, caller: accounts.Caller) -> Response:
+    services = _services(request)
+    batch_id = request.path_params["id"]
+    if not _valid_id(batch_id):
+        return _not_found("Batch")
+    try:
+        async with services.sessions() as session:
+            view = await batches.get(session, caller.account.id, batch_id)
+    except FluxgateError:
+        return _not_found("Batch")
+    return _render(request, "batch.html", caller, page="batches", view=view,
+                   items=_batch_items(services, view))  # fmt: skip
+
+
+@posted
+async def cancel_batch(request: Request, caller: accounts.Caller, form: dict[str, Any]) -> Response:
+    batch_id = request.path_params["id"]
+    try:
+        async with _services(request).store.unit_of_work() as uow:
+            await batches.cancel(uow, caller.account.id, batch_id)
+    except FluxgateError:
+        request.session["flash"] = "No such batch."
+        return RedirectResponse(f"{HOME}/batches", status_code=303)
+    request.session["flash"] = "Batch cancelled: unfinished items released."
+    return RedirectResponse(f"{HOME}/batches/{batch_id}", status_code=303)
+
+
+@signed_in
+async def usage_page(request: Request, caller: accounts.Caller) -> Response:
+    services = _services(request)
+    limits = services.plans.limits(caller.account.plan, caller.account.limit_overrides)
+    async with services.sessions() as session:
+        usage = await quotas.usage(session, caller.account.id, limits)
+        threshold, url, available = await quotas.low_credit_settings(session, caller.account.id)
+    return _render(request, "usage.html", caller, page="usage", usage=usage, limits=limits,
+                   threshold=threshold, threshold_url=url, available=available)  # fmt: skip
+
+
+@posted
+async def set_threshold(
+    request: Request, caller: accounts.Caller, form: dict[str, Any]
+) -> Response:
+    raw = str(form.get("threshold", "")).strip()
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        request.session["flash"] = "The threshold is a whole number of credits (empty: off)."
+        return RedirectResponse(f"{HOME}/usage", status_code=303)
+    services = _services(request)
+    try:
+        async with services.store.unit_of_work() as uow:
+            _threshold, url, _ = await quotas.low_credit_settings(uow.session, caller.account.id)
+            await quotas.set_low_credit_threshold(
+                uow.session, caller.account.id, int(raw) if raw else None, url
+            )
+    except FluxgateError as exc:
+        request.session["flash"] = exc.message
+    else:
+        request.session["flash"] = (
+            f"Low-credit alert below {int(raw)} credits." if raw else "Low-credit alert off."
+        )
+    return RedirectResponse(f"{HOME}/usage", status_code=303)
+
+
+@signed_in
+async def loras_page(request: Request, caller: accounts.Caller) -> Response:
+    """The LoRA styles jobs may apply, by category (admins also see the disabled ones)."""
+    admin = caller.account.is_admin
+    async with _services(request).sessions() as session:
+        every = await loras.list_loras(session, include_disabled=admin)
+    category = request.query_params.get("category") or None
+    shown = [x for x in every if category is None or x.category == category]
+    return _render(request, "loras.html", caller, page="loras", loras=shown,
+                   categories=loras.categories(every), category=category)  # fmt: skip
+
+
 routes: list[BaseRoute] = [
     Route(HOME, guarded(overview), methods=["GET"]),
     Route(f"{HOME}/login", guarded(login_page), methods=["GET"]),
@@ -415,4 +529,10 @@ routes: list[BaseRoute] = [
     Route(f"{HOME}/keys/{{key_id}}/revoke", guarded(revoke_key), methods=["POST"]),
     Route(f"{HOME}/webhooks", guarded(webhooks_page), methods=["GET"]),
     Route(f"{HOME}/webhooks/rotate", guarded(rotate_secret), methods=["POST"]),
+    Route(f"{HOME}/usage", guarded(usage_page), methods=["GET"]),
+    Route(f"{HOME}/loras", guarded(loras_page), methods=["GET"]),
+    Route(f"{HOME}/batches", guarded(batches_page), methods=["GET"]),
+    Route(f"{HOME}/batches/{{id}}", guarded(batch_page), methods=["GET"]),
+    Route(f"{HOME}/batches/{{id}}/cancel", guarded(cancel_batch), methods=["POST"]),
+    Route(f"{HOME}/usage/threshold", guarded(set_threshold), methods=["POST"]),
 ]

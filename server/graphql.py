@@ -48,7 +48,7 @@ from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
-from billing.errors import ErrorCode, Unauthenticated
+from billing.errors import ErrorCode, Forbidden, Unauthenticated
 from schema.context import Context, Services, key_from_params
 from server.auth import api_key_from, idempotency_key_from
 from server.errors import CODE_BY_STATUS, BadBody, decode_json, error_response
@@ -552,7 +552,7 @@ class GraphQLApp(GraphQL[Context, None]):
             context.api_key = chosen
         try:
             await context.caller()
-        except Unauthenticated as exc:
+        except (Unauthenticated, Forbidden) as exc:  # Forbidden: a banned account's key
             payload: dict[str, object] = {"message": exc.message, "code": exc.code.value}
             raise ConnectionRejectionError(payload) from exc
         return cast(UnsetType, UNSET)

@@ -11,7 +11,7 @@ from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from billing.errors import ErrorCode, Unauthenticated
+from billing.errors import ErrorCode, Forbidden, Unauthenticated
 from schema.context import Context
 from server.errors import BadBody, ErrorResponse, decode_json, error_response
 from server.graphql import authenticate, build_context
@@ -28,6 +28,9 @@ STATUS_BY_CODE = {
     ErrorCode.UNAUTHENTICATED.value: 401,
     ErrorCode.INSUFFICIENT_CREDITS.value: 402,
     ErrorCode.FORBIDDEN.value: 403,
+    # Seed 000 answers a spent quota 403 ("wait for the quota to reset"); 429 stays the
+    # retry-after-a-moment rate limit.
+    ErrorCode.QUOTA_EXCEEDED.value: 403,
     ErrorCode.NOT_FOUND.value: 404,
     ErrorCode.CONFLICT.value: 409,
     ErrorCode.IDEMPOTENCY_KEY_REUSED.value: 422,
@@ -64,6 +67,8 @@ async def authenticated(request: Request) -> Context | JSONResponse:
         await authenticate(request, context)
     except Unauthenticated as exc:
         return error_response(401, exc.code.value, exc.message)
+    except Forbidden as exc:  # a banned account's key (issue 13)
+        return error_response(403, exc.code.value, exc.message)
     return context
 
 

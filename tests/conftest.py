@@ -52,11 +52,10 @@ def free_port() -> int:
 
 
 def ensure_tiny_model() -> Path:
-    """The tiny models deploy/models.dev.toml names (tiny-flux, tiny-flux-fill)."""
-    if (
-        not (TINY_MODEL / "model_index.json").exists()
-        or not (TINY_MODEL.with_name("tiny-flux-fill") / "model_index.json").exists()
-    ):
+    """The tiny models deploy/models.dev.toml names (tiny-flux, tiny-flux-fill,
+    tiny-flux2, tiny-flux2-klein)."""
+    names = ("tiny-flux", "tiny-flux-fill", "tiny-flux2", "tiny-flux2-klein")
+    if not all((TINY_MODEL.with_name(n) / "model_index.json").exists() for n in names):
         from gpu_worker.tiny import build_tiny_models
 
         build_tiny_models(TINY_MODEL.parent)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing import keys
 from billing import repository as repo
 from billing.db import ApiKeyRevoked, UnitOfWork
-from billing.errors import BadUserInput, Conflict, NotFound, Unauthenticated
+from billing.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from billing.models import Account, ApiKey, utcnow
 from billing.plans import PlanBook, default_plan_book, validate_overrides
 from billing.service import ledger
@@ -21,6 +21,8 @@ from billing.service import ledger
 # How often a key's "last used" time is written (a write per request would cost more
 # than the information is worth).
 TOUCH_INTERVAL = timedelta(minutes=1)
+# What every surface answers a banned account's keys (FORBIDDEN; an admin bans, issue 13).
+BANNED_MESSAGE = ledger.BANNED_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ async def resume(session: AsyncSession, account_id: uuid.UUID, key_id: uuid.UUID
     """A dashboard session's caller, if the key it signed in with is still valid (a revoked
     key ends its sessions too)."""
     found = await repo.get_active_key(session, key_id)
-    if found is None or found[1].id != account_id:
+    if found is None or found[1].id != account_id or found[1].banned_at is not None:
         return None
     return Caller(account=found[1], api_key_id=found[0].id)
 
@@ -104,6 +106,9 @@ async def authenticate(session: AsyncSession, secret: str | None, pepper: bytes)
     if found is None:
         raise Unauthenticated()
     api_key, account = found
+    if account.banned_at is not None:
+        # Read by the same statement as the key: refusing a ban costs no query.
+        raise Forbidden(BANNED_MESSAGE)
     return Caller(account=account, api_key_id=api_key.id, key_last_used_at=api_key.last_used_at)
 
 

@@ -28,7 +28,7 @@ from billing.db import (
 from billing.errors import BadUserInput, Conflict, IdempotencyKeyReused, NotFound, RateLimited
 from billing.models import AssetRole, Generation, GenerationStatus, snapshot, utcnow
 from billing.plans import PlanBook, PlanLimits, default_plan_book
-from billing.service import ledger, webhooks
+from billing.service import batch_progress, ledger, library, quotas, webhooks
 
 MAX_PAGE = 100
 MAX_IDEMPOTENCY_KEY = 255
@@ -52,6 +52,7 @@ class NewAsset:
     sha256: str | None
     position: int = 0
     format: str = "png"
+    thumbnail_key: str | None = None  # an output's WebP thumbnail (the library's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class JobSpec:
     preview: bool = False
     type: str = "IMAGE"
     inputs: tuple[NewAsset, ...] = ()
+    priority: int = 1  # models.Priority rank: 0 low, 1 normal, 2 high
 
 
 async def submit(
@@ -104,12 +106,14 @@ async def submit(
         raise BadUserInput("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters")
     now = now or utcnow()
     book = plans or default_plan_book()
-    if limits is None or limits.concurrent_jobs is not None or limits.jobs_per_day is not None:
+    storage_used: int | None = None
+    if limits is None or limits.needs_lock(request.kind):
         # The caps are counted under the account's row lock, so racing submissions
         # cannot overshoot them; the plan is re-read under it. An account without caps
         # takes no lock here: its credit hold (a conditional UPDATE of the same row) is
-        # what serializes it, for as short a time as the bare writes need.
-        plan, overrides = await repo.lock_account_plan(uow.session, account_id)
+        # what serializes it, for as short a time as the bare writes need. The same
+        # statement reads the storage used (quotas: no round trip of its own).
+        plan, overrides, storage_used = await repo.lock_account_quota(uow.session, account_id)
         limits = book.limits(plan, overrides)
     if idempotency_key is not None:
         existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
@@ -118,37 +122,20 @@ async def submit(
                 raise IdempotencyKeyReused()
             return existing
     await _check_caps(uow.session, account_id, limits, now)
+    await quotas.check(
+        uow.session,
+        account_id,
+        limits,
+        kind=request.kind,
+        width=request.width,
+        height=request.height,
+        storage_used=storage_used,
+        now=now,
+    )
     generation_id = new_generation_id()
     generation = await repo.insert_generation(
         uow.session,
-        {
-            "id": generation_id,
-            "account_id": account_id,
-            "api_key_id": api_key_id,
-            "type": request.type,
-            "kind": request.kind,
-            "params": {**request.params, "preview": request.preview},
-            "provider": request.provider,
-            "version": request.version,
-            "quality": request.quality,
-            "prompt": request.prompt,
-            "width": request.width,
-            "height": request.height,
-            "steps": request.steps,
-            "guidance": request.guidance,
-            "seed": request.seed,
-            "credit_cost": request.credits,
-            "status": GenerationStatus.QUEUED.value,
-            "total_steps": request.steps,
-            "webhook_url": request.webhook_url,
-            "webhook_events": request.webhook_events,
-            "preview": request.preview,
-            "metadata": {**request.metadata, "duration": None},
-            "idempotency_key": idempotency_key,
-            "request_hash": request.request_hash if idempotency_key else None,
-            "created_at": now,
-            "updated_at": now,
-        },
+        generation_row(generation_id, account_id, api_key_id, request, now, idempotency_key),
     )
     if generation is None:
         assert idempotency_key is not None  # only the idempotency constraint can conflict
@@ -157,25 +144,75 @@ async def submit(
         if existing.request_hash != request.request_hash:
             raise IdempotencyKeyReused()
         return existing
-    await ledger.reserve(uow.session, account_id, generation_id, request.credits)
+    if await ledger.reserve(uow.session, account_id, generation_id, request.credits):
+        await quotas.low_credit(uow, account_id, generation_id, request.webhook_url)
+    expires = quotas.expires_at(limits, now)
     await repo.insert_assets(
         uow.session,
-        [_asset_row(a, account_id, generation_id, now) for a in request.inputs],
+        [
+            {**_asset_row(a, account_id, generation_id, now), "expires_at": expires}
+            for a in request.inputs
+        ],
     )
-    uow.emit(GenerationAccepted(generation_id, pool_of(request.params)))
+    uow.emit(GenerationAccepted(generation_id, pool_of(request.params), request.priority))
     uow.emit(GenerationUpdated(snapshot(generation)))
     return generation
+
+
+def generation_row(
+    generation_id: str,
+    account_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    request: JobSpec,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """The row of a job accepted now (``repo.insert_generation``'s values)."""
+    return {
+        "id": generation_id,
+        "account_id": account_id,
+        "api_key_id": api_key_id,
+        "type": request.type,
+        "kind": request.kind,
+        "params": {**request.params, "preview": request.preview},
+        "provider": request.provider,
+        "version": request.version,
+        "quality": request.quality,
+        "prompt": request.prompt,
+        "width": request.width,
+        "height": request.height,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "seed": request.seed,
+        "credit_cost": request.credits,
+        "status": GenerationStatus.QUEUED.value,
+        "total_steps": request.steps,
+        "webhook_url": request.webhook_url,
+        "webhook_events": request.webhook_events,
+        "preview": request.preview,
+        "metadata": {**request.metadata, "duration": None},
+        "idempotency_key": idempotency_key,
+        "request_hash": request.request_hash if idempotency_key else None,
+        "created_at": now,
+        "updated_at": now,
+        "priority": request.priority,
+    }
 
 
 CONCURRENCY_RETRY_AFTER_S = 5
 
 
 async def _check_caps(
-    session: AsyncSession, account_id: uuid.UUID, limits: PlanLimits, now: datetime
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    limits: PlanLimits,
+    now: datetime,
+    adding: int = 1,
 ) -> None:
+    """Refuse ``adding`` more jobs (a batch's items together) past the plan's caps."""
     if limits.concurrent_jobs is not None:
         active = await repo.count_active_generations(session, account_id)
-        if active >= limits.concurrent_jobs:
+        if active + adding > limits.concurrent_jobs:
             raise RateLimited(
                 "concurrency",
                 CONCURRENCY_RETRY_AFTER_S,
@@ -185,13 +222,16 @@ async def _check_caps(
     if limits.jobs_per_day is not None:
         day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         today = await repo.count_generations_since(session, account_id, day_start)
-        if today >= limits.jobs_per_day:
+        if today + adding > limits.jobs_per_day:
             tomorrow = day_start + timedelta(days=1)
             raise RateLimited(
                 "daily",
                 max(1, math.ceil((tomorrow - now).total_seconds())),
                 f"Daily job limit reached ({limits.jobs_per_day} per UTC day)",
             )
+
+
+check_caps = _check_caps  # for batches, which count all their items at once
 
 
 def _asset_row(
@@ -210,7 +250,11 @@ def _asset_row(
         "bytes": asset.bytes,
         "sha256": asset.sha256,
         "created_at": now,
+        "thumbnail_key": asset.thumbnail_key,
     }
+
+
+asset_row = _asset_row  # for batches, which write their items' rows themselves
 
 
 async def assets(session: AsyncSession, generation: Generation) -> Sequence[Any]:
@@ -356,10 +400,13 @@ async def complete(
     recorded at most once per job, so marks already sent are not repeated)."""
     now = utcnow()
     ids = [uuid.uuid4() for _ in outputs]
+    # Retention: the account's plan's as it is when the images are stored (null: forever).
+    expires = quotas.expires_at(await quotas.limits_of_job(uow.session, generation_id), now)
     summary = [
-        {"id": str(i), "key": o.key, "width": o.width, "height": o.height, "format": o.format}
+        {"id": str(i), "key": o.key, "width": o.width, "height": o.height, "format": o.format,
+         "expires_at": expires.isoformat() if expires else None}
         for i, o in zip(ids, outputs, strict=True)
-    ]
+    ]  # fmt: skip
     columns = Generation.__table__.c  # type: ignore[attr-defined]  # SQLModel tables expose __table__
     total = case((columns.total_steps > 0, columns.total_steps), else_=columns.steps)
     generation = await repo.transition(
@@ -383,7 +430,9 @@ async def complete(
     rows = []
     for asset_id, (position, output) in zip(ids, enumerate(outputs), strict=True):
         row = _asset_row(output, generation.account_id, generation.id, now)
-        rows.append({**row, "id": asset_id, "position": position, "role": AssetRole.OUTPUT.value})
+        rows.append({**row, "id": asset_id, "position": position, "role": AssetRole.OUTPUT.value,
+                     "expires_at": expires})  # fmt: skip
+        rows[-1].update(library.output_fields(generation))
     await repo.insert_assets(uow.session, rows)
     for mark in webhooks.PROGRESS_MARKS:
         await webhooks.record(uow, generation, f"progress.{mark}")
@@ -443,6 +492,9 @@ async def _settle(
     )
     uow.emit(GenerationUpdated(snapshot(generation)))
     await webhooks.record(uow, generation, generation.status, output_urls=output_urls)
+    if generation.batch_id is not None:
+        # The last item of a batch to settle completes it (once; batch.completed).
+        await batch_progress.item_settled(uow, generation.batch_id)
 
 
 STALE_MESSAGE = "The worker running this job stopped; credits released"
@@ -498,7 +550,7 @@ async def requeue(uow: UnitOfWork, generation_id: str) -> None:
     gone or no longer queued is left alone)."""
     generation = await repo.get_generation(uow.session, generation_id)
     if generation is not None and generation.status == GenerationStatus.QUEUED.value:
-        uow.emit(GenerationAccepted(generation_id, pool_of(generation.params)))
+        uow.emit(GenerationAccepted(generation_id, pool_of(generation.params), generation.priority))
 
 
 async def renew_lease(uow: UnitOfWork, generation_id: str, attempt: int) -> bool:
@@ -530,7 +582,7 @@ async def recover(
         attempts_below=max_tries,
     )
     if requeued is not None:
-        uow.emit(GenerationRequeued(generation_id, pool_of(requeued.params)))
+        uow.emit(GenerationRequeued(generation_id, pool_of(requeued.params), requeued.priority))
         uow.emit(GenerationUpdated(snapshot(requeued)))
         return requeued
     failed = await repo.take_expired(

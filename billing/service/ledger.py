@@ -4,6 +4,7 @@ updated in the same transaction as each entry (checked by :func:`audit`).
 Movement         available   reserved   key
 grant N          +N          0          grant:<external id>
 reversal N       -N          0          reversal:<payment>:<refunded amount>
+deduct N         -N          0          deduct:<reference> (an admin; never below 0)
 reserve job      -cost       +cost      reserve:<job>
 capture job      0           -cost      settle:<job>
 release job      +cost       -cost      settle:<job>
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import repository as repo
-from billing.errors import BadUserInput, InsufficientCredits
+from billing.errors import BadUserInput, Forbidden, InsufficientCredits
 from billing.models import LedgerKind
+
+# Said here, not imported from service.accounts (which imports this module).
+BANNED_MESSAGE = "This account is banned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +59,29 @@ async def grant(
 
 async def reserve(
     session: AsyncSession, account_id: uuid.UUID, generation_id: str, cost: int
-) -> None:
+) -> bool:
     """Hold ``cost`` credits for a job, once per job, or raise :class:`InsufficientCredits`.
+    True when this hold took the balance below the account's low-credit threshold (it was
+    at or above it before): the caller sends ``credits.low``.
 
     Nothing is written when the credits are short, so the caller may even commit after
     the error. The debit comes first because it is the statement that serializes
     concurrent reserves of one account (row lock) and refuses a negative balance.
     """
-    debited, recorded = await repo.hold_credits(session, account_id, generation_id, cost)
+    debited, recorded, crossed = await repo.reserve_credits(
+        session, account_id, generation_id, cost
+    )
     if not debited:
+        if await repo.is_banned(session, account_id):  # banned since it authenticated
+            raise Forbidden(BANNED_MESSAGE)
         available, _ = await repo.balance_cache(session, account_id)
         raise InsufficientCredits(required=cost, available=available)
     if not recorded:
         # The job already holds its credits: undo this debit in the same transaction, so
         # the cached balance never moves without a ledger entry.
         await repo.adjust_balance(session, account_id, cost, -cost)
+        return False
+    return crossed
 
 
 async def settle(
@@ -117,6 +129,37 @@ async def reverse(
         return 0
     await repo.adjust_balance(session, account_id, -taken, 0)
     return taken
+
+
+async def deduct(
+    session: AsyncSession, account_id: uuid.UUID, amount: int, *, reference: str, note: str | None
+) -> bool:
+    """Take ``amount`` credits off the available balance (an admin's correction), once per
+    ``reference``, or raise :class:`BadUserInput` when fewer are available: a deduct never
+    takes the balance below 0, and never touches credits held by unfinished jobs. The
+    account row is locked before the balance is compared, so a job accepted meanwhile
+    cannot spend what this deduct counted on."""
+    if amount <= 0:
+        raise BadUserInput("amount", "amount must be a positive number of credits")
+    available = await repo.lock_available(session, account_id)
+    if amount > available:
+        raise BadUserInput(
+            "amount",
+            f"Cannot deduct {amount} credits: the account has {available} available "
+            "(a deduct never takes the balance below 0)",
+        )
+    inserted = await repo.insert_entry(
+        session,
+        account_id=account_id,
+        kind=LedgerKind.DEDUCT,
+        available_delta=-amount,
+        reserved_delta=0,
+        movement_key=f"deduct:{reference}",
+        note=note,
+    )
+    if inserted:
+        await repo.adjust_balance(session, account_id, -amount, 0)
+    return inserted
 
 
 async def balance(session: AsyncSession, account_id: uuid.UUID) -> Balance:

@@ -47,6 +47,8 @@ async def resume(session: AsyncSession, session_id: str) -> Caller | None:
     if found is None:
         return None
     _, key, account = found
+    if account.banned_at is not None:  # banned since it signed in
+        return None
     return Caller(account=account, api_key_id=key.id)
 
 

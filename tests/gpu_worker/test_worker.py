@@ -35,6 +35,7 @@ from gpu_worker.worker import (
 )
 from runtime import queue
 from runtime.settings import Settings
+from runtime.thumbnails import thumbnail_key
 from tests.factories import TestAccount, audit, t2i_job
 from tests.runners import ExplodingRunner, SlowRunner
 
@@ -146,8 +147,10 @@ async def test_job_run_twice_is_charged_once(
     assert done.status == "completed"
     assert done.image_key is not None and done.image_key.startswith(f"{g.id}-")
     assert (settings.storage_dir / done.image_key).stat().st_size > 0
-    # The losing run left no second image behind.
-    assert [p.name for p in settings.storage_dir.glob(f"{g.id}-*")] == [done.image_key]
+    # The losing run left no second image (or thumbnail) behind.
+    assert sorted(p.name for p in settings.storage_dir.glob(f"{g.id}-*")) == sorted(
+        [done.image_key, thumbnail_key(done.image_key)]
+    )
     assert await settle_entries(sessions, g) == ["reserve", "capture"]
     cached, summed = await audit(sessions, account.id)
     assert cached == summed

@@ -17,6 +17,9 @@ from gpu_worker.pipeline import LoadedPipelines
 from gpu_worker.tiny import FILL_IN_CHANNELS, build_tiny_models
 from kinds.base import PlanContext, model_ref
 
+# FLUX.1, FLUX.1-Fill, FLUX.2 [dev] and [klein] (tests/kinds/test_flux2.py runs the last two).
+BUILT = ("tiny-flux", "tiny-flux-fill", "tiny-flux2", "tiny-flux2-klein")
+
 
 def ref(ctx: PlanContext, service: str) -> dict[str, Any]:
     return model_ref(ctx.catalog.resolve(service, None))
@@ -27,15 +30,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(1234)
     rng_before = torch.get_rng_state()
-    assert build_tiny_models(root) == [root / "tiny-flux", root / "tiny-flux-fill"]
+    assert build_tiny_models(root) == [root / name for name in BUILT]
     assert torch.equal(torch.get_rng_state(), rng_before)
     return root
 
 
-def test_build_tiny_models_builds_both_once(built: Path) -> None:
-    assert sorted(p.name for p in built.iterdir()) == ["tiny-flux", "tiny-flux-fill"]
-    assert build_tiny_models(built) == []  # both present: nothing rebuilt, no staging left
-    assert sorted(p.name for p in built.iterdir()) == ["tiny-flux", "tiny-flux-fill"]
+def test_build_tiny_models_builds_each_once(built: Path) -> None:
+    assert sorted(p.name for p in built.iterdir()) == sorted(BUILT)
+    assert build_tiny_models(built) == []  # all present: nothing rebuilt, no staging left
+    assert sorted(p.name for p in built.iterdir()) == sorted(BUILT)
 
 
 def test_tiny_fill_shapes_and_shared_components(built: Path) -> None:

@@ -117,13 +117,12 @@ def invert_kind() -> Iterator[Invert]:
 
 @pytest.fixture(scope="module")
 def prices(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped price table with a row for ``invert`` (the last section of the file is
-    ``[kind_surcharge]``)."""
+    """The shipped price table with a row for ``invert`` in its ``[kind_surcharge]``."""
     text = PRICES_FILE.read_text()
-    sections = [line.strip() for line in text.splitlines() if line.startswith("[")]
-    assert sections[-1] == "[kind_surcharge]", "kind_surcharge moved"
+    header = "\n[kind_surcharge]\n"
+    assert text.count(header) == 1, "no [kind_surcharge] section"
     path = tmp_path_factory.mktemp("prices") / "prices.toml"
-    path.write_text(f"{text.rstrip()}\ninvert = {SURCHARGE}\n")
+    path.write_text(text.replace(header, f"{header}invert = {SURCHARGE}\n"))
     return path
 
 

@@ -126,6 +126,27 @@ async def submit_t2i(http: httpx.AsyncClient, customer: TestAccount) -> str:
     return job_id
 
 
+async def test_deleting_a_library_image_deletes_its_objects(
+    http: httpx.AsyncClient, customer: TestAccount, s3: S3Server
+) -> None:
+    """deleteImage (issue 13) removes the output and its thumbnail from the bucket."""
+    job_id = await submit_t2i(http, customer)
+    assert (await wait_job(http, customer, job_id))["status"] == "completed"
+    assert len(objects(s3, f"{PREFIX}/{job_id}-")) == 2
+    body = await gql(http, "{ images(first: 100) { edges { node { id generationId } } } }",
+                     key=customer.api_key)  # fmt: skip
+    [image_id] = [
+        e["node"]["id"] for e in body["data"]["images"]["edges"]
+        if e["node"]["generationId"] == job_id
+    ]  # fmt: skip
+    deleted = await gql(
+        http, "mutation D($id: ID!) { deleteImage(id: $id) }", {"id": image_id},
+        key=customer.api_key,
+    )  # fmt: skip
+    assert deleted == {"data": {"deleteImage": image_id}}
+    assert objects(s3, f"{PREFIX}/{job_id}-") == {}
+
+
 async def test_text_to_image_output_is_a_presigned_s3_url(
     http: httpx.AsyncClient,
     customer: TestAccount,
@@ -142,7 +163,9 @@ async def test_text_to_image_output_is_a_presigned_s3_url(
     await download(http, output)  # from S3 itself: PNG bytes, image/png, the right size
 
     stored = objects(s3, f"{PREFIX}/{job_id}-")
-    assert list(stored) == [name] and sniffed(stored[name]) == "png"
+    thumbnail = f"{name.rpartition('.')[0]}.thumb.webp"  # the library's (issue 13)
+    assert sorted(stored) == sorted([name, thumbnail]) and sniffed(stored[name]) == "png"
+    assert sniffed(stored[thumbnail]) == "webp"
     assert not list(s3_settings.storage_dir.glob(f"{job_id}*"))  # nothing on the local disk
     # The API serves local files only: with S3 its /files/ route has nothing.
     key = name.removeprefix(f"{PREFIX}/")
