@@ -520,7 +520,11 @@ class AdminAuditEntry(SQLModel, table=True):
         default=None, foreign_key="accounts.id", description="The admin; null: the CLI."
     )
     actor: str = Field(max_length=320, description="The admin's email, or cli:<user>.")
-    action: str = Field(max_length=64, description="grant | deduct | set_plan | ban | unban")
+    action: str = Field(
+        max_length=64,
+        description="grant | deduct | set_plan | ban | unban | lora_add | lora_update | "
+        "lora_remove (billing.service.admin.Action)",
+    )
     target_account_id: uuid.UUID | None = Field(default=None, foreign_key="accounts.id", index=True)
     details: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")

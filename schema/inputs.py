@@ -7,7 +7,13 @@ from typing import Any
 import strawberry
 
 from billing.requests import RawImageRequest
+from kinds.lora import LoraChoice
+from schema.kind_schema import nested_input
 from schema.types import GenerationType
+
+# The LoRA styles a job applies: the same input the job kinds take (``createJob``).
+LoraChoiceInput = nested_input(LoraChoice)
+LORAS = "Up to 3 LoRA styles with their scales (see `loras`); priced per LoRA."
 
 WEBHOOK_EVENTS = (
     "Events to POST to webhookUrl: started, progress (at 25/50/75 %), completed, failed, "
@@ -34,6 +40,7 @@ class GenerateOptionsInput:
     style: str | None = None
     medium: str | None = None
     filter: str | None = None
+    loras: list[LoraChoiceInput] | None = strawberry.field(default=None, description=LORAS)  # type: ignore[valid-type]
 
 
 @strawberry.input(description="Input of `generate` (seed 001, first form).")
@@ -48,6 +55,9 @@ class GenerateInput:
     def presets(self) -> dict[str, str | None]:
         options = self.options or GenerateOptionsInput()
         return {"style": options.style, "medium": options.medium, "filter": options.filter}
+
+    def lora_choices(self) -> list[Any] | None:
+        return (self.options or GenerateOptionsInput()).loras
 
     def to_raw(self) -> RawImageRequest:
         options = self.options or GenerateOptionsInput()
@@ -84,9 +94,13 @@ class ImageGenerationInput:
     style: str | None = None
     medium: str | None = None
     filter: str | None = None
+    loras: list[LoraChoiceInput] | None = strawberry.field(default=None, description=LORAS)  # type: ignore[valid-type]
 
     def presets(self) -> dict[str, str | None]:
         return {"style": self.style, "medium": self.medium, "filter": self.filter}
+
+    def lora_choices(self) -> list[Any] | None:
+        return self.loras
 
     def to_raw(self) -> RawImageRequest:
         return RawImageRequest(

@@ -77,6 +77,17 @@ def _nested_input(model: type[BaseModel]) -> type:
     return made
 
 
+def nested_input(model: type[BaseModel]) -> type:
+    """The GraphQL input of a nested parameter model, shared with the kinds' own inputs
+    (seed 001's ``generate``/``generateImage`` take the same ``LoraChoiceInput``)."""
+    return _nested_input(model)
+
+
+def plain(value: Any) -> Any:
+    """A GraphQL input value as JSON-like data (nested inputs as dicts) for pydantic."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     """A GraphQL input value as JSON-like data (nested inputs as dicts) for pydantic."""
     if isinstance(value, list):

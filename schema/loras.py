@@ -5,15 +5,16 @@ enabled ones, with their categories), and the admin-only mutations that manage i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import strawberry
 from pydantic.alias_generators import to_camel
 from strawberry.types import Info
 
 from billing import models
+from billing.db import UnitOfWork
 from billing.errors import BadUserInput, Forbidden
-from billing.service import loras
+from billing.service import admin, loras
 from schema.context import Context
 from schema.scalars import UtcDateTime
 
@@ -103,6 +104,16 @@ async def _camel(call: Awaitable[T]) -> T:
         raise BadUserInput(field, exc.message.replace(exc.field, field, 1)) from None
 
 
+async def _audit(
+    info: Ctx, uow: UnitOfWork, action: str, lora_id: str, changes: Any = None
+) -> None:
+    """The change in the admin audit log, in the change's own transaction."""
+    caller = await info.context.caller()
+    await admin.record_lora_change(
+        uow.session, admin.Actor.of(caller.account), action, lora_id, changes
+    )
+
+
 async def _admin(info: Ctx) -> None:
     caller = await info.context.caller()
     if not caller.account.is_admin:
@@ -149,20 +160,26 @@ class LoraMutation:
     )
     async def add_lora(self, info: Ctx, id: strawberry.ID, fields: LoraFieldsInput) -> Lora:
         async def run(info: Ctx) -> models.Lora:
+            changes = fields.to_changes()
             async with info.context.transaction() as uow:
-                return await loras.add(
-                    uow.session, str(id), fields.to_changes(), catalog=info.context.services.catalog
+                added = await loras.add(
+                    uow.session, str(id), changes, catalog=info.context.services.catalog
                 )
+                await _audit(info, uow, admin.Action.LORA_ADD, added.id, changes)
+                return added
 
         return await _mutation(run)(info)
 
     @strawberry.mutation(description="Admin only: change a LoRA's fields (enable, disable...).")
     async def update_lora(self, info: Ctx, id: strawberry.ID, fields: LoraFieldsInput) -> Lora:
         async def run(info: Ctx) -> models.Lora:
+            changes = fields.to_changes()
             async with info.context.transaction() as uow:
-                return await loras.update(
-                    uow.session, str(id), fields.to_changes(), catalog=info.context.services.catalog
+                updated = await loras.update(
+                    uow.session, str(id), changes, catalog=info.context.services.catalog
                 )
+                await _audit(info, uow, admin.Action.LORA_UPDATE, updated.id, changes)
+                return updated
 
         return await _mutation(run)(info)
 
@@ -172,6 +189,8 @@ class LoraMutation:
     async def remove_lora(self, info: Ctx, id: strawberry.ID) -> Lora:
         async def run(info: Ctx) -> models.Lora:
             async with info.context.transaction() as uow:
-                return await loras.remove(uow.session, str(id))
+                removed = await loras.remove(uow.session, str(id))
+                await _audit(info, uow, admin.Action.LORA_REMOVE, removed.id)
+                return removed
 
         return await _mutation(run)(info)

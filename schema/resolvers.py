@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncGenerator, Mapping
+from typing import Any
 
 import strawberry
+from pydantic import ValidationError
 from strawberry.types import Info
 
 from billing import models
 from billing.errors import BadUserInput, Forbidden, NotFound
 from billing.requests import GENERATE_FIELDS, IMAGE_FIELDS, ImageRequest, RawImageRequest, validate
-from billing.service import accounts, admin, generations, ledger, payments, webhooks
-from kinds import text_to_image
+from billing.service import accounts, admin, generations, ledger, loras, payments, webhooks
+from kinds import lora, text_to_image
+from kinds.base import KindParams, Plan, PlanContext, bad_input
+from kinds.lora import LoraChoice, loras_field
 from kinds.presets import apply_presets, presets_fingerprint
 from kinds.text_to_image import plan_request
 from schema.admin import AdminMutation, AdminQuery
 from schema.batches import BatchMutation, BatchQuery, BatchSubscription
 from schema.context import Context
 from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
+from schema.kind_schema import plain
 from schema.library import LibraryMutation, LibraryQuery
 from schema.live import follow, follow_account, present
 from schema.loras import LoraMutation, LoraQuery
@@ -46,18 +52,59 @@ def _validate(ctx: Context, raw: RawImageRequest, fields: Mapping[str, str]) -> 
     )
 
 
+class _Loras(KindParams):
+    """The ``loras`` of a seed-001 request, checked as the job kinds check theirs."""
+
+    loras: tuple[LoraChoice, ...] | None = loras_field()
+
+
+def _lora_choices(raw: list[Any] | None) -> tuple[LoraChoice, ...]:
+    if not raw:
+        return ()
+    try:
+        return _Loras.model_validate({"loras": plain(raw)}).loras or ()
+    except ValidationError as exc:
+        raise bad_input(exc) from None
+
+
+async def _with_loras(
+    ctx: Context, plan: Plan, choices: tuple[LoraChoice, ...], request: ImageRequest
+) -> Plan:
+    """``plan`` with its LoRAs frozen and priced (``kinds.lora.apply``): one query for
+    the catalogue rows named, none without LoRAs."""
+    if not choices:
+        return plan
+    async with ctx.read() as session:
+        found = await loras.lookup(session, [c.id for c in choices])
+    s = ctx.services
+    return lora.apply(
+        plan,
+        choices,
+        request.model,
+        PlanContext(catalog=s.catalog, prices=s.prices, limits=s.limits, loras=found),
+    )
+
+
 async def _submit(
     ctx: Context,
     raw: RawImageRequest,
     fields: Mapping[str, str],
     presets: dict[str, str | None] | None = None,
+    raw_loras: list[Any] | None = None,
 ) -> Generation:
     caller = await ctx.caller()
     request = _validate(ctx, raw, fields)
     chosen = presets or {"style": None, "medium": None, "filter": None}
-    job = apply_presets(plan_request(request), **chosen).job(
+    choices = _lora_choices(raw_loras)
+    plan = await _with_loras(ctx, apply_presets(plan_request(request), **chosen), choices, request)
+    # Retries match on what was asked: the presets and the LoRAs count too (and nothing
+    # changes for a request without them).
+    asked: dict[str, str | None] = {**chosen}
+    if choices:
+        asked["loras"] = json.dumps([c.model_dump() for c in choices], sort_keys=True)
+    job = plan.job(
         text_to_image.KIND.name,
-        request_hash=presets_fingerprint(request.request_hash, chosen),
+        request_hash=presets_fingerprint(request.request_hash, asked),
         webhook_url=request.webhook_url,
         webhook_events=request.webhook_events,
         preview=request.preview,
@@ -160,10 +207,13 @@ class Query(AdminQuery, BatchQuery, LibraryQuery, LoraQuery, QuotaQuery):
     async def price(self, info: Ctx, input: ImageGenerationInput) -> PriceQuote:
         caller = await info.context.caller()
         request = _validate(info.context, input.to_raw(), IMAGE_FIELDS)
+        plan = await _with_loras(
+            info.context, plan_request(request), _lora_choices(input.lora_choices()), request
+        )
         async with info.context.read() as session:
             balance = await ledger.balance(session, caller.account.id)
         return PriceQuote.from_quote(
-            request.quote, service=request.provider, available=balance.available
+            plan.quote, service=request.provider, available=balance.available
         )
 
 
@@ -173,11 +223,15 @@ class Mutation(AdminMutation, BatchMutation, LibraryMutation, LoraMutation, Quot
     # (already accepted and charged) are still returned instead of nulling the whole data.
     @strawberry.mutation(description="Queue a generation (seed 001, first form).")
     async def generate(self, info: Ctx, input: GenerateInput) -> Generation | None:
-        return await _submit(info.context, input.to_raw(), GENERATE_FIELDS, input.presets())
+        return await _submit(
+            info.context, input.to_raw(), GENERATE_FIELDS, input.presets(), input.lora_choices()
+        )
 
     @strawberry.mutation(description="Queue an image generation (seed 001, second form).")
     async def generate_image(self, info: Ctx, input: ImageGenerationInput) -> Generation | None:
-        return await _submit(info.context, input.to_raw(), IMAGE_FIELDS, input.presets())
+        return await _submit(
+            info.context, input.to_raw(), IMAGE_FIELDS, input.presets(), input.lora_choices()
+        )
 
     @strawberry.mutation(
         description="Cancel a queued or processing generation; its credits are released in "

@@ -349,13 +349,20 @@ def credits_grant(
 ) -> None:
     """Add credits to an account (a ledger entry)."""
     from billing.errors import FluxgateError
-    from billing.service import ledger
+    from billing.service import admin, ledger
+    from server.admin_cli import cli_actor
 
     async def grant(session: Any) -> tuple[bool, int]:
         found = await _resolve_account(session, account)
         ref = reference or f"cli:{uuid.uuid4()}"
         done = await ledger.grant(session, found.id, amount, reference=ref, note=note)
-        return done, (await ledger.balance(session, found.id)).available
+        available = (await ledger.balance(session, found.id)).available
+        if done:  # an admin action: in the audit log too, as the operator's
+            await admin.record_grant(
+                session, cli_actor(), found.id, amount, reference=ref, note=note,
+                available_after=available,
+            )  # fmt: skip
+        return done, available
 
     try:
         granted, available = _with_session(grant)
@@ -578,15 +585,22 @@ lora_app = typer.Typer(help="The LoRA catalogue (styles jobs apply with `loras`)
 app.add_typer(lora_app, name="lora")
 
 
-def _lora_change(run: Callable[[Any, Any], Awaitable[Any]]) -> dict[str, Any]:
-    """Run ``run(session, catalog)`` in one transaction; the LoRA as JSON."""
+def _lora_change(
+    run: Callable[[Any, Any], Awaitable[Any]], action: str, changes: Any = None
+) -> dict[str, Any]:
+    """Run ``run(session, catalog)`` in one transaction, recorded in the admin audit log
+    as the operator's (``cli:<user>``) ``action``; the LoRA as JSON."""
     from billing.catalog import Catalog
     from billing.errors import FluxgateError
+    from billing.service import admin
+    from server.admin_cli import cli_actor  # the operator, as the audit log names it
 
     catalog = Catalog.load(get_settings().models)
 
     async def change(session: Any) -> dict[str, Any]:
-        return _lora_json(await run(session, catalog))
+        lora = await run(session, catalog)
+        await admin.record_lora_change(session, cli_actor(), action, lora.id, changes)
+        return _lora_json(lora)
 
     try:
         return _with_session(change)
@@ -634,7 +648,9 @@ def lora_add(
         trigger_words=trigger or [], default_scale=scale, description=description,
         enabled=not disabled,
     )  # fmt: skip
-    added = _lora_change(lambda s, c: loras.add(s, lora_id, changes, catalog=c))
+    added = _lora_change(
+        lambda s, c: loras.add(s, lora_id, changes, catalog=c), "lora_add", changes
+    )
     typer.echo(json.dumps(added))
 
 
@@ -656,8 +672,9 @@ def lora_list(
 def _lora_set(lora_id: str, enabled: bool) -> None:
     from billing.service import loras
 
+    changes = loras.LoraChanges(enabled=enabled)
     changed = _lora_change(
-        lambda s, c: loras.update(s, lora_id, loras.LoraChanges(enabled=enabled), catalog=c)
+        lambda s, c: loras.update(s, lora_id, changes, catalog=c), "lora_update", changes
     )
     typer.echo(json.dumps(changed))
 
@@ -679,7 +696,7 @@ def lora_remove(lora_id: str) -> None:
     """Delete a LoRA from the catalogue (its file stays; accepted jobs still run it)."""
     from billing.service import loras
 
-    removed = _lora_change(lambda s, _c: loras.remove(s, lora_id))
+    removed = _lora_change(lambda s, _c: loras.remove(s, lora_id), "lora_remove")
     typer.echo(json.dumps(removed))
 
 

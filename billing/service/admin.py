@@ -36,7 +36,11 @@ class Action:
     SET_PLAN = "set_plan"
     BAN = "ban"
     UNBAN = "unban"
-    ALL = (GRANT, DEDUCT, SET_PLAN, BAN, UNBAN)
+    # The LoRA catalogue (billing/service/loras.py): what every user's jobs may apply.
+    LORA_ADD = "lora_add"
+    LORA_UPDATE = "lora_update"
+    LORA_REMOVE = "lora_remove"
+    ALL = (GRANT, DEDUCT, SET_PLAN, BAN, UNBAN, LORA_ADD, LORA_UPDATE, LORA_REMOVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,24 @@ async def _record(
     )
     await admin_repo.add_audit(session, entry)
     return entry
+
+
+async def record_lora_change(
+    session: AsyncSession, actor: Actor, action: str, lora_id: str, changes: Any = None
+) -> None:
+    """Record a change to the LoRA catalogue (``Action.LORA_*``) in the audit log, in the
+    caller's transaction: the LoRA's id and the fields set (a ``LoraChanges``; None for a
+    removal)."""
+    if action not in (Action.LORA_ADD, Action.LORA_UPDATE, Action.LORA_REMOVE):
+        raise ValueError(f"not a LoRA action: {action}")
+    details: dict[str, Any] = {"lora": lora_id}
+    if changes is not None:
+        details["changes"] = {
+            name: list(value) if isinstance(value, tuple | list) else value
+            for name in changes.__slots__
+            if (value := getattr(changes, name)) is not None
+        }
+    await _record(session, actor, action, None, details)
 
 
 async def search_accounts(
@@ -147,6 +169,25 @@ async def _credits(
              "available_after": balance.available},
         )  # fmt: skip
     return CreditChange(account=account, balance=balance, applied=applied, entry=entry)
+
+
+async def record_grant(
+    session: AsyncSession,
+    actor: Actor,
+    account_id: uuid.UUID,
+    amount: int,
+    *,
+    reference: str,
+    note: str | None,
+    available_after: int,
+) -> None:
+    """A grant applied outside this module (the operator's ``fluxgate credits grant``), in
+    the audit log like ``grant_credits``' own."""
+    await _record(
+        session, actor, Action.GRANT, account_id,
+        {"amount": amount, "reason": note, "reference": reference,
+         "available_after": available_after},
+    )  # fmt: skip
 
 
 async def grant_credits(

@@ -137,6 +137,12 @@ def test_cli_and_pasted_curl_example(deployment: dict[str, Any], tmp_path: Path)
     assert graphql(url, key, "{ me { creditsAvailable } }")["data"]["me"] == {
         "creditsAvailable": expected
     }
+    # An admin action: the grant (once) is in the audit log, as the operator's.
+    audit = [json.loads(line) for line in run(
+        env, "admin", "audit", "--account", "ops@example.com", "--action", "grant",
+    ).splitlines()]  # fmt: skip
+    assert [(e["actor"].startswith("cli:"), e["details"]["reference"], e["details"]["amount"])
+            for e in audit] == [(True, "invoice-7", 25)]  # fmt: skip
 
     second = json.loads(run(env, "key", "create", "--account", "ops@example.com", "--json"))
     assert graphql(url, second["api_key"], "{ me { email } }")["data"]["me"]["email"] == (

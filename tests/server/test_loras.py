@@ -7,6 +7,7 @@ the surcharge charged."""
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import re
@@ -66,6 +67,9 @@ I2I = """mutation I($input: ImageToImageInput!, $image: Upload) {
 
 def lora_file(name: str) -> str:
     return str(LORA_DIR / f"{name}.safetensors")
+
+
+AUDIT = """{ adminAuditLog(first: 100) { items { actor action details } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +236,63 @@ async def test_the_surcharge_is_quoted_and_charged(
     await assert_charged(sessions, customer, START, quote["credits"])
 
 
+SEED_001 = """mutation G($input: ImageGenerationInput!) {
+  generateImage(input: $input) { id creditCost } }"""
+SEED_001_PRICE = """query P($input: ImageGenerationInput!) { price(input: $input) { credits } }"""
+GENERATE = """mutation G($input: GenerateInput!) { generate(input: $input) { id creditCost } }"""
+
+
+async def test_seed_001_requests_take_loras_too(
+    http: httpx.AsyncClient,
+    customer: TestAccount,
+    catalogue: dict[str, str],
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """`generateImage`, `generate`, `price` and the REST shim take the same `loras`: frozen
+    with their files, trigger words added, priced per LoRA, checked the same way."""
+    plain_input = {"service": "flux-dev", "prompt": "a harbour", "width": 256, "height": 256}
+    styled = {**plain_input, "loras": [{"id": "job-a", "scale": 0.7}]}
+    base = await gql(http, SEED_001_PRICE, {"input": plain_input}, key=customer.api_key)
+    quote = await gql(http, SEED_001_PRICE, {"input": styled}, key=customer.api_key)
+    assert quote["data"]["price"]["credits"] == base["data"]["price"]["credits"] + SURCHARGE
+    body = await gql(http, SEED_001, {"input": styled}, key=customer.api_key)
+    assert "errors" not in body, body
+    accepted = body["data"]["generateImage"]
+    assert accepted["creditCost"] == quote["data"]["price"]["credits"]
+    job = await wait_job(http, customer, accepted["id"])
+    assert job["status"] == "completed", job
+    async with sessions() as session:
+        row = await session.get(Generation, accepted["id"])
+    assert row is not None
+    assert [(x["id"], x["scale"]) for x in row.params["loras"]] == [("job-a", 0.7)]
+    assert row.params["loras"][0]["path"] == lora_file(catalogue["job-a"])
+    assert row.params["prompt"] == "a harbour, inkwash" and row.prompt == "a harbour"
+    # The first form, and the REST shim (snake_case body), the same way.
+    first_form = {"provider": "flux-dev", "input": {"text": "a harbour"},
+                  "options": {"width": 256, "height": 256, "loras": [{"id": "job-b"}]}}  # fmt: skip
+    generated = await gql(http, GENERATE, {"input": first_form}, key=customer.api_key)
+    assert generated["data"]["generate"]["creditCost"] == accepted["creditCost"], generated
+    rest = await http.post("/v1/text_to_image", json=styled,
+                           headers={"X-API-Key": customer.api_key})  # fmt: skip
+    assert rest.status_code == 200, rest.text
+    # Refused as createJob refuses them, naming the field; nothing charged.
+    for loras, field in (
+        ([{"id": "nope"}], "loras.0.id"),
+        ([{"id": "job-off"}], "loras.0.id"),
+        ([{"id": "job-schnell"}], "loras.0.id"),  # another model's
+        ([{"id": "job-a", "scale": 9}], "loras.0.scale"),
+        ([{"id": "job-a"}, {"id": "job-b"}, {"id": "job-c"}, {"id": "job-a"}], "loras"),
+    ):
+        refused = await gql(http, SEED_001, {"input": {**plain_input, "loras": loras}},
+                            key=customer.api_key)  # fmt: skip
+        assert refused["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": field}
+    spent = accepted["creditCost"] * 2 + rest.json()["data"]["generateImage"]["creditCost"]
+    async with sessions() as session:
+        account = await session.get(Account, customer.id)
+    assert account is not None
+    assert account.credits_available == START - spent  # captured or still held
+
+
 async def test_image_to_image_takes_loras_on_its_typed_mutation(
     http: httpx.AsyncClient,
     lora_api: str,
@@ -354,6 +415,26 @@ async def test_admins_manage_the_catalogue_and_users_list_it(
     assert "errors" not in await gql(http, REMOVE, {"id": "paint-2"}, key=admin.api_key)
     gone = await gql(http, REMOVE, {"id": "paint-2"}, key=admin.api_key)
     assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    # Every change an admin made is in the admin audit log, with who made it and what it
+    # set; the refused ones are not.
+    log = await gql(http, AUDIT, key=admin.api_key)
+    changes = [
+        (e["action"], e["details"]["lora"], e["details"].get("changes", {}).get("enabled"))
+        for e in reversed(log["data"]["adminAuditLog"]["items"])
+        if e["action"].startswith("lora_") and e["details"]["lora"] in ("paint-1", "paint-2")
+    ]
+    assert changes == [
+        ("lora_add", "paint-1", None), ("lora_add", "paint-2", False),
+        ("lora_update", "paint-2", True), ("lora_update", "paint-1", False),
+        ("lora_remove", "paint-2", None),
+    ]  # fmt: skip
+    entries = [
+        e for e in log["data"]["adminAuditLog"]["items"]
+        if e["action"] == "lora_add" and e["details"]["lora"] in ("paint-1", "paint-2")
+    ]  # fmt: skip
+    assert {e["actor"] for e in entries} == {admin.email}
+    first_add = next(e for e in entries if e["details"]["lora"] == "paint-1")
+    assert first_add["details"]["changes"]["trigger_words"] == ["wtrclr"]
 
 
 def test_the_cli_manages_the_catalogue(
@@ -386,6 +467,26 @@ def test_the_cli_manages_the_catalogue(
         assert cli.invoke(app, ["lora", "list", "--category", "cli"]).output == ""
         unknown = cli.invoke(app, ["lora", "remove", "cli-style"])
         assert unknown.exit_code == 1 and "not found" in unknown.output
+        # The operator's changes are in the admin audit log, as cli:<user>.
+        audit = cli.invoke(app, ["admin", "audit", "--first", "100"])
+        assert audit.exit_code == 0, audit.output
+        mine = [
+            json.loads(line) for line in reversed(audit.output.splitlines())
+            if json.loads(line)["details"].get("lora") == "cli-style"
+        ]  # fmt: skip
+        assert [e["action"] for e in mine] == [
+            "lora_add",
+            "lora_update",
+            "lora_update",
+            "lora_remove",
+        ]
+        assert {e["actor"] for e in mine} == {f"cli:{getpass.getuser()}"}
+        assert [e["details"].get("changes", {}).get("enabled") for e in mine] == [
+            True,
+            False,
+            True,
+            None,
+        ]
     finally:
         get_settings.cache_clear()
 
