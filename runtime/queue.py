@@ -261,6 +261,7 @@ class Dispatcher:
         # Milliseconds since the epoch: what enqueue times and priority scores use.
         self.clock = clock
         self.priority_step_ms = priority_step_ms
+        self._last_ms = 0
 
     def pool_queue(self, pool: str) -> str:
         return pool_queue(self.queue_name, pool)
@@ -280,7 +281,10 @@ class Dispatcher:
         ``announce``: an event message published in the same round trip (either way).
         ``queue``: the arq queue (default: the deployment's, the default pool's).
         ``priority``: the job's rank, which moves its score (``priority_score``)."""
-        now_ms = self.clock()
+        # Strictly increasing per process: jobs enqueued in the same millisecond (a batch's
+        # items, requests arriving together) keep their order in the queue instead of
+        # being ranked by their random ids.
+        now_ms = self._last_ms = max(self.clock(), self._last_ms + 1)
         job = serialize_job(function, (argument,), {}, None, now_ms, serializer=serialize)
         score = priority_score(now_ms, priority, self.priority_step_ms)
         args: list[Any] = [job, expires_extra_ms, jid, score]
