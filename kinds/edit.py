@@ -76,20 +76,29 @@ class Edit(JobKind):
         on_step: StepCallback,
     ) -> list[Output]:
         pipe = pipelines.get(params["model"], "FluxKontextPipeline")
-        width, height = int(params["width"]), int(params["height"])
-        return run_flux(
-            pipe,
-            params,
-            on_step,
-            width=width,
-            height=height,
-            preview=bool(params.get("preview")),
-            # The reference image at the output size: its tokens are as many as the
-            # output's, so memory and time follow the size the job was priced at.
-            image=fitted(inputs["image"], width, height),
-            max_area=width * height,
-            _auto_resize=False,
-        )
+        return run_kontext(pipe, params, inputs["image"], on_step)
+
+
+def run_kontext(
+    pipe: Any, params: Mapping[str, Any], image: Image, on_step: StepCallback, **extra: Any
+) -> list[Output]:
+    """Kontext at exactly the planned size (module docstring), with ``extra`` for
+    ``run_flux`` (``extract_pattern`` adds its wrap-around)."""
+    width, height = int(params["width"]), int(params["height"])
+    return run_flux(
+        pipe,
+        params,
+        on_step,
+        width=width,
+        height=height,
+        preview=bool(params.get("preview")),
+        # The reference image at the output size: its tokens are as many as the
+        # output's, so memory and time follow the size the job was priced at.
+        image=fitted(image, width, height),
+        max_area=width * height,
+        _auto_resize=False,
+        **extra,
+    )
 
 
 KIND = register(Edit())

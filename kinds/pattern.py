@@ -37,15 +37,14 @@ from kinds.base import (
     PlanContext,
     StepCallback,
 )
+from kinds.edit import run_kontext
 from kinds.flux import (
     DIMENSION_STEP,
     check_side,
     common_params,
-    fitted,
     image_plan,
     input_info,
     resolve_model,
-    run_flux,
 )
 from kinds.outpaint import ASPECT_RATIO
 from kinds.registry import register
@@ -128,18 +127,10 @@ class ExtractPattern(JobKind):
         pipe = pipelines.get(params["model"], "FluxKontextPipeline")
         width, height = int(params["width"]), int(params["height"])
         with wrapped_decoder(pipe.vae, x=True, y=True):
-            return run_flux(
-                pipe,
-                params,
-                on_step,
-                width=width,
-                height=height,
-                preview=bool(params.get("preview")),
-                image=fitted(inputs["image"], width, height),
-                max_area=width * height,
-                _auto_resize=False,
+            return run_kontext(
+                pipe, params, inputs["image"], on_step,
                 on_latents=WrapAround(width, height, x=True, y=True),
-            )
+            )  # fmt: skip
 
 
 KIND = register(ExtractPattern())
