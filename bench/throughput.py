@@ -5,6 +5,9 @@
 2. Completed jobs per second end to end with the tiny model (API + one arq worker
    subprocess), against calling the same pipeline directly in one process; reported as a
    ratio measured in the same run, since this machine is noisy.
+3. Images per second of the same pipeline with and without batching (FLUXGATE_BATCH_MAX:
+   ``--batch`` jobs per pipeline call, ``PipelineRunner.render_batch``). ``--batching-only``
+   prints just this (no database, no API); on CPU it is a smoke run, not a GPU figure.
 
 Uses its own database (fluxgate_bench) and Redis database (13), rebuilt on each run.
 """
@@ -162,7 +165,7 @@ async def wait_all_completed(expected: int) -> float:
         await engine.dispose()
 
 
-async def direct_pipeline(jobs: int, size: int) -> float:
+async def direct_pipeline(jobs: int, size: int, batch: int = 1) -> float:
     catalog = Catalog.load(ROOT / "deploy" / "models.dev.toml")
     entry = catalog.resolve("flux-dev", None)
     runner = PipelineRunner(catalog, device="cpu", dtype="float32")
@@ -179,8 +182,13 @@ async def direct_pipeline(jobs: int, size: int) -> float:
 
         await runner.render(job(jobs), lambda s, t, p: None)  # warm-up
         started = time.perf_counter()
-        for i in range(jobs):
-            await runner.render(job(i), lambda s, t, p: None)
+        if batch <= 1:
+            for i in range(jobs):
+                await runner.render(job(i), lambda s, t, p: None)
+        else:
+            for first in range(0, jobs, batch):
+                chunk = [job(i) for i in range(first, min(jobs, first + batch))]
+                await runner.render_batch(chunk, lambda s, t, p: None)
         return time.perf_counter() - started
 
     try:
@@ -189,7 +197,18 @@ async def direct_pipeline(jobs: int, size: int) -> float:
         runner.close()
 
 
+async def batching(args: argparse.Namespace) -> None:
+    alone = await direct_pipeline(args.jobs, args.size)
+    batched = await direct_pipeline(args.jobs, args.size, args.batch)
+    print(f"pipeline ({args.size}x{args.size}), one job per call: {args.jobs / alone:.2f} images/s")
+    print(f"pipeline ({args.size}x{args.size}), {args.batch} jobs per call: "
+          f"{args.jobs / batched:.2f} images/s ({alone / batched:.2f}x)")  # fmt: skip
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.batching_only:
+        await batching(args)
+        return
     await reset_database()
     redis.Redis.from_url(REDIS_URL).flushdb()
     port = args.port
@@ -236,6 +255,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"end to end (API + 1 worker): {args.jobs} jobs in {e2e:.2f}s = "
               f"{args.jobs / e2e:.2f}/s")  # fmt: skip
         print(f"end-to-end / direct throughput ratio: {direct / e2e:.2f}")
+        await batching(args)
         print(f"logs: {storage}/api.log, {storage}/worker.log")
     finally:
         for proc in (api, worker):
@@ -251,4 +271,6 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--batch", type=int, default=4, help="jobs per call when batching")
+    parser.add_argument("--batching-only", action="store_true", help="only the batching lines")
     asyncio.run(main(parser.parse_args()))

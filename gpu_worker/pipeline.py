@@ -145,6 +145,9 @@ class PipelineRunner:
         # One thread: a GPU runs one pipeline at a time, and diffusers pipelines are not
         # thread-safe.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        # Pipeline calls made (one per ``render``, one per ``render_batch``): what the
+        # batching tests and the bench count.
+        self.calls = 0
 
     def load_all(self) -> None:
         """Load every model directory in the registry. Missing weights fail loudly here,
@@ -156,13 +159,36 @@ class PipelineRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._render, job, on_step)
 
+    async def render_batch(
+        self, jobs: Sequence[RenderJob], on_step: StepCallback
+    ) -> list[Rendered]:
+        """Jobs of one kind and one ``batch_key`` (``JobKind.batch_key``) in one pipeline
+        call: each job's outputs, in order, each encoded in its own format. ``seconds`` is
+        the whole call's."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._render_batch, jobs, on_step)
+
     def _render(self, job: RenderJob, on_step: StepCallback) -> Rendered:
         images = {role: open_image(data) for role, data in job.inputs.items()}
         # Every pipeline the kind gets is put in this job's LoRA state (none: disabled).
         self.pipelines.use_loras(job.params.get("loras") or ())
+        self.calls += 1
         started = time.perf_counter()
         outputs = job.kind.run(self.pipelines, job.params, images, on_step)
+        return self._encoded(job, outputs, time.perf_counter() - started)
+
+    def _render_batch(self, jobs: Sequence[RenderJob], on_step: StepCallback) -> list[Rendered]:
+        kind = jobs[0].kind
+        if any(job.kind is not kind or job.inputs for job in jobs):
+            raise ValueError("a batch is jobs of one kind that take no input images")
+        self.pipelines.use_loras(())  # a job with LoRAs never batches (its batch_key)
+        self.calls += 1
+        started = time.perf_counter()
+        outputs = kind.run_batch(self.pipelines, [job.params for job in jobs], on_step)
         seconds = time.perf_counter() - started
+        return [self._encoded(j, o, seconds) for j, o in zip(jobs, outputs, strict=True)]
+
+    def _encoded(self, job: RenderJob, outputs: Sequence[Output], seconds: float) -> Rendered:
         image_format = str(job.params.get("format", "png"))
         quality = int(job.params.get("output_quality", 90))
         return Rendered(

@@ -47,8 +47,8 @@ from billing.models import Generation
 from billing.requests import TEXT_TO_IMAGE_PIPELINES
 from billing.service import generations
 from billing.service.generations import NewAsset
-from gpu_worker import metrics, sweeper
-from gpu_worker.pipeline import Interrupted, PipelineRunner, RenderJob
+from gpu_worker import batching, metrics, sweeper
+from gpu_worker.pipeline import Interrupted, PipelineRunner, Rendered, RenderJob
 from gpu_worker.speed import SpeedOptions
 from gpu_worker.supervisor import Supervisor, WorkerGroup
 from kinds.base import model_ref
@@ -367,26 +367,57 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     if generation is None:
         return "skipped: already finished"
     metrics.job_started(generation)
+    batch = await _batch(state, generation)
+    if len(batch) > 1:
+        return await _run_batch(state, batch, started)
     async with _retry_on_store_errors():
         inputs = await _inputs(state, generation)
     live = _Live(state, generation)
     render_timeout = max(1, state.settings.job_timeout_s - TIMEOUT_MARGIN_S)
-    message = FAILURE_MESSAGE
+    result: _Result
     try:
         async with asyncio.timeout(render_timeout):
-            outputs, metadata = await _render(state, generation, live, inputs)
-    except Interrupted:
+            result = await _render(state, generation, live, inputs)
+    except Interrupted as exc:
+        result = exc
+    except TimeoutError as exc:
+        live.cancelled.set()  # stop the pipeline thread at its next step
+        result = exc
+    except Exception as exc:
+        log.exception("generation %s failed", generation_id)
+        result = exc
+    return await _conclude(state, generation, live, result, started)
+
+
+# A run's outcome before settlement: the stored outputs and metadata, or what stopped it.
+_Result = tuple[list[NewAsset], dict[str, Any]] | BaseException
+
+
+async def _conclude(
+    state: WorkerState,
+    generation: Generation,
+    live: _Live,
+    result: _Result,
+    started: float,
+    *,
+    share: int = 1,
+) -> str:
+    """Settle one job after its run: complete it with its outputs, or fail it (releasing
+    its credits), or leave it to whoever stopped it. ``share``: the jobs the run served
+    (its time is divided among them in the pool's measurements)."""
+    generation_id = generation.id
+    message = FAILURE_MESSAGE
+    if isinstance(result, Interrupted):
         # Cancelled (the API released the credits), or finished by a duplicate run.
         log.info("generation %s stopped: no longer processing", generation_id)
         metrics.job_finished(generation, "stopped")
         return STOPPED
-    except TimeoutError:
-        live.cancelled.set()  # stop the pipeline thread at its next step
+    if isinstance(result, TimeoutError):
+        render_timeout = max(1, state.settings.job_timeout_s - TIMEOUT_MARGIN_S)
         log.error("generation %s timed out after %ss", generation_id, render_timeout)
         message = TIMEOUT_MESSAGE
-    except Exception:
-        log.exception("generation %s failed", generation_id)
-    else:
+    elif not isinstance(result, BaseException):
+        outputs, metadata = result
         completing: UnitOfWork | None = None
         try:
             async with _retry_on_store_errors(), state.store.unit_of_work() as completing:
@@ -412,13 +443,108 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             await state.timings_of(generation).record(
                 live.size,
                 step_seconds=live.seconds_per_step(),
-                job_seconds=time.perf_counter() - started,
+                job_seconds=(time.perf_counter() - started) / share,
             )
         return "completed"
     async with _retry_on_store_errors(), state.store.unit_of_work() as uow:
         failed = await generations.fail(uow, generation_id, message)
     metrics.job_finished(failed or generation, "failed" if failed else "stopped")
     return "failed"
+
+
+async def _batch(state: WorkerState, generation: Generation) -> list[batching.Member]:
+    """The job just claimed, and the queued jobs claimed to run in its pipeline call
+    (``gpu_worker/batching.py``); just the job when it runs alone."""
+    try:
+        params = _params(state, generation)
+    except Exception:  # reported by the run alone (it fails there)
+        return []
+    key = batching.batch_key(state.settings.batch_max, generation, params)
+    if key is None:
+        return []
+    others = await batching.gather(state, generation, key, lambda g: _params(state, g))
+    return [batching.Member(generation, params), *others]
+
+
+async def _run_batch(state: WorkerState, batch: list[batching.Member], started: float) -> str:
+    """Run the jobs of ``batch`` in one pipeline call, each settled on its own; the first
+    is the job arq started, whose result (or exception: a store error is arq's to retry)
+    is this run's. A member whose settlement fails on a store error goes back to its
+    queue as its own job (``batching.put_back``), as arq would retry it."""
+    for member in batch[1:]:
+        metrics.job_started(member.generation)
+    lives = [_Live(state, member.generation) for member in batch]
+    render_timeout = max(1, state.settings.job_timeout_s - TIMEOUT_MARGIN_S)
+    results: list[_Result]
+    try:
+        async with asyncio.timeout(render_timeout):
+            rendered = await _render_batch(state, batch, lives)
+    except (Interrupted, TimeoutError) as exc:
+        for live in lives:
+            live.cancelled.set()  # a timeout: stop the pipeline thread at its next step
+        results = [exc] * len(batch)
+    except Exception as exc:
+        log.exception("batch of %s failed", ", ".join(m.generation.id for m in batch))
+        results = [exc] * len(batch)
+    else:
+        results = []
+        for member, live, one in zip(batch, lives, rendered, strict=True):
+            if live.cancelled.is_set():
+                results.append(Interrupted())  # cancelled meanwhile: its image is dropped
+                continue
+            try:
+                results.append(await _store(state, member.generation, one, len(batch)))
+            except Exception as exc:
+                log.exception("generation %s failed", member.generation.id)
+                results.append(exc)
+    for member, live, result in zip(batch[1:], lives[1:], results[1:], strict=True):
+        try:
+            await _conclude(state, member.generation, live, result, started, share=len(batch))
+        except Exception:
+            log.warning("generation %s not settled; back to its queue", member.generation.id,
+                        exc_info=True)  # fmt: skip
+            await batching.put_back(state, member.generation)
+        finally:
+            await batching.release(state, member)
+    return await _conclude(state, batch[0].generation, lives[0], results[0], started,
+                           share=len(batch))  # fmt: skip
+
+
+async def _render_batch(
+    state: WorkerState, batch: list[batching.Member], lives: list[_Live]
+) -> list[Rendered]:
+    """The batch's pipeline call, with each member's progress writer and lease running
+    meanwhile. A member cancelled (or whose lease is lost) keeps its place in the call
+    (its image is discarded); the call stops early only when every member is stopped."""
+    kind = kinds.get(batch[0].generation.kind)
+    tasks = []
+    for member, live in zip(batch, lives, strict=True):
+        tasks.append(asyncio.create_task(live.run()))
+        tasks.append(asyncio.create_task(_keep_lease(state, member.generation, live)))
+
+    def on_step(step: int, total: int, preview: bytes | None) -> None:
+        running = [live for live in lives if not live.cancelled.is_set()]
+        if not running:
+            raise Interrupted
+        for live in running:
+            with contextlib.suppress(Interrupted):  # cancelled just now: the others go on
+                live.on_step(step, total, preview)
+
+    rendering = time.perf_counter()
+    try:
+        jobs = [RenderJob(kind=kind, params=m.params, inputs={}) for m in batch]
+        return await state.runner.render_batch(jobs, on_step)
+    finally:
+        elapsed = time.perf_counter() - rendering
+        for member in batch:
+            metrics.device_time(member.generation, elapsed / len(batch))
+        for live in lives:
+            live.stop()  # each ticker finishes a write in flight: its events are dispatched
+        for task in tasks[1::2]:  # the leases
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _inputs(state: WorkerState, generation: Generation) -> dict[str, bytes]:
@@ -452,8 +578,16 @@ async def _render(
                 await task
     if live.cancelled.is_set():
         raise Interrupted  # cancelled after the last step: nothing is stored
+    return await _store(state, generation, rendered)
+
+
+async def _store(
+    state: WorkerState, generation: Generation, rendered: Rendered, batch: int = 1
+) -> tuple[list[NewAsset], dict[str, Any]]:
+    """Store a run's outputs (and thumbnails) under this run's names; the job's
+    metadata. ``batch``: the jobs the pipeline call served (``duration`` is the call's)."""
     if not rendered.outputs:
-        raise RuntimeError(f"the {kind.name} run made no output")
+        raise RuntimeError(f"the {generation.kind} run made no output")
     # Unguessable names per run, made public (written to the job) only by complete():
     # a run that does not complete the job deletes its files, so a job cancelled or failed
     # while its images were being encoded never leaves a free image behind.
@@ -496,6 +630,8 @@ async def _render(
         "bytes": first.bytes,
         "count": len(outputs),
     }
+    if batch > 1:
+        metadata["batch"] = batch
     return outputs, metadata
 
 

@@ -14,7 +14,7 @@ pipeline thread, imports what it needs, and returns images (or finished files: `
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -256,6 +256,24 @@ class JobKind(ABC):
         inputs: Mapping[str, Image],
         on_step: StepCallback,
     ) -> list[Output]: ...
+
+    def batch_key(self, params: Mapping[str, Any]) -> Hashable | None:
+        """What a job (its frozen ``params``) must share with others to run with them in
+        one pipeline call (the worker's batching, ``gpu_worker/batching.py``): jobs of
+        equal keys make the same call but for their prompts and seeds. None (the
+        default): the job always runs alone."""
+        return None
+
+    def run_batch(
+        self,
+        pipelines: Pipelines,
+        params: Sequence[Mapping[str, Any]],
+        on_step: StepCallback,
+    ) -> list[list[Output]]:
+        """Run jobs of one ``batch_key`` in one pipeline call: each job's outputs, in
+        order, as ``run`` would have made them for it alone (same seed, same image up to
+        float rounding). Only kinds whose ``batch_key`` can be non-None implement it."""
+        raise NotImplementedError(f"the {self.name} kind does not batch")
 
 
 class Pipelines(ABC):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from billing.catalog import ModelEntry
@@ -295,4 +295,48 @@ def run_flux(
             **call,
         )
     images: list[Image] = list(result.images)
+    return [Output(image=image) for image in images]
+
+
+def run_flux_batch(
+    pipe: Any,
+    params: Sequence[Mapping[str, Any]],
+    on_step: StepCallback,
+    *,
+    width: int,
+    height: int,
+) -> list[Output]:
+    """One image for each of several jobs in one FLUX pipeline call: their prompts as a
+    list, one CPU generator per job seeded with its seed. diffusers draws each image's
+    initial latents from its own generator (``randn_tensor`` with a list), so each job
+    gets the image it would get alone, up to the rounding of batched kernels. The jobs
+    share everything else (``TextToImage.batch_key``: model, size, steps, guidance);
+    ``on_step`` gets the common step, and raises to stop the whole call."""
+    import torch
+
+    first = params[0]
+    steps = int(first["steps"])
+
+    def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        on_step(i + 1, steps, None)
+        return kwargs
+
+    generators = [torch.Generator(device="cpu").manual_seed(int(p["seed"])) for p in params]
+    with torch.inference_mode():
+        result = pipe(
+            prompt=[p["prompt"] for p in params],
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=float(first["guidance"]),
+            num_images_per_prompt=1,
+            generator=generators,
+            max_sequence_length=int(first["model"]["max_sequence_length"]),
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="pil",
+        )
+    images: list[Image] = list(result.images)
+    if len(images) != len(params):
+        raise RuntimeError(f"a batch of {len(params)} prompts made {len(images)} images")
     return [Output(image=image) for image in images]

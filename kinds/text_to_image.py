@@ -4,7 +4,7 @@ every surface; this module freezes a validated request into a job and runs it.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +25,7 @@ from kinds.base import (
     StepCallback,
     model_ref,
 )
-from kinds.flux import check_prompt, run_flux, text_pipeline
+from kinds.flux import check_prompt, run_flux, run_flux_batch, text_pipeline
 from kinds.lora import LoraChoice, loras_field
 from kinds.presets import PresetOptions, with_presets
 from kinds.registry import register
@@ -159,6 +159,44 @@ class TextToImage(JobKind):
             height=int(params["height"]),
             preview=bool(params.get("preview")),
         )
+
+    def batch_key(self, params: Mapping[str, Any]) -> Hashable | None:
+        """One image of a plain prompt batches (README "Serving fast"): count 1, no
+        negative prompt (true CFG runs the transformer twice), no LoRAs (adapters are
+        per call), no previews (they show one image of the latents). Jobs batch on the
+        same frozen model, pipeline class, size, steps and guidance; the output format
+        is each job's own (the images are encoded one by one). FLUX.1 only for now: that
+        a batched FLUX.2 image equals its single-job image is not tested yet."""
+        if (
+            text_pipeline(params["model"]) != "FluxPipeline"
+            or int(params.get("count", 1)) != 1
+            or params.get("negative_prompt")
+            or params.get("loras")
+            or params.get("preview")
+        ):
+            return None
+        model = params["model"]
+        return (
+            tuple(sorted((str(k), str(v)) for k, v in model.items())),
+            text_pipeline(model),
+            int(params["width"]),
+            int(params["height"]),
+            int(params["steps"]),
+            float(params["guidance"]),
+        )
+
+    def run_batch(
+        self,
+        pipelines: Pipelines,
+        params: Sequence[Mapping[str, Any]],
+        on_step: StepCallback,
+    ) -> list[list[Output]]:
+        first = params[0]
+        pipe = pipelines.get(first["model"], text_pipeline(first["model"]))
+        images = run_flux_batch(
+            pipe, params, on_step, width=int(first["width"]), height=int(first["height"])
+        )
+        return [[image] for image in images]
 
 
 KIND = register(TextToImage())

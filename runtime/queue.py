@@ -384,6 +384,65 @@ class Dispatcher:
                 await pipe.execute()
 
 
+# A due job taken off the front of a pool's queue to join a batch (gpu_worker/batching.py),
+# the way an arq worker starts one: only while it is queued, due (score <= ARGV[2]) and
+# not in progress. Its in-progress key is set (value: the taker's token) as arq's own
+# start sets it, so a worker that already read its id skips it (arq checks that key under
+# WATCH before it starts a job: set before, arq sees it; set between, arq's transaction
+# fails), and its job key is deleted, as a cancel does, so even a late reader finds no job
+# to run and a requeue (the sweeper's, or GenerationRequeued) may enqueue it afresh.
+_TAKE = """
+local score = redis.call('zscore', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) or redis.call('exists', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('del', KEYS[3])
+redis.call('psetex', KEYS[2], ARGV[4], ARGV[3])
+return 1
+"""
+# The in-progress mark of a taken job, deleted only if it is still the taker's (a requeue
+# may have replaced it with another run's since).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class QueueHead:
+    """The due jobs at the front of a pool's arq queue, as the worker's batching reads
+    and takes them (``gpu_worker/batching.py``)."""
+
+    def __init__(self, redis: ArqRedis, *, clock: Callable[[], int] = timestamp_ms) -> None:
+        self.redis = redis
+        self.clock = clock
+        self._take = redis.register_script(_TAKE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def due(self, queue: str, limit: int) -> list[str]:
+        """The generation ids of the first ``limit`` due entries of ``queue``, in the order
+        arq serves them (running jobs included: arq keeps them in the queue)."""
+        jids = await self.redis.zrangebyscore(queue, "-inf", self.clock(), start=0, num=limit)
+        prefix = job_id("")
+        ids = [j.decode() if isinstance(j, bytes) else str(j) for j in jids]
+        return [j.removeprefix(prefix) for j in ids if j.startswith(prefix)]
+
+    async def take(self, queue: str, generation_id: str, token: str, ttl_ms: int) -> bool:
+        """Take the job off ``queue`` so that no arq worker runs it (``_TAKE``), marked in
+        progress by ``token`` for ``ttl_ms``. False: no longer queued, not due, or
+        started by a worker meanwhile."""
+        jid = job_id(generation_id)
+        taken = await self._take(
+            keys=[queue, in_progress_key_prefix + jid, job_key_prefix + jid],
+            args=[jid, self.clock(), token, ttl_ms],
+        )
+        return bool(taken)
+
+    async def release(self, generation_id: str, token: str) -> None:
+        """Drop the in-progress mark ``take`` set, if it is still ``token``'s."""
+        await self._release(keys=[in_progress_key_prefix + job_id(generation_id)], args=[token])
+
+
 class Timings:
     """Recent measured seconds per denoising step and per job, by model version and size,
     kept as moving averages in one Redis hash. They make ETAs; they are estimates."""

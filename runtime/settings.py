@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     # Text embeddings kept per (model, prompt, max_sequence_length), least recently used
     # dropped past this many; 0: off. One FLUX.1 T5 embedding is ~4 MB of GPU memory.
     prompt_cache: int = Field(default=0, ge=0, le=4096)
+    # Up to this many queued compatible jobs (same model, size, steps, guidance, format;
+    # README "Serving fast") run as one pipeline call, each still claimed, announced,
+    # cancellable and settled on its own (gpu_worker/batching.py); 1: off.
+    batch_max: int = Field(default=1, ge=1, le=64)
 
     # Webhooks. Allowed hosts: comma-separated names and CIDR ranges that may be reached
     # although they are not public addresses (everything private is refused otherwise).

@@ -358,6 +358,15 @@ async def begin_processing(uow: UnitOfWork, generation_id: str) -> Generation | 
     return generation
 
 
+async def find_queued(session: AsyncSession, generation_id: str) -> Generation | None:
+    """A job still queued, whoever's; None otherwise. The worker's batching reads the
+    jobs it may take this way; only ``begin_processing`` then claims one."""
+    generation = await repo.get_generation(session, generation_id)
+    if generation is None or generation.status != GenerationStatus.QUEUED.value:
+        return None
+    return generation
+
+
 async def record_progress(
     uow: UnitOfWork,
     generation_id: str,
