@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
+from billing.db import DriverStatement
 from billing.models import (
     Account,
     ApiKey,
@@ -159,6 +160,45 @@ _RESERVE = select(
     )
     .scalar_subquery(),
 )
+# The accept path's statements run on the driver connection (billing/db.py).
+_FIND_KEY_FAST = DriverStatement(_FIND_KEY)
+_RESERVE_FAST = DriverStatement(_RESERVE)
+_INSERTS_FAST: dict[tuple[str, ...], DriverStatement] = {}
+_ACCEPTS_FAST: dict[tuple[str, ...], DriverStatement] = {}
+
+
+def _accept_statement(columns: Sequence[str]) -> DriverStatement:
+    """A job accepted in one statement: the conditional debit (``_HOLD``), the job row and
+    its ``reserve:`` ledger row inserted only if the debit happened, and whether the debit
+    crossed the low-credit threshold. Its rows: the job's columns, then that flag; none
+    when the debit did not happen (credits short, or the account banned)."""
+    table = Generation.__table__  # type: ignore[attr-defined]
+    job = (
+        insert(table)
+        .from_select(
+            list(columns),
+            select(*(bindparam(f"job_{c}", type_=table.c[c].type) for c in columns)).select_from(
+                _HOLD
+            ),
+        )
+        .returning(*table.c)
+        .cte("job")
+    )
+    entered = select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery()
+    crossed = (
+        select(func.count())
+        .select_from(_HOLD)
+        .where(
+            _HOLD.c.low_credit_threshold.is_not(None),
+            _HOLD.c.credits_available < _HOLD.c.low_credit_threshold,
+            _HOLD.c.credits_available + bindparam("amount", type_=BigInteger)
+            >= _HOLD.c.low_credit_threshold,
+        )
+        .scalar_subquery()
+    )
+    return DriverStatement(select(*job.c, entered, crossed))
+
+
 # The plan, overrides and storage used, the account row locked (see lock_account_plan):
 # the storage quota is checked with no statement of its own.
 _LOCK_QUOTA = (
@@ -239,10 +279,11 @@ async def get_account_by_email(session: AsyncSession, email: str) -> Account | N
 
 async def find_key_by_hash(session: AsyncSession, key_hash: str) -> tuple[ApiKey, Account] | None:
     """An active key and its account (detached), as Core: this runs on every request."""
-    connection = await session.connection()
-    row = (await connection.execute(_FIND_KEY, {"key_hash": key_hash})).first()
-    if row is None:
+    # Standalone: the request's first statement begins no transaction for a read.
+    rows = await _FIND_KEY_FAST.rows(session, {"key_hash": key_hash}, standalone=True)
+    if not rows:
         return None
+    row = rows[0]
     split = len(_KEY_ATTRS)
     return (
         _detached(ApiKey, _KEY_ATTRS, row[:split]),
@@ -316,9 +357,8 @@ async def reserve_credits(
 ) -> tuple[bool, bool, bool]:
     """``hold_credits`` plus whether the debit took the balance from at least the
     account's low-credit threshold to below it (one statement all the same)."""
-    connection = await session.connection()
-    result = await connection.execute(
-        _RESERVE,
+    rows = await _RESERVE_FAST.rows(
+        session,
         {
             "account_id": account_id,
             "amount": amount,
@@ -328,7 +368,7 @@ async def reserve_credits(
             "entry_at": utcnow(),
         },
     )
-    debited, recorded, crossed = result.one()
+    ((debited, recorded, crossed),) = rows
     return bool(debited), bool(recorded), bool(crossed)
 
 
@@ -408,6 +448,38 @@ async def list_entries(session: AsyncSession, account_id: uuid.UUID) -> Sequence
 # --- generations ---------------------------------------------------------------------
 
 
+async def accept_job(
+    session: AsyncSession, values: dict[str, Any], amount: int
+) -> tuple[Generation, bool] | None:
+    """Insert a job row (``values``, with no idempotency key: a fresh id cannot conflict)
+    and hold its ``amount`` credits, in one statement: all of it or nothing. The job and
+    whether the hold crossed the account's low-credit threshold; None when the credits
+    are short or the account is banned (nothing written).
+
+    Standalone (billing/db.py): in the session's transaction if one is open, otherwise a
+    transaction of its own — committed when it returns."""
+    keys = tuple(sorted(values))
+    statement = _ACCEPTS_FAST.get(keys)
+    if statement is None:  # one per set of columns the code names: a handful
+        statement = _ACCEPTS_FAST[keys] = _accept_statement(keys)
+    params = {f"job_{key}": value for key, value in values.items()}
+    generation_id = values["id"]
+    params.update(
+        account_id=values["account_id"],
+        amount=amount,
+        entry_kind=LedgerKind.RESERVE.value,
+        entry_key=f"reserve:{generation_id}",
+        entry_job=generation_id,
+        entry_at=values["created_at"],
+    )
+    rows = await statement.rows(session, params, standalone=True)
+    if not rows:
+        return None
+    ((*row, entered, crossed),) = rows
+    assert entered == 1, "a new job's hold is recorded once"
+    return _detached(Generation, _GEN_ATTRS, row), bool(crossed)
+
+
 async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> Generation | None:
     """Insert a job row and return it; None when the account already used this
     idempotency key.
@@ -415,10 +487,14 @@ async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> Ge
     ON CONFLICT DO NOTHING makes a concurrent duplicate wait for the first transaction
     and then see its row, instead of failing with a unique violation.
     """
-    connection = await session.connection()
-    row = (await connection.execute(_INSERT_GENERATION, values)).first()
-    if row is None:
+    keys = tuple(sorted(values))
+    statement = _INSERTS_FAST.get(keys)
+    if statement is None:  # one per set of columns the code names: a handful
+        statement = _INSERTS_FAST[keys] = DriverStatement(_INSERT_GENERATION, keys)
+    rows = await statement.rows(session, values)
+    if not rows:
         return None
+    row = rows[0]
     # The row as inserted, made into the model without an ORM load (not in the session).
     return _detached(Generation, _GEN_ATTRS, row)
 

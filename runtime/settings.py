@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     # A job still queued after this long (no live worker serves its model) fails, and its
     # credits are released.
     max_queue_wait_s: int = Field(default=3600, ge=1)
+    # How long a synchronous request (seed 003's POST /flux/images) waits for its job
+    # before answering 504 with the job's id; the job goes on either way.
+    sync_wait_s: float = Field(default=600.0, gt=0)
     progress_interval_s: float = Field(default=0.25, gt=0)
     worker_poll_interval_s: float = Field(default=0.02, gt=0)
     # A GPU worker's memory budget (GB) for the models of the pools it serves, measured
@@ -228,6 +231,10 @@ class Settings(BaseSettings):
     # object per line, with request and job ids) for a log pipeline.
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # uvicorn's line per HTTP request. /metrics counts every request by route and status
+    # (with its duration) either way; behind a proxy or ingress that logs requests, the
+    # line is a second copy (~3 % of the API's CPU per accepted job, bench/README.md).
+    access_log: bool = True
     # When set, every /metrics (the API's and the workers') wants `Authorization: Bearer
     # <token>`. Unset, /metrics is open: keep it off the public network either way.
     metrics_token: SecretStr | None = None

@@ -123,6 +123,7 @@ def serve(
             workers=workers,
             proxy_headers=True,
             log_level=settings.log_level,
+            access_log=settings.access_log,
             timeout_graceful_shutdown=settings.api_shutdown_s,
             **options,
         )

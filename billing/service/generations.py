@@ -133,10 +133,24 @@ async def submit(
         now=now,
     )
     generation_id = new_generation_id()
-    generation = await repo.insert_generation(
-        uow.session,
-        generation_row(generation_id, account_id, api_key_id, request, now, idempotency_key),
-    )
+    row = generation_row(generation_id, account_id, api_key_id, request, now, idempotency_key)
+    if idempotency_key is None and not request.inputs:
+        # The common case in one statement: the job row, its hold and its ledger row,
+        # committed by themselves unless a transaction is open already (the caps' or
+        # quotas' reads). What follows is recoverable on its own if it fails: the
+        # enqueue (the sweeper enqueues a queued job Redis does not hold) and the
+        # low-credit notice; without an idempotency key a client cannot tell a refused
+        # request from an accepted one whose answer was lost anyway.
+        accepted = await repo.accept_job(uow.session, row, request.credits)
+        if accepted is None:
+            raise await ledger.refusal(uow.session, account_id, request.credits)
+        job, crossed = accepted
+        if crossed:
+            await quotas.low_credit(uow, account_id, generation_id, request.webhook_url)
+        uow.emit(GenerationAccepted(generation_id, pool_of(request.params), request.priority))
+        uow.emit(GenerationUpdated(snapshot(job)))
+        return job
+    generation = await repo.insert_generation(uow.session, row)
     if generation is None:
         assert idempotency_key is not None  # only the idempotency constraint can conflict
         existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)

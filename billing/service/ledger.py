@@ -72,16 +72,22 @@ async def reserve(
         session, account_id, generation_id, cost
     )
     if not debited:
-        if await repo.is_banned(session, account_id):  # banned since it authenticated
-            raise Forbidden(BANNED_MESSAGE)
-        available, _ = await repo.balance_cache(session, account_id)
-        raise InsufficientCredits(required=cost, available=available)
+        raise await refusal(session, account_id, cost)
     if not recorded:
         # The job already holds its credits: undo this debit in the same transaction, so
         # the cached balance never moves without a ledger entry.
         await repo.adjust_balance(session, account_id, cost, -cost)
         return False
     return crossed
+
+
+async def refusal(session: AsyncSession, account_id: uuid.UUID, cost: int) -> Exception:
+    """Why a hold of ``cost`` did not happen: the account was banned since its caller
+    authenticated, or its credits are short (what it has is in the error)."""
+    if await repo.is_banned(session, account_id):
+        return Forbidden(BANNED_MESSAGE)
+    available, _ = await repo.balance_cache(session, account_id)
+    return InsufficientCredits(required=cost, available=available)
 
 
 async def settle(
