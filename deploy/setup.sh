@@ -100,6 +100,22 @@ if [ "${FLUXGATE_SETUP_DEPLOY:-0}" = 1 ] && ! command -v docker-compose >/dev/nu
     || die "The deployment tests need docker-compose: apt-get install docker-compose"
 fi
 
+# Node.js for the compatible-API tests: the seeds' JavaScript examples run as written
+# (tests/compat), the Socket.IO ones with socket.io-client from the npm registry
+# (tests/compat/socketio_client, pinned by its package-lock.json).
+if [ "${FLUXGATE_SETUP_BROWSER:-0}" = 1 ]; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    say "installing Debian's nodejs and npm for the seed examples"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null \
+      || die "The seed-example tests need Node.js and npm: apt-get install nodejs npm"
+  fi
+  if [ ! -d tests/compat/socketio_client/node_modules/socket.io-client ]; then
+    say "installing socket.io-client for the Socket.IO tests"
+    (cd tests/compat/socketio_client && npm ci --no-audit --no-fund --silent) \
+      || die "npm ci failed in tests/compat/socketio_client"
+  fi
+fi
+
 # --- 3. database and migrations ----------------------------------------------------------
 if [ "${FLUXGATE_SKIP_MIGRATE:-0}" != 1 ]; then
   "$VENV/bin/fluxgate" db upgrade >/dev/null

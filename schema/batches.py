@@ -10,10 +10,11 @@ import hashlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, cast
 
 import strawberry
 from pydantic.alias_generators import to_camel, to_snake
+from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
@@ -35,6 +36,9 @@ Ctx = Info[Context, None]
 # Where the batch's webhook goes: per item there is none (the items' own events are not
 # sent), so these fields of an item are refused rather than silently ignored.
 ITEM_DELIVERY_FIELDS = ("webhook_url", "webhook_events", "preview")
+# An item's image given as one of createBatch's ``images`` uploads: its index (seed 000's
+# multipart /api/batch/img2img sends its files this way).
+UPLOAD_FIELD = "image_upload"
 
 
 @strawberry.enum(description="A batch's place in the queue (see the README: priorities).")
@@ -49,7 +53,8 @@ class BatchItemInput:
     kind: str = strawberry.field(description="The job kind (see `priceJob`, `createJob`).")
     input: JSON = strawberry.field(
         description="The kind's parameters (snake_case or camelCase); image inputs as "
-        "`imageUrl` / `imageId` (and `maskUrl` / `maskId`)."
+        "`imageUrl` / `imageId` (and `maskUrl` / `maskId`), or `imageUpload`: the index of "
+        "one of createBatch's `images`."
     )
 
 
@@ -136,7 +141,9 @@ def _item_error(index: int, exc: BadUserInput | NotFound) -> Exception:
     return BadUserInput(path, f"{path}: {message}")
 
 
-async def _plan_item(ctx: Context, item: BatchItemInput) -> tuple[JobSpec, list[NewAsset]]:
+async def _plan_item(
+    ctx: Context, item: BatchItemInput, uploads: list[bytes]
+) -> tuple[JobSpec, list[NewAsset]]:
     kind = kinds.get(item.kind, field="kind")
     if not isinstance(item.input, dict):
         raise BadUserInput("input", "input must be a JSON object")
@@ -145,16 +152,43 @@ async def _plan_item(ctx: Context, item: BatchItemInput) -> tuple[JobSpec, list[
         if values.get(name) is not None:
             raise BadUserInput(name, f"{name} is set on the batch, not on its items")
     sources = jobs.sources_from(values, kind)
+    index = values.pop(UPLOAD_FIELD, None)
+    if index is not None:
+        if isinstance(index, bool) or not isinstance(index, int) or not kind.inputs:
+            raise BadUserInput(UPLOAD_FIELD, f"{UPLOAD_FIELD} must be an index of images")
+        if not 0 <= index < len(uploads):
+            raise BadUserInput(UPLOAD_FIELD, f"{UPLOAD_FIELD} {index}: no such upload in images")
+        first = kind.inputs[0].name
+        if first in sources:
+            raise BadUserInput(UPLOAD_FIELD, f"send {first} one way only")
+        sources[first] = jobs.Upload(uploads[index])
     inputs = jobs.input_names(kind)
     raw = {k: v for k, v in values.items() if v is not None and k not in inputs}
     return await jobs.plan_job(ctx, kind.name, raw, sources, jobs.Delivery())
 
 
-async def create_batch(ctx: Context, input: CreateBatchInput) -> Batch:
+async def create_batch(
+    ctx: Context, input: CreateBatchInput, images: list[Upload] | None = None
+) -> Batch:
     caller = await ctx.caller()
     services = ctx.services
     # Refused before anything is fetched or planned: bad input costs nothing.
     batches.check_size(len(input.items))
+    if len(images or []) > batches.MAX_ITEMS:
+        raise BadUserInput("images", f"at most {batches.MAX_ITEMS} images")
+    uploads: list[bytes] = []
+    for number, upload in enumerate(images or []):
+        if not callable(getattr(upload, "read", None)):  # a JSON value, not a file part
+            raise BadUserInput(
+                f"images.{number}", f"images.{number} must be a file (a multipart request)"
+            )
+        limit = services.inputs.max_bytes
+        data: bytes = await cast(Any, upload).read(limit + 1)
+        if len(data) > limit:
+            raise BadUserInput(
+                f"images.{number}", f"images.{number} is larger than {limit // 2**20} MB"
+            )
+        uploads.append(data)
     batches.check_client_batch_id(input.client_batch_id)
     webhook_url, _ = validate_webhook(
         input.webhook_url, None, services.policy, fields=("webhookUrl", "webhookEvents")
@@ -164,7 +198,7 @@ async def create_batch(ctx: Context, input: CreateBatchInput) -> Batch:
     try:
         for index, item in enumerate(input.items):
             try:
-                job, assets = await _plan_item(ctx, item)
+                job, assets = await _plan_item(ctx, item, uploads)
             except (BadUserInput, NotFound) as exc:
                 if isinstance(exc, NotFound) and exc.field is None:
                     raise
@@ -270,8 +304,19 @@ class BatchMutation:
         "its credits reserved in one transaction, or none is (INSUFFICIENT_CREDITS names "
         "the total). Idempotent on clientBatchId."
     )
-    async def create_batch(self, info: Ctx, input: CreateBatchInput) -> Batch:
-        return await create_batch(info.context, input)
+    async def create_batch(
+        self,
+        info: Ctx,
+        input: CreateBatchInput,
+        images: Annotated[
+            list[Upload] | None,
+            strawberry.argument(
+                description="Image files for the items (GraphQL multipart request spec): "
+                "an item's input names one by its index as `imageUpload`."
+            ),
+        ] = None,
+    ) -> Batch:
+        return await create_batch(info.context, input, images)
 
     @strawberry.mutation(
         description="Cancel every item of the batch not yet final and release exactly "

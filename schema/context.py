@@ -99,9 +99,11 @@ class Context:
     # every operation, so a revoked key stops working on open sockets too.
     websocket: bool = False
     _caller: accounts.Caller | None = field(default=None, repr=False)
-    # An HTTP request's session, its transaction begun by authenticating the caller: the
-    # request's first unit of work continues it (one transaction per accepted job, one
-    # pool checkout per request). Closed by ``close`` at the end of the request.
+    # An HTTP request's session, its connection checked out by authenticating the caller:
+    # the request's first unit of work continues on it (one pool checkout per request).
+    # The key lookup begins no transaction (a standalone read, billing/db.py), so an
+    # accepted job's one-statement accept needs no BEGIN or COMMIT either. Closed by
+    # ``close`` at the end of the request.
     _session: AsyncSession | None = field(default=None, repr=False)
     _limits: PlanLimits | None = field(default=None, repr=False)
 
@@ -168,7 +170,7 @@ class Context:
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """One transaction for a mutation; its side effects are dispatched after commit.
-        The request's first continues the transaction its authentication began (it only
+        The request's first continues on the session its authentication used (it only
         read the caller's key and account, outside the ORM's identity map)."""
         session, self._session = self._session, None
         return self.services.store.unit_of_work(session)

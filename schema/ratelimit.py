@@ -71,6 +71,11 @@ class RequestRateLimit(SchemaExtension):
         except FluxgateError:
             yield  # unauthenticated: the resolvers answer UNAUTHENTICATED
             return
+        if context.rate is not None and getattr(context.state, "fluxgate_rest_call", False):
+            # A compatible REST endpoint (server/compat) runs several operations for one
+            # request: the request counts once, on its first.
+            yield
+            return
         document = self.execution_context.graphql_document
         cost = 1
         if document is not None:

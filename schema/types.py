@@ -251,6 +251,9 @@ class Account:
         "string; webhook-signature: Standard Webhooks)."
     )
     created_at: UtcDateTime
+    is_admin: bool = strawberry.field(
+        default=False, description="Whether the account may use the admin operations."
+    )
 
     @classmethod
     def from_model(cls, a: models.Account, limits: PlanLimits) -> Account:
@@ -272,6 +275,7 @@ class Account:
             ),
             webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
+            is_admin=a.is_admin,
         )
 
 

@@ -39,7 +39,9 @@ from schema import Hardening, build_schema
 from schema.context import InputLimits, Payments, Services
 from schema.limiter import RequestLimiter
 from schema.watch import SubscriptionWatch
-from server import admin_pages, dashboard, jobs_rest, library_pages, rest
+from server import admin_pages, dashboard, jobs_rest, library_pages, openapi, rest
+from server.compat import SURFACES
+from server.compat.v2 import events as socketio_events
 from server.errors import EXCEPTION_HANDLERS, error_response
 from server.graphql import GraphQLApp
 from server.metrics import Telemetry, metrics_endpoint, readiness_endpoint, request_id_header
@@ -211,10 +213,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/jobs/{id}/cancel", jobs_rest.cancel_job, methods=["POST"]),
         # Every other job kind (kinds/): image_to_image, edit, inpaint, outpaint...
         Route("/v1/{kind}", jobs_rest.submit_job, methods=["POST"]),
+        # The compatible surfaces of seeds 000, 002, 003 and 004 (server/compat/).
+        *(route for surface in SURFACES for route in surface.routes),
+        # Seed 000's real-time events: a Socket.IO server at /socket.io/.
+        socketio_events.mount(),
         Route("/files/{key:path}", files, methods=["GET", "HEAD"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/readyz", readiness_endpoint(settings), methods=["GET"]),
+        # The OpenAPI 3.1 document of every REST surface, and its docs page (server/openapi.py).
+        Route(openapi.OPENAPI_PATH, openapi.openapi_json, methods=["GET"]),
+        Route(openapi.DOCS_PATH, openapi.docs_page, methods=["GET"]),
         Route("/metrics", metrics_endpoint(settings), methods=["GET"]),
         *dashboard.routes,
         *admin_pages.routes,
@@ -252,4 +261,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
     )
     app.state.schema = schema
+    app.state.settings = settings
     return app

@@ -82,8 +82,8 @@ async def authenticate(request: Request, context: Context, *, quietly: bool = Fa
     unless ``quietly`` (GraphQL leaves such a failure to its resolvers). Reading the body
     raises either way (a body over the limit is a 413, a client gone is gone).
 
-    Authentication begins the request's transaction, which its unit of work continues;
-    so the body is read first (a slow client must not hold a database connection while
+    Authentication checks out the request's connection, which its unit of work continues
+    on; so the body is read first (a slow client must not hold a database connection while
     it sends), except an upload's: a multipart request authenticates and gives its
     connection back at once, and opens another when its files are in."""
     multipart = is_multipart(request)

@@ -94,8 +94,14 @@ class Scoped:
             await self.app(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised by BodySizeLimit's receive once a streamed body passes the limit (a reader
+    that catches exceptions must let it through: the middleware answers it)."""
+
+
+# Path prefix -> the JSON body of a 413 for a request on it, given the limit: a compatible
+# surface's own error shape (server/compat/tasks.py). Other paths get Fluxgate's.
+TOO_LARGE_BODIES: dict[str, Callable[[int], dict[str, Any]]] = {}
 
 
 class BodySizeLimit:
@@ -118,7 +124,7 @@ class BodySizeLimit:
                 limit = self.max_upload_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._refuse(send, limit)
+                await self._refuse(send, limit, scope.get("path", ""))
                 return
         received = 0
         started = False
@@ -129,7 +135,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -139,13 +145,16 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
-                await self._refuse(send, limit)
+                await self._refuse(send, limit, scope.get("path", ""))
 
-    async def _refuse(self, send: Send, limit: int) -> None:
-        body = json.dumps(
-            {
+    async def _refuse(self, send: Send, limit: int, path: str) -> None:
+        own = [prefix for prefix in TOO_LARGE_BODIES if path.startswith(prefix)]
+        content = (
+            TOO_LARGE_BODIES[max(own, key=len)](limit)
+            if own
+            else {
                 "errors": [
                     {
                         "message": f"Request body larger than {limit} bytes",
@@ -153,7 +162,8 @@ class BodySizeLimit:
                     }
                 ]
             }
-        ).encode()
+        )
+        body = json.dumps(content).encode()
         await send(
             {
                 "type": "http.response.start",

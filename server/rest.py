@@ -127,6 +127,22 @@ def _format(error: GraphQLError) -> dict[str, Any]:
     return formatted
 
 
+def seed_001(data: dict[str, Any]) -> dict[str, Any]:
+    """The envelope of seed 001's REST surface. Seed 001 knows no ``queued``: a job is
+    ``processing`` from its acceptance until it is final (its examples show ``processing``
+    right after submit, and its polling loop keeps polling only while ``processing``), so a
+    queued job reads ``processing`` here, with ``queuePosition`` (set only while queued)
+    telling that it still waits. GraphQL keeps ``queued`` (SPEC)."""
+    return {
+        "data": {
+            name: {**job, "status": "processing"}
+            if isinstance(job, dict) and job.get("status") == "queued"
+            else job
+            for name, job in data.items()
+        }
+    }
+
+
 async def text_to_image(request: Request) -> JSONResponse:
     context = await authenticated(request)
     if isinstance(context, JSONResponse):
@@ -146,18 +162,22 @@ async def text_to_image(request: Request) -> JSONResponse:
         return error_response(400, ErrorCode.BAD_USER_INPUT.value, exc.message, field="body")
     if not isinstance(body, dict):
         return error_response(400, "BAD_USER_INPUT", "The body must be a JSON object", field="body")
-    return await execute(request, context, GENERATE_IMAGE, {"input": body})
+    return await execute(request, context, GENERATE_IMAGE, {"input": body}, envelope=seed_001)
 
 
 async def get_text_to_image(request: Request) -> JSONResponse:
     context = await authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await execute(request, context, GET_GENERATION, {"id": request.path_params["id"]})
+    return await execute(
+        request, context, GET_GENERATION, {"id": request.path_params["id"]}, envelope=seed_001
+    )
 
 
 async def cancel_text_to_image(request: Request) -> JSONResponse:
     context = await authenticated(request)
     if isinstance(context, JSONResponse):
         return context
-    return await execute(request, context, CANCEL_GENERATION, {"id": request.path_params["id"]})
+    return await execute(
+        request, context, CANCEL_GENERATION, {"id": request.path_params["id"]}, envelope=seed_001
+    )

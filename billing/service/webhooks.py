@@ -4,10 +4,17 @@ delivered at least once by the webhook worker, every attempt recorded.
 An event's id is its ``webhook-id``: the same across retries and redeliveries, so a
 receiver can de-duplicate. Its body is built once and stored, so every attempt sends the
 same bytes and the ``X-Doitong-Signature`` over them is stable.
+
+A job whose ``webhook_events`` are seed 000's names (``generation.complete``…, as the REST
+v2 surface registers them) gets seed 000's body instead of ours:
+``{"event", "timestamp", "data": {"image_id", "url", "prompt", "seed", "generation_time",
+…}, "signature": "sha256=<hex>"}`` (README "Compatible APIs": what is signed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import secrets
@@ -42,18 +49,69 @@ PROGRESS_MARKS = (25, 50, 75)
 MAX_RESPONSE_BODY = 1024
 
 
+# Seed 000's (REST v2) event names. A job's filter names events of one vocabulary: ours,
+# or all of these, and then its webhook body is seed 000's (``seed000_body``).
+SEED000_EVENTS = (
+    "generation.started", "generation.progress", "generation.complete", "generation.failed",
+    "upscale.complete", "upscale.failed",
+)  # fmt: skip
+# What a seed-000 surface registers for a webhook_url sent without webhook_events.
+SEED000_DEFAULT_EVENTS = ("generation.complete", "generation.failed")
+# Kinds whose seed-000 events are upscale.* (none is served yet: issue 12).
+UPSCALE_KINDS = frozenset({"upscale", "face_enhance"})
+# Our event -> seed 000's suffix (it has no cancelled event: a cancelled job failed).
+_SEED000_SUFFIX = {
+    "started": "started", "progress": "progress", "completed": "complete",
+    "failed": "failed", "cancelled": "failed",
+}  # fmt: skip
+
+
+# Seed 003's (POST /flux/images) callback: a job registered with this one event name gets,
+# on its final event (completed, failed or cancelled), the seed's callback envelope
+# (``flux_images_payload``) instead of our body.
+FLUX_IMAGES_EVENTS = ("flux_images.callback",)
+
+
 def validate_filter(events: Sequence[str] | None, field: str) -> list[str] | None:
     if events is None:
         return None
-    unknown = sorted(set(events) - set(EVENT_TYPES))
-    if unknown:
-        raise BadUserInput(field, f"unknown webhook events {unknown}; use {list(EVENT_TYPES)}")
     if not events:
         raise BadUserInput(field, f"{field} must name at least one event")
-    return sorted(set(events), key=EVENT_TYPES.index)
+    names = set(events)
+    for vocabulary in (EVENT_TYPES, SEED000_EVENTS, FLUX_IMAGES_EVENTS):
+        if names <= set(vocabulary):
+            return sorted(names, key=vocabulary.index)
+    unknown = sorted(names - set(EVENT_TYPES))
+    raise BadUserInput(
+        field,
+        f"unknown webhook events {unknown}; use {list(EVENT_TYPES)} (or only seed 000's "
+        f"{list(SEED000_EVENTS)})",
+    )
+
+
+def is_seed000(generation: Generation) -> bool:
+    """Whether the job's webhook was registered with seed 000's event names."""
+    events = generation.webhook_events
+    return bool(events) and events is not None and events[0] in SEED000_EVENTS
+
+
+def seed000_event(generation: Generation, event: str) -> str | None:
+    """Seed 000's name of our ``event`` for this job (None: it has none)."""
+    prefix = "upscale" if generation.kind in UPSCALE_KINDS else "generation"
+    name = f"{prefix}.{_SEED000_SUFFIX.get(event.split('.', 1)[0], '')}"
+    return name if name in SEED000_EVENTS else None
+
+
+def is_flux_images(generation: Generation) -> bool:
+    """Whether the job's webhook is seed 003's callback (``FLUX_IMAGES_EVENTS``)."""
+    return list(generation.webhook_events or ()) == list(FLUX_IMAGES_EVENTS)
 
 
 def _wants(generation: Generation, event: str) -> bool:
+    if is_flux_images(generation):
+        return event in FINAL_EVENTS
+    if is_seed000(generation):
+        return seed000_event(generation, event) in (generation.webhook_events or ())
     wanted = generation.webhook_events or FINAL_EVENTS
     return event.split(".", 1)[0] in wanted
 
@@ -100,6 +158,66 @@ def payload(generation: Generation, event: str, output_urls: Sequence[str] = ())
     }
 
 
+def seed000_payload(
+    generation: Generation, event: str, output_urls: Sequence[str], now: datetime
+) -> dict[str, Any]:
+    """Seed 000's body, less its signature: ``event`` (seed 000's name), ``timestamp``
+    and ``data`` with the seed's fields (image_id: the job's id, as the REST v2 surface
+    returns it) and a few more (status, progress, error, every output's URL)."""
+    status, progress = generation.status, generation.progress
+    kind, _, mark = event.partition(".")
+    if kind == "progress" and mark.isdigit():
+        status, progress = "processing", int(mark)
+    duration = (generation.meta or {}).get("duration")
+    return {
+        "event": seed000_event(generation, event),
+        "timestamp": _iso(now),
+        "data": {
+            "image_id": generation.id,
+            "generation_id": generation.id,
+            "status": status,
+            "url": output_urls[0] if output_urls else None,
+            "urls": list(output_urls),
+            "prompt": generation.prompt,
+            "seed": generation.seed,
+            "generation_time": round(float(duration), 2) if duration is not None else None,
+            "progress": progress,
+            "error": generation.error,
+        },
+    }
+
+
+def seed000_body(unsigned: dict[str, Any], secret: str) -> str:
+    """The compact JSON of ``unsigned`` with a last member ``"signature": "sha256=<hex>"``:
+    HMAC-SHA256, keyed with the account's webhook secret, of the exact bytes of the body
+    without that member (the compact JSON of ``unsigned``: ``,"signature":…`` cut out of
+    the body, the closing ``}`` kept)."""
+    text = json.dumps(unsigned, separators=(",", ":"))
+    mac = hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+    return text[:-1] + f',"signature":"sha256={mac}"}}'
+
+
+def flux_images_payload(
+    generation: Generation, event: str, output_urls: Sequence[str]
+) -> dict[str, Any]:
+    """Seed 003's callback envelope: ``{"success": true, "task_id", "data": [{"seed",
+    "prompt", "image_url"}]}`` for a completed job, one item per image (the job's seed, as
+    a string); ``{"success": false, "task_id", "error": {"code", "message"}}`` for one
+    failed or cancelled (``code``: the event)."""
+    if event == "completed":
+        images = [
+            {"seed": str(generation.seed), "prompt": generation.prompt, "image_url": url}
+            for url in output_urls
+        ]
+        return {"success": True, "task_id": generation.id, "data": images}
+    message = f"The job {event}: {generation.error or 'no reason given'}"
+    return {
+        "success": False,
+        "task_id": generation.id,
+        "error": {"code": event, "message": message},
+    }
+
+
 async def record(
     uow: UnitOfWork, generation: Generation, event: str, *, output_urls: Sequence[str] = ()
 ) -> None:
@@ -108,8 +226,17 @@ async def record(
     if not generation.webhook_url or not _wants(generation, event):
         return
     event_id = "msg_" + secrets.token_hex(12)
-    body = json.dumps(payload(generation, event, output_urls), separators=(",", ":"))
     now = utcnow()
+    if is_seed000(generation):
+        account = await repo.get_account(uow.session, generation.account_id)
+        assert account is not None
+        unsigned = seed000_payload(generation, event, output_urls, now)
+        body = seed000_body(unsigned, account.webhook_secret)
+    elif is_flux_images(generation):
+        envelope = flux_images_payload(generation, event, output_urls)
+        body = json.dumps(envelope, separators=(",", ":"))
+    else:
+        body = json.dumps(payload(generation, event, output_urls), separators=(",", ":"))
     inserted = await repo.insert_webhook_event(
         uow.session,
         {

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ValidationError, WithJsonSchema
+from pydantic import BaseModel, PlainValidator, ValidationError, WithJsonSchema
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,14 +29,25 @@ from schema.context import Context
 from server.errors import BadBody, ErrorResponse, decode_json
 from server.graphql import authenticate, build_context
 from server.metrics import REQUEST_ID_HEADER
+from server.middleware import BodyTooLarge
 from server.rest import RETRYABLE, STATUS_BY_CODE
 
 __all__ = [
     "Call", "ErrorFormat", "FormFile", "Operation", "Refused", "Surface", "json_error",
 ]  # fmt: skip
 
-# A multipart file field: validated as starlette's UploadFile, described as binary.
-FormFile = Annotated[UploadFile, WithJsonSchema({"type": "string", "format": "binary"})]
+
+def _upload(value: Any) -> UploadFile:
+    if not isinstance(value, UploadFile):
+        raise ValueError("send a file (multipart/form-data)")
+    return value
+
+
+# A multipart file field: validated as starlette's UploadFile (no arbitrary_types_allowed
+# needed), described as binary.
+FormFile = Annotated[
+    UploadFile, PlainValidator(_upload), WithJsonSchema({"type": "string", "format": "binary"})
+]
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -153,6 +164,9 @@ class Call:
         """Execute a GraphQL document as this caller: its ``data``, or ``Refused`` with
         the first error's code (mapped to this surface's HTTP status)."""
         assert self.context is not None, "a public endpoint has no caller"
+        # One REST request counts once against the rate limit, however many operations
+        # it runs (schema/ratelimit.py).
+        self.request.state.fluxgate_rest_call = True
         schema = self.request.app.state.schema
         result = await schema.execute(
             document, variable_values=dict(variables or {}), context_value=self.context
@@ -297,8 +311,13 @@ async def _read_body(request: Request, operation: Operation) -> tuple[Any, FormD
         if not isinstance(value, dict):
             raise Refused.bad_input("The body must be a JSON object", "body")
         return value, None
+    if media_type == URLENCODED:
+        # Kept by starlette: authenticating a form key reads the body again (graphql.py).
+        await request.body()
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
+    except BodyTooLarge:  # answered by the middleware (413, in the surface's shape)
+        raise
     except Exception:  # starlette's MultiPartException and malformed bodies
         raise Refused.bad_input("The form body is malformed", "body") from None
     fields: dict[str, Any] = {}

@@ -181,7 +181,8 @@ async def test_seed_rest_example(
     )
     assert response.status_code == 200, response.text
     job = response.json()["data"]["generateImage"]
-    assert job["status"] == "queued"
+    # Seed 001's REST surface says processing (with queuePosition) for a queued job.
+    assert job["status"] == "processing"
     assert job["url"] is None
     assert job["webhookUrl"] == "https://your-webhook.com/callback"
     assert job["createdAt"].endswith("Z")

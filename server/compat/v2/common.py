@@ -1,0 +1,326 @@
+"""What every seed-000 module shares: the surface, its error body
+``{"error", "details", "code", "request_id"}``, the seed's generation parameters (used by
+``/api/generate``, ``/api/img2img`` and each item of ``/api/batch/generate``) made into
+a Fluxgate job input, and the seed's image object made from a ``Generation``.
+
+Ids: the seed shows integers; Fluxgate's ids are UUID strings, returned as strings (clients
+treat them as opaque). A job's id is both the seed's ``image_id`` and ``generation_id``:
+``/api/images/{image_id}`` and ``/api/get/{image_id}`` take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from billing.service.webhooks import SEED000_DEFAULT_EVENTS
+from server.compat.surface import Refused, Surface, request_id
+from server.errors import ErrorResponse
+
+__all__ = [
+    "ERRORS",
+    "GENERATION_FIELDS",
+    "MODELS",
+    "NOT_SERVED",
+    "ErrorBody",
+    "GenerationParams",
+    "SeedImage",
+    "error",
+    "job_input",
+    "not_served",
+    "output_size",
+    "seed_image",
+    "seed_status",
+    "status_message",
+    "surface",
+]
+
+# Short texts of the seed's "error" field, by HTTP status.
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+NOT_SERVED = "NOT_IMPLEMENTED"
+
+
+class ErrorBody(BaseModel):
+    """The seed's error format (every 4xx/5xx of ``/api/...``)."""
+
+    error: str = Field(description="A short description of the error (the HTTP reason).")
+    details: str = Field(description="What is wrong, naming the offending field.")
+    code: str = Field(
+        description="Fluxgate's error code: BAD_USER_INPUT, UNAUTHENTICATED, "
+        "INSUFFICIENT_CREDITS, NOT_FOUND, RATE_LIMITED, NOT_IMPLEMENTED, ..."
+    )
+    request_id: str | None = Field(description="This request's id (also in X-Request-Id).")
+    field: str | None = Field(default=None, description="The offending field, if one.")
+    retry_after: int | None = Field(
+        default=None, description="For 429/503: seconds to wait (also in Retry-After)."
+    )
+
+
+# The error statuses every authenticated endpoint may answer, for ``responses=``:
+# ``responses={201: Model, **ERRORS}``.
+ERRORS: dict[int, type[BaseModel] | None] = {
+    s: ErrorBody for s in (400, 401, 402, 403, 404, 429, 503)
+}
+
+
+def error(request: Request, refused: Refused) -> Response:
+    body: dict[str, Any] = {
+        "error": TITLES.get(refused.status, "Error"),
+        "details": refused.message,
+        "code": refused.code,
+        "request_id": request_id(request),
+    }
+    if refused.field is not None:
+        body["field"] = refused.field
+    if refused.retry_after is not None:
+        body["retry_after"] = refused.retry_after
+    return ErrorResponse(body, status_code=refused.status, headers=refused.headers())
+
+
+surface = Surface(
+    "seed-000 REST v2",
+    error=error,
+    description="Seed 000's REST API v2 (`/api/...`, key in X-API-Key).",
+)
+
+
+def not_served(what: str) -> Refused:
+    """A feature this deployment does not serve (upscaling, face enhancement): HTTP 501,
+    nothing charged."""
+    return Refused(
+        501,
+        NOT_SERVED,
+        f"{what} is not served on this deployment (no super-resolution model is "
+        "installed); nothing was charged",
+    )
+
+
+# The seed's model names and the Fluxgate services (billing catalogue providers) that run
+# them: the same names.
+MODELS: dict[str, str] = {"flux-dev": "flux-dev", "flux-schnell": "flux-schnell"}
+SeedModel = Literal["flux-dev", "flux-schnell"]
+SeedFormat = Literal["png", "jpeg", "webp"]
+
+
+class GenerationParams(BaseModel):
+    """The seed's generation parameters (``/api/generate``; each batch item's ``params``
+    with its ``prompt``). Unknown fields are refused, so a typo is not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    prompt: str = Field(min_length=1, max_length=4000, description="What to draw.")
+    negative_prompt: str = Field(
+        default="", max_length=4000, description="What to avoid (true CFG); empty: none."
+    )
+    width: int = Field(
+        default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
+    )
+    height: int = Field(
+        default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
+    )
+    steps: int = Field(default=30, ge=1, le=100, description="Denoising steps (seed: 10-100).")
+    guidance_scale: float = Field(
+        default=7.5,
+        ge=0.0,
+        le=20.0,
+        description="Prompt adherence (seed: 1.0-20.0). FLUX's distilled guidance: the "
+        "model takes it as is (flux-schnell ignores it).",
+    )
+    seed: int = Field(default=-1, ge=-1, le=2**31 - 1, description="-1: random.")
+    lora_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="One LoRA (see /api/loras)."
+    )
+    lora_ids: list[str] | None = Field(
+        default=None, max_length=3, description="Up to 3 LoRAs (see /api/loras)."
+    )
+    lora_models: list[str] | None = Field(
+        default=None, max_length=3, description="Same as lora_ids (img2img's name)."
+    )
+    format: SeedFormat = Field(default="png", description="png | jpeg | webp.")
+    model: SeedModel = Field(default="flux-dev", description="flux-dev | flux-schnell.")
+    smart_upscale: bool = Field(
+        default=True,
+        description="Honoured by generating directly at the target size: no 2x upscale "
+        "pass runs on this deployment (no super-resolution model), and the price is a "
+        "direct generation's at that size.",
+    )
+    target_width: int | None = Field(
+        default=None, ge=512, le=4096, multiple_of=64,
+        description="With smart_upscale: the final width (default: width, or scaled "
+        "like target_height).",
+    )  # fmt: skip
+    target_height: int | None = Field(
+        default=None, ge=512, le=4096, multiple_of=64,
+        description="With smart_upscale: the final height (default: height, or scaled "
+        "like target_width).",
+    )  # fmt: skip
+    webhook_url: str | None = Field(
+        default=None, max_length=2048, description="Where to POST this job's events."
+    )
+    webhook_events: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="generation.started | generation.progress | generation.complete | "
+        "generation.failed (default with a webhook_url: generation.complete and "
+        "generation.failed); the webhook body is seed 000's.",
+    )
+
+    def lora_list(self) -> list[str]:
+        """Every LoRA named, in order, once."""
+        names = [*(self.lora_ids or []), *(self.lora_models or [])]
+        if self.lora_id is not None:
+            names.insert(0, self.lora_id)
+        return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def _round64(value: float) -> int:
+    return max(64, round(value / 64) * 64)
+
+
+def output_size(params: GenerationParams) -> tuple[int, int]:
+    """The size the job renders at: with smart_upscale, the target (a missing target side
+    keeps the aspect ratio); otherwise width x height."""
+    width, height = params.width, params.height
+    if not params.smart_upscale:
+        return width, height
+    tw, th = params.target_width, params.target_height
+    if tw is not None and th is None:
+        th = _round64(height * tw / width)
+    elif th is not None and tw is None:
+        tw = _round64(width * th / height)
+    return (tw or width, th or height)
+
+
+def job_input(params: GenerationParams) -> dict[str, Any]:
+    """The ``text_to_image`` / ``image_to_image`` input (createJob's ``input``, a batch
+    item's ``input``) for the seed's parameters. The kind validates the rest (limits,
+    LoRAs, webhook URL, the account's maximum size)."""
+    width, height = output_size(params)
+    values: dict[str, Any] = {
+        "service": MODELS[params.model],
+        "prompt": params.prompt,
+        "width": width,
+        "height": height,
+        "steps": params.steps,
+        "guidance": params.guidance_scale,
+        "seed": params.seed,
+        "format": params.format,
+    }
+    if params.negative_prompt.strip():
+        values["negative_prompt"] = params.negative_prompt
+        # The seed's negative prompt means true classifier-free guidance.
+        values["true_cfg_scale"] = 4.0
+    loras = params.lora_list()
+    if loras:
+        values["loras"] = [{"id": name} for name in loras]
+    if params.webhook_url is not None:
+        values["webhook_url"] = params.webhook_url
+        # Seed 000's event names make the job's webhooks seed 000's body
+        # (billing/service/webhooks.py); they are checked there.
+        values["webhook_events"] = list(params.webhook_events or SEED000_DEFAULT_EVENTS)
+    elif params.webhook_events is not None:
+        values["webhook_events"] = params.webhook_events
+    return values
+
+
+# The Generation fields ``seed_image`` reads.
+GENERATION_FIELDS = """
+  id kind status provider prompt url width height seed progress duration error
+  createdAt startedAt completedAt etaSeconds queuePosition
+  outputs { id url width height format }
+"""
+
+
+def seed_status(status: str) -> str:
+    """Fluxgate's job status as the seed names it: queued, generating, completed, failed
+    (a cancelled job is failed, its error_message says so)."""
+    return {"processing": "generating", "cancelled": "failed"}.get(status, status)
+
+
+def status_message(generation: Mapping[str, Any]) -> str:
+    status = generation["status"]
+    if status == "completed":
+        return "Image generated successfully"
+    if status == "failed":
+        return str(generation.get("error") or "The generation failed")
+    if status == "cancelled":
+        return "The generation was cancelled"
+    if status == "processing":
+        return f"Generating: {generation.get('progress', 0)}%"
+    return "Queued"
+
+
+class SeedImage(BaseModel):
+    """The seed's image object: one job (its first output once completed)."""
+
+    id: str = Field(description="The job's id (also its image_id and generation_id).")
+    image_id: str
+    generation_id: str
+    status: str = Field(description="queued | generating | completed | failed")
+    prompt: str
+    url: str | None = Field(description="The image, once completed.")
+    thumbnail_url: str | None = Field(description="A WebP of ~256 px, once completed.")
+    width: int
+    height: int
+    dimensions: str = Field(description="WIDTHxHEIGHT")
+    seed: int
+    model: str | None = Field(description="The service that ran it.")
+    kind: str = Field(description="Fluxgate's job kind (text_to_image, image_to_image).")
+    progress: int = Field(description="0..100")
+    generation_time: float | None = Field(description="Seconds spent rendering.")
+    error_message: str | None
+    is_upscaled: bool = Field(description="Always false: no upscaling on this deployment.")
+    created_at: str
+    completed_at: str | None
+
+
+def seed_image(generation: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``Generation`` (with GENERATION_FIELDS) as the seed's image object."""
+    status = generation["status"]
+    outputs = generation.get("outputs") or []
+    first = outputs[0] if outputs else None
+    width = int(first["width"]) if first else int(generation["width"])
+    height = int(first["height"]) if first else int(generation["height"])
+    error_message = None
+    if status in {"failed", "cancelled"}:
+        error_message = status_message(generation)
+    return {
+        "id": generation["id"],
+        "image_id": generation["id"],
+        "generation_id": generation["id"],
+        "status": seed_status(status),
+        "prompt": generation["prompt"],
+        "url": first["url"] if first else generation.get("url"),
+        "thumbnail_url": generation.get("thumbnailUrl"),
+        "width": width,
+        "height": height,
+        "dimensions": f"{width}x{height}",
+        "seed": generation["seed"],
+        "model": generation.get("provider"),
+        "kind": generation["kind"],
+        "progress": generation.get("progress", 0),
+        "generation_time": generation.get("duration"),
+        "error_message": error_message,
+        "is_upscaled": False,
+        "created_at": generation["createdAt"],
+        "completed_at": generation.get("completedAt"),
+    }
