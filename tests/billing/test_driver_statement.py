@@ -14,12 +14,13 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from billing import repository as repo
 from billing.db import DriverStatement
+from billing.keys import hash_api_key
 from billing.models import Account, Generation, LedgerEntry, utcnow
 from billing.service import accounts, generations
-from billing.keys import hash_api_key
 from runtime.settings import Settings
 from tests.billing.test_ledger import request
 from tests.factories import t2i_job
@@ -93,7 +94,7 @@ async def test_the_first_statement_begins_the_sessions_transaction(
         assert await repo.hold_credits(session, account.id, job, 30) == (True, True)
         # Within the same transaction, the ORM sees the driver's write.
         reread = await session.scalar(
-            select(Account.credits_available).where(Account.id == account.id)
+            select(col(Account.credits_available)).where(col(Account.id) == account.id)
         )
         assert reread == 70
         await session.commit()
@@ -119,8 +120,8 @@ async def _balance(sessions: Sessions, account_id: uuid.UUID) -> tuple[int, int]
     async with sessions() as session:
         row = (
             await session.execute(
-                select(Account.credits_available, Account.credits_reserved).where(
-                    Account.id == account_id
+                select(col(Account.credits_available), col(Account.credits_reserved)).where(
+                    col(Account.id) == account_id
                 )
             )
         ).one()
@@ -130,7 +131,9 @@ async def _balance(sessions: Sessions, account_id: uuid.UUID) -> tuple[int, int]
 async def _entries(sessions: Sessions, job: str) -> int:
     async with sessions() as session:
         count = await session.scalar(
-            select(func.count()).select_from(LedgerEntry).where(LedgerEntry.generation_id == job)
+            select(func.count())
+            .select_from(LedgerEntry)
+            .where(col(LedgerEntry.generation_id) == job)
         )
         return int(count or 0)
 
@@ -183,7 +186,7 @@ def test_a_default_that_needs_python_is_refused() -> None:
         Column("n", Integer, default=lambda: 1),
     )  # fmt: skip
     with pytest.raises(ValueError, match="only scalar defaults"):
-        DriverStatement(insert(table), ["id"])._compile(dialect())
+        DriverStatement(insert(table), ["id"])._compile(dialect())  # type: ignore[no-untyped-call]
 
 
 async def test_the_one_statement_accept_commits_by_itself_or_joins_the_transaction(
@@ -210,7 +213,7 @@ async def test_the_one_statement_accept_commits_by_itself_or_joins_the_transacti
     # undoes all of it.
     row = _row(account.id)
     async with sessions() as session:
-        await session.scalar(select(Account.plan).where(Account.id == account.id))
+        await session.scalar(select(col(Account.plan)).where(col(Account.id) == account.id))
         assert await repo.accept_job(session, row, 30) is not None
         await session.rollback()
     assert await _balance(sessions, account.id) == (70, 30)
