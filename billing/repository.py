@@ -146,10 +146,8 @@ _HOLD_ENTRY = (
     .returning(_L.id)
     .cte("hold_entry")
 )
-_RESERVE = select(
-    select(func.count()).select_from(_HOLD).scalar_subquery(),
-    select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery(),
-    # Crossed the threshold: from >= threshold before the debit to < threshold after.
+# Crossed the threshold: from >= threshold before the debit to < threshold after.
+_CROSSED = (
     select(func.count())
     .select_from(_HOLD)
     .where(
@@ -158,7 +156,12 @@ _RESERVE = select(
         _HOLD.c.credits_available + bindparam("amount", type_=BigInteger)
         >= _HOLD.c.low_credit_threshold,
     )
-    .scalar_subquery(),
+    .scalar_subquery()
+)
+_RESERVE = select(
+    select(func.count()).select_from(_HOLD).scalar_subquery(),
+    select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery(),
+    _CROSSED,
 )
 # The accept path's statements run on the driver connection (billing/db.py).
 _FIND_KEY_FAST = DriverStatement(_FIND_KEY)
@@ -185,18 +188,7 @@ def _accept_statement(columns: Sequence[str]) -> DriverStatement:
         .cte("job")
     )
     entered = select(func.count()).select_from(_HOLD_ENTRY).scalar_subquery()
-    crossed = (
-        select(func.count())
-        .select_from(_HOLD)
-        .where(
-            _HOLD.c.low_credit_threshold.is_not(None),
-            _HOLD.c.credits_available < _HOLD.c.low_credit_threshold,
-            _HOLD.c.credits_available + bindparam("amount", type_=BigInteger)
-            >= _HOLD.c.low_credit_threshold,
-        )
-        .scalar_subquery()
-    )
-    return DriverStatement(select(*job.c, entered, crossed))
+    return DriverStatement(select(*job.c, entered, _CROSSED))
 
 
 # The plan, overrides and storage used, the account row locked (see lock_account_plan):
