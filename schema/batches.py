@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from enum import Enum
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import strawberry
 from pydantic.alias_generators import to_camel, to_snake
@@ -27,6 +27,7 @@ from billing.service.batch_progress import BatchView
 from billing.service.generations import JobSpec, NewAsset
 from schema import jobs
 from schema.context import Context
+from schema.kind_schema import read_upload
 from schema.live import REVOKED_MESSAGE, listening, present
 from schema.scalars import UtcDateTime
 from schema.types import Generation
@@ -178,17 +179,7 @@ async def create_batch(
         raise BadUserInput("images", f"at most {batches.MAX_ITEMS} images")
     uploads: list[bytes] = []
     for number, upload in enumerate(images or []):
-        if not callable(getattr(upload, "read", None)):  # a JSON value, not a file part
-            raise BadUserInput(
-                f"images.{number}", f"images.{number} must be a file (a multipart request)"
-            )
-        limit = services.inputs.max_bytes
-        data: bytes = await cast(Any, upload).read(limit + 1)
-        if len(data) > limit:
-            raise BadUserInput(
-                f"images.{number}", f"images.{number} is larger than {limit // 2**20} MB"
-            )
-        uploads.append(data)
+        uploads.append(await read_upload(upload, services.inputs.max_bytes, f"images.{number}"))
     batches.check_client_batch_id(input.client_batch_id)
     webhook_url, _ = validate_webhook(
         input.webhook_url, None, services.policy, fields=("webhookUrl", "webhookEvents")

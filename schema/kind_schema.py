@@ -173,7 +173,9 @@ async def _collect(
             continue
         if name in sources:
             raise BadUserInput(name, f"send {name} one way only")
-        sources[name] = jobs.Upload(await _read(upload, info.context, name))
+        sources[name] = jobs.Upload(
+            await read_upload(upload, info.context.services.inputs.max_bytes, name)
+        )
     inputs = jobs.input_names(kind)
     raw = {
         k: v for k, v in values.items()
@@ -207,8 +209,11 @@ def _flag(value: Any, field: str) -> bool:
     raise BadUserInput(field, f"{field} must be true or false")
 
 
-async def _read(upload: Any, ctx: Context, name: str) -> bytes:
-    limit = ctx.services.inputs.max_bytes
+async def read_upload(upload: Any, limit: int, name: str) -> bytes:
+    """An uploaded file's bytes, at most ``limit`` (BAD_USER_INPUT on ``name`` beyond).
+    The Upload scalar takes any JSON value in a variable: only a multipart file is one."""
+    if not callable(getattr(upload, "read", None)):
+        raise BadUserInput(name, f"{name} must be a file sent as a multipart upload")
     data: bytes = await upload.read(limit + 1)
     if len(data) > limit:
         raise BadUserInput(name, f"{name} is larger than {limit // (1024 * 1024)} MB")

@@ -355,6 +355,32 @@ async def test_bad_uploads_on_graphql(
     await assert_untouched(sessions, customer, START)
 
 
+async def test_a_value_that_is_not_a_file_in_an_upload_variable_is_bad_input(
+    input_api: str, customer: TestAccount, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """An ``Upload`` variable sent as plain JSON (a string, a number, an object) instead of
+    a multipart file: a 400 naming the variable, never an internal error, nothing charged."""
+    create = (
+        "mutation C($input: JSON!, $image: Upload) "
+        '{ createJob(kind: "image_to_image", input: $input, image: $image) { id } }'
+    )
+    async with httpx.AsyncClient(base_url=input_api, timeout=30) as http:
+        for value in ("not a file", 42, {"read": 1}, ["x"]):
+            for document, variables in (
+                (IMG2IMG, {"input": {"prompt": "x"}, "image": value}),
+                (create, {"input": {"prompt": "x"}, "image": value}),
+            ):
+                response = await http.post(
+                    "/graphql",
+                    json={"query": document, "variables": variables},
+                    headers={"Authorization": f"Bearer {customer.api_key}"},
+                )
+                [error] = response.json()["errors"]
+                assert error["extensions"]["code"] in ("BAD_USER_INPUT",), (value, error)
+                assert response.status_code < 500
+    await assert_untouched(sessions, customer, START)
+
+
 # --- credits, cancel, idempotency ----------------------------------------------------------
 
 
