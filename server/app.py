@@ -42,7 +42,7 @@ from schema.watch import SubscriptionWatch
 from server import admin_pages, dashboard, jobs_rest, library_pages, openapi, rest
 from server.compat import SURFACES
 from server.compat.v2 import events as socketio_events
-from server.errors import EXCEPTION_HANDLERS, error_response
+from server.errors import EXCEPTION_HANDLERS, error_response, surface_error
 from server.graphql import GraphQLApp
 from server.metrics import Telemetry, metrics_endpoint, readiness_endpoint, request_id_header
 from server.middleware import BodySizeLimit, RateLimitHeaders, RequestEnd, Scoped
@@ -96,17 +96,16 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # Starlette re-raises after this answer and the server drops the connection: say so,
     # so the client opens a new one for its next request instead of failing on this one.
-    return error_response(
-        500,
-        "INTERNAL_SERVER_ERROR",
-        "Internal server error",
-        # Answered outside the Telemetry middleware, which cannot add its header.
-        headers={"Connection": "close", **request_id_header(request.scope)},
-    )
+    # Answered outside the Telemetry middleware, which cannot add its header.
+    headers = {"Connection": "close", **request_id_header(request.scope)}
+    own = surface_error(request.url.path)
+    if own is not None:
+        return own(request, 500, "INTERNAL_SERVER_ERROR", "Internal server error", headers)
+    return error_response(500, "INTERNAL_SERVER_ERROR", "Internal server error", headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

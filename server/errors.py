@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -36,6 +36,19 @@ CODE_BY_STATUS = {
     415: ErrorCode.BAD_USER_INPUT.value,
     503: ErrorCode.SERVICE_UNAVAILABLE.value,
 }
+
+
+# Path prefix -> how a compatible surface (server/compat) writes an error the router or a
+# handler here makes for a request on it (404, 405, 503, 500): (request, status, code,
+# message, headers) -> its own shape. The longest matching prefix wins; other paths get
+# Fluxgate's shape.
+SurfaceError = Callable[[Request, int, str, str, Mapping[str, str] | None], Response]
+SURFACE_ERRORS: dict[str, SurfaceError] = {}
+
+
+def surface_error(path: str) -> SurfaceError | None:
+    own = [prefix for prefix in SURFACE_ERRORS if path.startswith(prefix)]
+    return SURFACE_ERRORS[max(own, key=len)] if own else None
 
 
 class ErrorResponse(JSONResponse):
@@ -111,6 +124,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message = f"No route {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} not allowed on {request.url.path}"
+    own = surface_error(request.url.path)
+    if own is not None:
+        return own(request, exc.status_code, code, message, exc.headers)
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
@@ -129,6 +145,10 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RedisConnectionError | RedisTimeoutError)
     log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
     error = ServiceUnavailable()
+    own = surface_error(request.url.path)
+    if own is not None:
+        headers = {"Retry-After": str(error.retry_after)}
+        return own(request, 503, error.code.value, error.message, headers)
     return unavailable_response(error)
 
 

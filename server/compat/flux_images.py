@@ -82,7 +82,7 @@ class FluxImagesError(BaseModel):
     success: Literal[False] = False
     error: FluxError
     task_id: str | None = Field(
-        default=None, description="The job, when one was accepted (a UUID string)."
+        default=None, description="The job, when one was accepted (24 hex characters)."
     )
     trace_id: str | None = Field(default=None, description="The request's X-Request-Id.")
 
@@ -95,7 +95,7 @@ class FluxImage(BaseModel):
 
 class FluxImagesResult(BaseModel):
     success: Literal[True] = True
-    task_id: str = Field(description="The job's id (a UUID string): GET /v1/jobs/{id}.")
+    task_id: str = Field(description="The job's id (24 hex characters): GET /v1/jobs/{id}.")
     trace_id: str | None = Field(default=None, description="The request's X-Request-Id.")
     data: list[FluxImage]
 
@@ -172,6 +172,7 @@ surface = Surface(
     error=error,
     rename_field=wire_field,
     description="Seed 003: Ace Data Cloud's Flux Images API.",
+    prefixes=("/flux/",),
 )
 
 CREATE_JOB = """

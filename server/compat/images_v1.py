@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from billing.service.library import DESCRIPTION_MAX, NAME_MAX, SEARCH_MAX
-from server.compat.surface import URLENCODED, Call, Refused, Surface
+from server.compat.surface import URLENCODED, Call, Refused, Surface, check_offset
 from server.errors import ErrorResponse
 
 __all__ = ["surface"]
@@ -106,6 +106,7 @@ surface = Surface(
     error=error,
     rename_field=rename_field,
     description="Seed 002's images API: the library, and images generated from a description.",
+    prefixes=("/api/v1/images",),
 )
 ERRORS: dict[int, type[BaseModel] | None] = {
     s: ErrorBody for s in (400, 401, 403, 404, 415, 429, 503)
@@ -361,6 +362,7 @@ async def list_images(call: Call) -> dict[str, Any]:
     q: ListQuery = call.query
     variables = _variables(q)
     per_page = int(q.per_page)
+    check_offset(q.page, per_page)
     skip = (q.page - 1) * per_page
     after: str | None = None
     total: int | None = None

@@ -26,10 +26,10 @@ from starlette.routing import Route
 
 from billing.errors import ErrorCode, Forbidden, Unauthenticated
 from schema.context import Context
-from server.errors import BadBody, ErrorResponse, decode_json
+from server.errors import SURFACE_ERRORS, BadBody, ErrorResponse, decode_json
 from server.graphql import authenticate, build_context
 from server.metrics import REQUEST_ID_HEADER
-from server.middleware import BodyTooLarge
+from server.middleware import TOO_LARGE_BODIES, BodyTooLarge
 from server.rest import RETRYABLE, STATUS_BY_CODE
 
 __all__ = [
@@ -198,13 +198,36 @@ class Surface:
         error: ErrorFormat = json_error,
         rename_field: Callable[[str], str] | None = None,
         description: str = "",
+        prefixes: tuple[str, ...] = (),
     ) -> None:
+        """``prefixes``: the paths this surface owns, so that the errors made for them
+        outside its endpoints (the router's 404 and 405, a body over the size limit, Redis
+        down, an internal error) are in its shape too."""
         self.name = name
         self.error = error
         self.description = description
         self._rename = rename_field
         self.routes: list[Route] = []
         self.operations: list[Operation] = []
+        for prefix in prefixes:
+            SURFACE_ERRORS[prefix] = self._answer
+            TOO_LARGE_BODIES.setdefault(prefix, self._too_large)
+
+    def _answer(
+        self, request: Request, status: int, code: str, message: str,
+        headers: Mapping[str, str] | None,
+    ) -> Response:  # fmt: skip
+        response = self.error(request, Refused(status, code, message))
+        response.headers.update(headers or {})
+        return response
+
+    def _too_large(self, limit: int) -> dict[str, Any]:
+        """The 413 body (BodySizeLimit answers it before any request object exists)."""
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+        refused = Refused.bad_input(f"Request body larger than {limit} bytes", "body")
+        refused.status = 413
+        body: dict[str, Any] = json.loads(bytes(self.error(Request(scope), refused).body))
+        return body
 
     def rename_field(self, field: str) -> str:
         from pydantic.alias_generators import to_snake
@@ -339,6 +362,21 @@ def _validate(model: type[BaseModel] | None, raw: Any, where: str) -> Any:
         error = exc.errors(include_url=False, include_input=False)[0]
         location = ".".join(str(part) for part in error["loc"]) or where
         raise Refused.bad_input(f"{location}: {error['msg']}", location) from None
+
+
+# Page-numbered lists (seeds 000 and 002) walk the library's cursor to their page, 100
+# images a query: pages reach this far (the first 10,000 images of a listing; filters and
+# search narrow it), so one request is at most 100 queries.
+MAX_OFFSET = 10_000
+
+
+def check_offset(page: int, per_page: int) -> None:
+    if (page - 1) * per_page >= MAX_OFFSET:
+        raise Refused.bad_input(
+            f"page: pages reach the first {MAX_OFFSET} images (page {page} of {per_page} "
+            "starts past them); narrow the listing with its filters or search",
+            "page",
+        )
 
 
 def dumps(value: Any) -> str:

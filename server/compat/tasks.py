@@ -99,7 +99,9 @@ def too_large_check(limit: int) -> dict[str, Any]:
     return {"err_code": 1, "err_msg": f"Request body larger than {limit} bytes"}
 
 
-surface = Surface("seed-004 task API", error=error)
+surface = Surface(
+    "seed-004 task API", error=error, prefixes=("/api/submit_", "/api/check_task_status")
+)
 TOO_LARGE_BODIES["/api/submit_"] = too_large
 TOO_LARGE_BODIES["/api/check_task_status"] = too_large_check
 
@@ -137,11 +139,9 @@ class RedrawForm(TaskForm):
     strong_inpaint_intensity: float = Field(
         default=0.5, ge=0, le=1, description="强力修复的强度 0-1, used with strong_inpaint."
     )
-    prompt: str = Field(
-        default="", max_length=2000, description=f'正面提示; empty: "{REDRAW_PROMPT}".'
-    )
+    prompt: str = Field(default="", description=f'正面提示; empty: "{REDRAW_PROMPT}".')
     neg_prompt: str = Field(
-        default="", max_length=2000,
+        default="",
         description="负面提示: negative_prompt, with true CFG 1.5 (twice the model runs).",
     )  # fmt: skip
     vector_switch: bool = Field(
@@ -194,7 +194,7 @@ class RemoveForm(TaskForm):
 
 
 class EditForm(TaskForm):
-    prompt: str = Field(min_length=1, max_length=2000, description="AI编辑指令.")
+    prompt: str = Field(min_length=1, description="AI编辑指令.")
     model_version: Literal["v1", "v2"] = Field(
         default="v1", description="v1: flux-kontext-pro; v2: flux-kontext-max."
     )
@@ -209,9 +209,7 @@ class ExpandForm(TaskForm):
     expand_bottom: float = Field(default=0.0, ge=0.0, le=0.3, description="向下扩图比例 0-0.3.")
     expand_left: float = Field(default=0.0, ge=0.0, le=0.3, description="向左扩图比例 0-0.3.")
     expand_right: float = Field(default=0.0, ge=0.0, le=0.3, description="向右扩图比例 0-0.3.")
-    prompt: str = Field(
-        default="", max_length=2000, description=f'扩展部分的提示词; empty: "{EXPAND_PROMPT}".'
-    )
+    prompt: str = Field(default="", description=f'扩展部分的提示词; empty: "{EXPAND_PROMPT}".')
 
 
 class StatusForm(BaseModel):
@@ -221,7 +219,7 @@ class StatusForm(BaseModel):
 
 class Submitted(BaseModel):
     err_code: int = Field(description="0: accepted.")
-    task_id: str = Field(description="The job's id (a UUID string).")
+    task_id: str = Field(description="The job's id (24 hex characters).")
     remaining_count: int = Field(description="Jobs of this price the balance still covers.")
     remaining_money: int = Field(description="Credits available (Fluxgate credits, not yuan).")
 

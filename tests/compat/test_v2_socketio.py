@@ -227,17 +227,20 @@ async def test_another_accounts_channels_are_refused(
 
 
 async def test_a_bad_key_is_refused(api: str, account: TestAccount) -> None:
-    for auth, headers in (
-        ({"token": "fgk_not_a_key"}, None),
-        (None, None),
-        ({"token": ""}, None),
-        (None, {"X-API-Key": "fgk_not_a_key"}),
+    for url, auth, headers in (
+        (api, {"token": "fgk_not_a_key"}, None),
+        (api, None, None),
+        (api, {"token": ""}, None),
+        (api, None, {"X-API-Key": "fgk_not_a_key"}),
+        # A real key in the URL is no key: keys never travel in URLs (logs keep them).
+        (f"{api}?token={account.api_key}", None, None),
+        (f"{api}?api_key={account.api_key}", None, None),
     ):
         client = socketio.AsyncClient(reconnection=False)
         refusals: list[Any] = []
         client.on("connect_error", lambda data, seen=refusals: seen.append(data))
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await client.connect(api, auth=auth, headers=headers or {}, wait_timeout=10)
+            await client.connect(url, auth=auth, headers=headers or {}, wait_timeout=10)
         assert refusals, refusals
         assert refusals[0]["data"] == {"code": "UNAUTHENTICATED"}, refusals
         assert isinstance(refusals[0]["message"], str) and refusals[0]["message"]

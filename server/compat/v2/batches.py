@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
+from billing.service.batches import MAX_CLIENT_BATCH_ID, MAX_ITEMS
+from billing.text import unstorable
 from server.compat.surface import Call, FormFile, Refused
 from server.compat.v2.common import (
     ERRORS,
@@ -49,13 +51,11 @@ __all__ = [
 ]
 
 P = TypeVar("P", bound=GenerationParams)
-MAX_ITEMS = 10
 PREFIX = "batch_"
 # The seed's "Успешный ответ (202 Accepted)" heading says 202, but every client the seed
 # ships (BatchProcessor in Python, JavaScript and PHP, and the three SDKs) tests
 # ``status == 201`` and fails otherwise: 201, so they run as written.
 CREATED_STATUS = 201
-MAX_CLIENT_BATCH_ID = 255  # createBatch's limit on clientBatchId
 
 BATCH_FIELDS = """
   id clientBatchId status total queued processing completed failed cancelled progress
@@ -85,6 +85,14 @@ class BatchItem(BaseModel):
         description="Your id for this item, answered back in `jobs[].id` (default: its "
         "image_id). The items' ids together must fit in about 200 characters.",
     )
+
+    @field_validator("id")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        if value is not None and unstorable(value):
+            raise ValueError("text must not contain NUL characters or lone surrogates")
+        return value
+
     prompt: str = Field(description="What to draw (as /api/generate's prompt).")
     params: dict[str, Any] | None = Field(
         default=None,
@@ -317,7 +325,11 @@ def _client_batch_id(call: Call, ids: Sequence[str | None]) -> str | None:
     key = call.context.idempotency_key if call.context is not None else None
     if key is None and not any(ids):
         return None
-    value = json.dumps({"v2": key or secrets.token_hex(8), "ids": list(ids)}, separators=(",", ":"))
+    # Without client ids the identity is the key alone, so the same key with other items
+    # (another count included) is IDEMPOTENCY_KEY_REUSED, not a second batch. With client
+    # ids they are part of it: the same key with other ids is another batch (README).
+    listed = list(ids) if any(ids) else []
+    value = json.dumps({"v2": key or secrets.token_hex(8), "ids": listed}, separators=(",", ":"))
     if len(value) > MAX_CLIENT_BATCH_ID:
         raise Refused.bad_input(
             "batch: the items' ids (and the Idempotency-Key) are too long together; "

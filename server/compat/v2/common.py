@@ -3,9 +3,10 @@
 ``/api/generate``, ``/api/img2img`` and each item of ``/api/batch/generate``) made into
 a Fluxgate job input, and the seed's image object made from a ``Generation``.
 
-Ids: the seed shows integers; Fluxgate's ids are UUID strings, returned as strings (clients
-treat them as opaque). A job's id is both the seed's ``image_id`` and ``generation_id``:
-``/api/images/{image_id}`` and ``/api/get/{image_id}`` take it.
+Ids: the seed shows integers; Fluxgate's are strings (a job's: 24 hex characters; accounts
+and keys: UUIDs), returned as strings (clients treat them as opaque). A job's id is both
+the seed's ``image_id`` and ``generation_id``: ``/api/images/{image_id}`` and
+``/api/get/{image_id}`` take it.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ surface = Surface(
     "seed-000 REST v2",
     error=error,
     description="Seed 000's REST API v2 (`/api/...`, key in X-API-Key).",
+    prefixes=("/api/",),
 )
 
 
@@ -127,23 +129,28 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    prompt: str = Field(min_length=1, max_length=4000, description="What to draw.")
-    negative_prompt: str = Field(
-        default="", max_length=4000, description="What to avoid (true CFG); empty: none."
-    )
+    # Lengths are the kind's (FLUXGATE_MAX_PROMPT_CHARS): one limit on every surface.
+    prompt: str = Field(min_length=1, description="What to draw.")
+    negative_prompt: str = Field(default="", description="What to avoid (true CFG); empty: none.")
     width: int = Field(
         default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
     )
     height: int = Field(
         default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
     )
-    steps: int = Field(default=30, ge=1, le=100, description="Denoising steps (seed: 10-100).")
-    guidance_scale: float = Field(
-        default=7.5,
+    # Omitted: the model's own defaults from the registry (deploy/models.example.toml:
+    # flux-dev 28 steps, guidance 3.5; flux-schnell 4 steps, guidance 0). The seed's
+    # table says 30 and 7.5 for every model, which would run flux-schnell at 7.5 times
+    # its steps (README).
+    steps: int | None = Field(
+        default=None, ge=1, le=100, description="Denoising steps; omitted: the model's default."
+    )
+    guidance_scale: float | None = Field(
+        default=None,
         ge=0.0,
         le=20.0,
-        description="Prompt adherence (seed: 1.0-20.0). FLUX's distilled guidance: the "
-        "model takes it as is (flux-schnell ignores it).",
+        description="Prompt adherence (FLUX's distilled guidance, taken as is; flux-schnell "
+        "ignores it); omitted: the model's default.",
     )
     seed: int = Field(default=-1, ge=-1, le=2**31 - 1, description="-1: random.")
     lora_id: str | None = Field(
@@ -220,11 +227,13 @@ def job_input(params: GenerationParams) -> dict[str, Any]:
         "prompt": params.prompt,
         "width": width,
         "height": height,
-        "steps": params.steps,
-        "guidance": params.guidance_scale,
         "seed": params.seed,
         "format": params.format,
     }
+    if params.steps is not None:
+        values["steps"] = params.steps
+    if params.guidance_scale is not None:
+        values["guidance"] = params.guidance_scale
     if params.negative_prompt.strip():
         values["negative_prompt"] = params.negative_prompt
         # The seed's negative prompt means true classifier-free guidance.

@@ -42,7 +42,6 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 import socketio
 from starlette.routing import Mount
@@ -96,7 +95,7 @@ class Refusal(Exception):
 
 def _key(environ: Mapping[str, Any], auth: Any) -> str | None:
     """The API key: the connect payload (the seed's ``auth: {token}``), then the
-    handshake's headers, then its query string."""
+    handshake's headers (X-API-Key, Authorization: Bearer)."""
     if isinstance(auth, dict):
         token = auth.get("token")
         if isinstance(token, str) and token.strip():
@@ -110,11 +109,7 @@ def _key(environ: Mapping[str, Any], auth: Any) -> str | None:
     scheme, _, token = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    query = parse_qs(str(environ.get("QUERY_STRING", "")))
-    for name in ("token", "api_key", "apiKey"):
-        values = query.get(name)
-        if values and values[0].strip():
-            return values[0].strip()
+    # Never the query string: keys do not travel in URLs (access and proxy logs keep them).
     return None
 
 

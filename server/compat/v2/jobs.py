@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
-from server.compat.surface import Call, FormFile, Refused
+from server.compat.surface import Call, FormFile, Refused, check_offset
 from server.compat.v2.common import (
     ERRORS,
     GENERATION_FIELDS,
@@ -418,6 +418,7 @@ async def list_images(call: Call) -> dict[str, Any]:
         "sort": {"by": "DATE", "direction": "ASC" if query.sort == "date_asc" else "DESC"},
         "after": None,
     }
+    check_offset(query.page, query.per_page)
     skip = (query.page - 1) * query.per_page
     first = query.per_page
     if skip + first <= MAX_PAGE:
