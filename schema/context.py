@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class Context:
             secret = self.api_key or key_from_params(self.connection_params)
             if self.websocket:
                 # Checked again on every operation of a long-lived socket: its own session.
-                async with self.services.sessions() as session:
+                async with _session(self.services.sessions) as session:
                     caller = await accounts.authenticate(session, secret, self.services.pepper)
             else:
                 await self.close()
@@ -177,5 +178,17 @@ class Context:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self.services.sessions() as session:
+        async with _session(self.services.sessions) as session:
             yield session
+
+
+@asynccontextmanager
+async def _session(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session closed even when its task is cancelled meanwhile (a subscriber whose
+    client left mid-read): the close runs shielded, so its connection always goes back to
+    the pool (or is discarded) instead of being left to the garbage collector."""
+    session = sessions()
+    try:
+        yield session
+    finally:
+        await asyncio.shield(session.close())
