@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -168,6 +168,20 @@ _FIND_KEY_FAST = DriverStatement(_FIND_KEY)
 _RESERVE_FAST = DriverStatement(_RESERVE)
 _INSERTS_FAST: dict[tuple[str, ...], DriverStatement] = {}
 _ACCEPTS_FAST: dict[tuple[str, ...], DriverStatement] = {}
+
+
+def _per_columns(
+    cache: dict[tuple[str, ...], DriverStatement],
+    values: dict[str, Any],
+    build: Callable[[tuple[str, ...]], DriverStatement],
+) -> DriverStatement:
+    """The statement for the set of columns ``values`` names, built once per set (one per
+    set the code names: a handful)."""
+    keys = tuple(sorted(values))
+    statement = cache.get(keys)
+    if statement is None:
+        statement = cache[keys] = build(keys)
+    return statement
 
 
 def _accept_statement(columns: Sequence[str]) -> DriverStatement:
@@ -450,10 +464,7 @@ async def accept_job(
 
     Standalone (billing/db.py): in the session's transaction if one is open, otherwise a
     transaction of its own — committed when it returns."""
-    keys = tuple(sorted(values))
-    statement = _ACCEPTS_FAST.get(keys)
-    if statement is None:  # one per set of columns the code names: a handful
-        statement = _ACCEPTS_FAST[keys] = _accept_statement(keys)
+    statement = _per_columns(_ACCEPTS_FAST, values, _accept_statement)
     params = {f"job_{key}": value for key, value in values.items()}
     generation_id = values["id"]
     params.update(
@@ -479,10 +490,9 @@ async def insert_generation(session: AsyncSession, values: dict[str, Any]) -> Ge
     ON CONFLICT DO NOTHING makes a concurrent duplicate wait for the first transaction
     and then see its row, instead of failing with a unique violation.
     """
-    keys = tuple(sorted(values))
-    statement = _INSERTS_FAST.get(keys)
-    if statement is None:  # one per set of columns the code names: a handful
-        statement = _INSERTS_FAST[keys] = DriverStatement(_INSERT_GENERATION, keys)
+    statement = _per_columns(
+        _INSERTS_FAST, values, lambda keys: DriverStatement(_INSERT_GENERATION, keys)
+    )
     rows = await statement.rows(session, values)
     if not rows:
         return None

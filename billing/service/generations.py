@@ -144,21 +144,19 @@ async def submit(
         accepted = await repo.accept_job(uow.session, row, request.credits)
         if accepted is None:
             raise await ledger.refusal(uow.session, account_id, request.credits)
-        job, crossed = accepted
-        if crossed:
-            await quotas.low_credit(uow, account_id, generation_id, request.webhook_url)
-        uow.emit(GenerationAccepted(generation_id, pool_of(request.params), request.priority))
-        uow.emit(GenerationUpdated(snapshot(job)))
-        return job
-    generation = await repo.insert_generation(uow.session, row)
-    if generation is None:
-        assert idempotency_key is not None  # only the idempotency constraint can conflict
-        existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
-        assert existing is not None
-        if existing.request_hash != request.request_hash:
-            raise IdempotencyKeyReused()
-        return existing
-    if await ledger.reserve(uow.session, account_id, generation_id, request.credits):
+        generation, crossed = accepted
+    else:
+        inserted = await repo.insert_generation(uow.session, row)
+        if inserted is None:
+            assert idempotency_key is not None  # only the idempotency constraint conflicts
+            existing = await repo.get_by_idempotency_key(uow.session, account_id, idempotency_key)
+            assert existing is not None
+            if existing.request_hash != request.request_hash:
+                raise IdempotencyKeyReused()
+            return existing
+        generation = inserted
+        crossed = await ledger.reserve(uow.session, account_id, generation_id, request.credits)
+    if crossed:
         await quotas.low_credit(uow, account_id, generation_id, request.webhook_url)
     expires = quotas.expires_at(limits, now)
     await repo.insert_assets(
