@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import socket
 import time
@@ -34,7 +32,7 @@ from billing.models import WebhookEventStatus
 from billing.netguard import AddressPolicy, IPAddress, Refused, literal_address
 from billing.packs import default_packs
 from billing.service import payments, webhooks
-from billing.service.webhooks import Outcome
+from billing.service.webhooks import Outcome, signature
 from gpu_worker import metrics, sweeper
 from gpu_worker.supervisor import Supervisor
 from runtime import logs
@@ -56,11 +54,6 @@ USER_AGENT = "Fluxgate-Webhooks/1.0"
 LEASE_MARGIN_S = 30
 OVERDUE_AFTER = timedelta(minutes=2)
 STRIPE_RETRY_S = 10
-
-
-def signature(secret: str, body: bytes) -> str:
-    """``X-Doitong-Signature``: HMAC-SHA256 of the exact body, keyed with the secret string."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def signed_headers(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic.alias_generators import to_snake
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,7 +19,7 @@ import kinds
 from billing.errors import ErrorCode
 from schema.context import Context
 from server.errors import BadBody, decode_json, error_response
-from server.rest import authenticated, execute
+from server.rest import authenticated, execute, snake_path
 
 JOB_FIELDS = """
     id kind status progress creditCost url error createdAt startedAt completedAt
@@ -95,14 +94,8 @@ async def _create(
     variables: dict[str, Any] = {"kind": kind, "input": body, **files}
     return await execute(
         request, context, CREATE_JOB, variables, envelope=_job, status=202,
-        rename_field=_snake_path,
+        rename_field=snake_path,
     )  # fmt: skip
-
-
-def _snake_path(field: str) -> str:
-    """REST names fields in snake_case, as SPEC does (GraphQL: camelCase), and as the body
-    has them: not under the `input` variable the REST body is sent as."""
-    return ".".join(to_snake(part) for part in field.removeprefix("input.").split("."))
 
 
 def _from_form(form: FormData) -> tuple[dict[str, Any], dict[str, UploadFile], Response | None]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from graphql import GraphQLError
+from pydantic.alias_generators import to_snake
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -91,9 +92,9 @@ async def execute(
     finally:
         await context.close()  # the request's session goes back before the response
     if result.errors:
-        errors = [_format(e) for e in result.errors]
+        errors = [formatted(e) for e in result.errors]
         if rename_field is not None:
-            errors = [_renamed(e, rename_field) for e in errors]
+            errors = [renamed(e, rename_field) for e in errors]
         extensions = errors[0].get("extensions", {})
         code = extensions.get("code", "")
         headers = {}
@@ -108,7 +109,15 @@ async def execute(
     return JSONResponse(envelope(data) if envelope else {"data": data}, status_code=status)
 
 
-def _renamed(error: dict[str, Any], rename: Callable[[str], str]) -> dict[str, Any]:
+def snake_path(field: str) -> str:
+    """A GraphQL field path as the REST surfaces name it: snake_case (SPEC), and as the
+    body has it, not under the ``input`` variable the body is sent as."""
+    return ".".join(to_snake(part) for part in field.removeprefix("input.").split("."))
+
+
+def renamed(error: dict[str, Any], rename: Callable[[str], str]) -> dict[str, Any]:
+    """A formatted error with its ``extensions.field`` as a surface names it (in the
+    message too)."""
     field = error.get("extensions", {}).get("field")
     if not isinstance(field, str):
         return error
@@ -120,7 +129,7 @@ def _renamed(error: dict[str, Any], rename: Callable[[str], str]) -> dict[str, A
     }
 
 
-def _format(error: GraphQLError) -> dict[str, Any]:
+def formatted(error: GraphQLError) -> dict[str, Any]:
     formatted: dict[str, Any] = {"message": error.message}
     if error.extensions:
         formatted["extensions"] = error.extensions

@@ -187,14 +187,19 @@ def seed000_payload(
     }
 
 
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of the exact body, keyed with the secret string (the
+    ``X-Doitong-Signature`` header, and seed 000's ``signature`` member)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
 def seed000_body(unsigned: dict[str, Any], secret: str) -> str:
     """The compact JSON of ``unsigned`` with a last member ``"signature": "sha256=<hex>"``:
     HMAC-SHA256, keyed with the account's webhook secret, of the exact bytes of the body
     without that member (the compact JSON of ``unsigned``: ``,"signature":…`` cut out of
     the body, the closing ``}`` kept)."""
     text = json.dumps(unsigned, separators=(",", ":"))
-    mac = hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
-    return text[:-1] + f',"signature":"sha256={mac}"}}'
+    return text[:-1] + f',"signature":"{signature(secret, text.encode())}"}}'
 
 
 def flux_images_payload(

@@ -26,7 +26,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_snake
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -37,6 +36,7 @@ from schema.live import follow
 from schema.types import Generation
 from server.compat.surface import Call, Refused, Surface, dumps, request_id
 from server.errors import ErrorResponse
+from server.rest import snake_path
 
 NDJSON = "application/x-ndjson"
 # How long a synchronous request waits for its job when the app names no sync_wait_s.
@@ -66,7 +66,7 @@ WIRE_FIELDS = {
 
 
 def wire_field(field: str) -> str:
-    snake = ".".join(to_snake(part) for part in field.removeprefix("input.").split("."))
+    snake = snake_path(field)
     return WIRE_FIELDS.get(snake, snake)
 
 

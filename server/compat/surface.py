@@ -30,7 +30,7 @@ from server.errors import SURFACE_ERRORS, BadBody, ErrorResponse, decode_json
 from server.graphql import authenticate, build_context
 from server.metrics import REQUEST_ID_HEADER
 from server.middleware import TOO_LARGE_BODIES, BodyTooLarge
-from server.rest import RETRYABLE, STATUS_BY_CODE
+from server.rest import RETRYABLE, STATUS_BY_CODE, formatted, renamed, snake_path
 
 __all__ = [
     "Call", "ErrorFormat", "FormFile", "Operation", "Refused", "Surface", "json_error",
@@ -172,15 +172,9 @@ class Call:
             document, variable_values=dict(variables or {}), context_value=self.context
         )
         if result.errors:
-            formatted: dict[str, Any] = {"message": result.errors[0].message}
-            if result.errors[0].extensions:
-                formatted["extensions"] = result.errors[0].extensions
-            refused = Refused.from_graphql(formatted)
-            if refused.field is not None:
-                original = refused.field
-                refused.field = self.surface.rename_field(original)
-                refused.message = refused.message.replace(original, refused.field, 1)
-            raise refused
+            raise Refused.from_graphql(
+                renamed(formatted(result.errors[0]), self.surface.rename_field)
+            )
         return result.data or {}
 
 
@@ -230,11 +224,7 @@ class Surface:
         return body
 
     def rename_field(self, field: str) -> str:
-        from pydantic.alias_generators import to_snake
-
-        if self._rename is not None:
-            return self._rename(field)
-        return ".".join(to_snake(part) for part in field.removeprefix("input.").split("."))
+        return self._rename(field) if self._rename is not None else snake_path(field)
 
     def endpoint(
         self,

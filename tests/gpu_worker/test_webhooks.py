@@ -26,7 +26,8 @@ from standardwebhooks.webhooks import Webhook
 from billing.catalog import Catalog
 from billing.models import WebhookEvent
 from billing.netguard import AddressPolicy
-from gpu_worker.webhooks import USER_AGENT, build_webhook_worker, send, signature
+from billing.service.webhooks import signature
+from gpu_worker.webhooks import USER_AGENT, build_webhook_worker, send
 from runtime.queue import Keys
 from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, free_port

@@ -26,7 +26,8 @@ from billing.plans import PlanBook, default_plan_book
 from billing.presets import default_presets
 from billing.service import accounts, ledger
 from billing.service.quotas import MB
-from gpu_worker.webhooks import build_webhook_worker, signature
+from billing.service.webhooks import signature
+from gpu_worker.webhooks import build_webhook_worker
 from runtime.settings import ROOT, Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import TestAccount, balance, create_account, gql, wait_for_final
