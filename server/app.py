@@ -104,7 +104,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     headers = {"Connection": "close", **request_id_header(request.scope)}
     own = surface_error(request.url.path)
     if own is not None:
-        return own(request, 500, "INTERNAL_SERVER_ERROR", "Internal server error", headers)
+        return own(request, 500, "INTERNAL_SERVER_ERROR", "Internal server error", headers, None)
     return error_response(500, "INTERNAL_SERVER_ERROR", "Internal server error", headers=headers)
 
 

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -42,13 +42,20 @@ CODE_BY_STATUS = {
 # handler here makes for a request on it (404, 405, 503, 500): (request, status, code,
 # message, headers) -> its own shape. The longest matching prefix wins; other paths get
 # Fluxgate's shape.
-SurfaceError = Callable[[Request, int, str, str, Mapping[str, str] | None], Response]
+# (request, status, code, message, headers, field) -> the surface's error response.
+SurfaceError = Callable[[Request, int, str, str, Mapping[str, str] | None, str | None], Response]
 SURFACE_ERRORS: dict[str, SurfaceError] = {}
+_T = TypeVar("_T")
+
+
+def by_prefix(registry: Mapping[str, _T], path: str) -> _T | None:
+    """The entry of the longest prefix of ``path`` in ``registry``, if any."""
+    own = [prefix for prefix in registry if path.startswith(prefix)]
+    return registry[max(own, key=len)] if own else None
 
 
 def surface_error(path: str) -> SurfaceError | None:
-    own = [prefix for prefix in SURFACE_ERRORS if path.startswith(prefix)]
-    return SURFACE_ERRORS[max(own, key=len)] if own else None
+    return by_prefix(SURFACE_ERRORS, path)
 
 
 class ErrorResponse(JSONResponse):
@@ -126,7 +133,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} not allowed on {request.url.path}"
     own = surface_error(request.url.path)
     if own is not None:
-        return own(request, exc.status_code, code, message, exc.headers)
+        return own(request, exc.status_code, code, message, exc.headers, None)
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
@@ -148,7 +155,7 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     own = surface_error(request.url.path)
     if own is not None:
         headers = {"Retry-After": str(error.retry_after)}
-        return own(request, 503, error.code.value, error.message, headers)
+        return own(request, 503, error.code.value, error.message, headers, None)
     return unavailable_response(error)
 
 

@@ -10,10 +10,12 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schema.context import Services
 from schema.limiter import RateStatus
+from server.errors import by_prefix, surface_error
 
 
 class RateLimitHeaders:
@@ -99,8 +101,10 @@ class BodyTooLarge(Exception):
     that catches exceptions must let it through: the middleware answers it)."""
 
 
-# Path prefix -> the JSON body of a 413 for a request on it, given the limit: a compatible
-# surface's own error shape (server/compat/tasks.py). Other paths get Fluxgate's.
+# Path prefix -> the JSON body of a 413 for a request on it, given the limit, where a
+# surface words it its own way (server/compat/tasks.py: the seed's 16 MB message). Other
+# compatible surfaces answer it in their shape (server.errors.SURFACE_ERRORS); the rest
+# of the paths get Fluxgate's.
 TOO_LARGE_BODIES: dict[str, Callable[[int], dict[str, Any]]] = {}
 
 
@@ -124,7 +128,7 @@ class BodySizeLimit:
                 limit = self.max_upload_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._refuse(send, limit, scope.get("path", ""))
+                await self._refuse(scope, receive, send, limit)
                 return
         received = 0
         started = False
@@ -147,17 +151,24 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send, limit, scope.get("path", ""))
+                await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, send: Send, limit: int, path: str) -> None:
-        own = [prefix for prefix in TOO_LARGE_BODIES if path.startswith(prefix)]
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        path = scope.get("path", "")
+        message = f"Request body larger than {limit} bytes"
+        worded = by_prefix(TOO_LARGE_BODIES, path)
+        shaped = surface_error(path) if worded is None else None
+        if shaped is not None:
+            response = shaped(Request(scope), 413, "BAD_USER_INPUT", message, None, "body")
+            await response(scope, receive, send)
+            return
         content = (
-            TOO_LARGE_BODIES[max(own, key=len)](limit)
-            if own
+            worded(limit)
+            if worded is not None
             else {
                 "errors": [
                     {
-                        "message": f"Request body larger than {limit} bytes",
+                        "message": message,
                         "extensions": {"code": "BAD_USER_INPUT", "field": "body"},
                     }
                 ]

@@ -29,7 +29,7 @@ from schema.context import Context
 from server.errors import SURFACE_ERRORS, BadBody, ErrorResponse, decode_json
 from server.graphql import authenticate, build_context
 from server.metrics import REQUEST_ID_HEADER
-from server.middleware import TOO_LARGE_BODIES, BodyTooLarge
+from server.middleware import BodyTooLarge
 from server.rest import RETRYABLE, STATUS_BY_CODE, formatted, renamed, snake_path
 
 __all__ = [
@@ -205,23 +205,14 @@ class Surface:
         self.operations: list[Operation] = []
         for prefix in prefixes:
             SURFACE_ERRORS[prefix] = self._answer
-            TOO_LARGE_BODIES.setdefault(prefix, self._too_large)
 
     def _answer(
         self, request: Request, status: int, code: str, message: str,
-        headers: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None, field: str | None,
     ) -> Response:  # fmt: skip
-        response = self.error(request, Refused(status, code, message))
+        response = self.error(request, Refused(status, code, message, field))
         response.headers.update(headers or {})
         return response
-
-    def _too_large(self, limit: int) -> dict[str, Any]:
-        """The 413 body (BodySizeLimit answers it before any request object exists)."""
-        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
-        refused = Refused.bad_input(f"Request body larger than {limit} bytes", "body")
-        refused.status = 413
-        body: dict[str, Any] = json.loads(bytes(self.error(Request(scope), refused).body))
-        return body
 
     def rename_field(self, field: str) -> str:
         return self._rename(field) if self._rename is not None else snake_path(field)
