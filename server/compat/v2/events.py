@@ -57,6 +57,7 @@ from server.compat.v2.batches import (
     status_body,
 )
 from server.compat.v2.common import seed_status, status_message
+from server.compat.v2.jobs import THUMBNAIL
 
 __all__ = ["PATH", "Events", "mount"]
 
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 PATH = "socket.io"
 GENERATION_FIELDS = """id status progress step totalSteps seed url duration error
   queuePosition outputs { id url }"""
-THUMBNAIL = "query SeedThumbnail($id: ID!) { image(id: $id) { thumbnailUrl } }"
 FOLLOW_GENERATION = f"""subscription Follow($id: ID!) {{
   generationUpdated(id: $id) {{ {GENERATION_FIELDS} }} }}"""
 FOLLOW_BATCH = (
