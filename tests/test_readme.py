@@ -42,3 +42,13 @@ def test_readme_states_what_the_service_does() -> None:
     assert "not counting those already running; 0 = next" in README
     for mark in ("`progress.25`", "`progress.50`", "`progress.75`"):
         assert mark in README
+
+
+def test_readme_states_what_hardening_decided() -> None:
+    """Issue 9 items 17 and 18 asked the README to say two things the code decides: a
+    webhook host *name* that resolves privately is refused only at delivery
+    (tests/gpu_worker/test_webhooks.py), and a key in `connection_init` wins over the
+    handshake header (tests/server/test_websocket_protocols.py)."""
+    prose = " ".join(README.split())
+    assert "resolves to a private address is accepted at submit and refused only at" in prose
+    assert "A key in the `connection_init` payload wins over one in the handshake" in prose

@@ -95,6 +95,9 @@ async def test_an_unhandled_error_still_carries_the_id(
     response = await http.get("/test-boom", headers={"X-Request-Id": "boom-1"})
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "boom-1"
+    # The server drops the connection after an unhandled error: the answer says so, so the
+    # client's next request opens a new one instead of failing on this one.
+    assert response.headers["connection"] == "close"
     assert response.json()["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     after = await http.get("/metrics")
     samples = parse(after.text)

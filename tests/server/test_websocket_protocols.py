@@ -151,6 +151,18 @@ async def test_errors_on_the_socket_have_the_http_shape(
         assert bad_input.value.errors is not None
         assert bad_input.value.errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
 
+        # Text that can never be stored is refused on the socket as over HTTP.
+        for prompt in ("a\u0000b", "x\ud800y"):
+            with pytest.raises(TransportQueryError) as unstorable:
+                await session.execute(
+                    GraphQLRequest(SUBMIT, variable_values={"input": {"service": "flux-dev",
+                                   "prompt": prompt, "width": 256, "height": 256}})
+                )  # fmt: skip
+            assert unstorable.value.errors is not None
+            [error] = unstorable.value.errors
+            assert error["extensions"]["code"] == "BAD_USER_INPUT"
+            assert "prompt" in error["extensions"]["field"]
+
         with pytest.raises(TransportQueryError) as limited_out:
             for _ in range(4):  # past the 3 requests a minute, whatever counted above
                 await session.execute(GraphQLRequest(ME))
