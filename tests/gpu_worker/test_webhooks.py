@@ -13,13 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -342,6 +343,47 @@ async def test_delivery_survives_a_worker_restart(
     with webhook_worker(slow_schedule):
         [delivery] = await deliveries(http, account, job, until="delivered")
     assert [a["statusCode"] for a in delivery["attempts"]] == [503, 200]
+
+
+async def test_a_delivery_whose_job_redis_lost_is_queued_again(
+    http: httpx.AsyncClient, gpu: ThreadedWorker, hook_settings: Settings,
+    account: TestAccount, receiver: Receiver, sessions: async_sessionmaker[AsyncSession],
+) -> None:  # fmt: skip
+    """A Redis restart without persistence loses the queued delivery jobs; the events are
+    still pending in Postgres (the outbox), and the webhook worker's requeue of overdue
+    events (at start, then every minute) queues them again: every one is delivered."""
+    job = await submit(http, account, receiver.url)  # no webhook worker yet
+    await wait_for_final(http, account.api_key, job)
+    async with sessions() as session:
+        events = (
+            await session.execute(
+                select(WebhookEvent.id).where(WebhookEvent.generation_id == job)
+            )
+        ).scalars().all()  # fmt: skip
+    assert events  # the default filter: completed and failed
+    queue = Keys(hook_settings.queue_name).webhooks
+    redis = Redis.from_url(hook_settings.redis_url)
+    try:
+        lost = [
+            j for j in await redis.zrange(queue, 0, -1)
+            if j.decode().split(":")[1] in events
+        ]  # fmt: skip
+        assert len(lost) == len(events)
+        # Lost as a restart loses them: off the queue, and the jobs themselves gone.
+        await redis.zrem(queue, *lost)
+        await redis.delete(*[b"arq:job:" + j for j in lost])
+    finally:
+        await redis.aclose()
+    async with sessions() as session, session.begin():  # overdue, as minutes later
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.generation_id == job)
+            .values(next_attempt_at=func.now() - timedelta(minutes=5))
+        )
+    with webhook_worker(hook_settings):
+        delivered = await deliveries(http, account, job, until="delivered")
+    assert sorted(d["id"] for d in delivered) == sorted(events)
+    assert len(receiver.requests) == len(events)  # each once
 
 
 async def test_event_filter_redelivery_and_secret_rotation(
