@@ -549,6 +549,43 @@ async def test_workers_ride_out_a_stalled_redis(stack: Stack) -> None:
 
 
 @pytest.mark.slow
+async def test_a_draining_worker_hands_its_job_back_and_it_is_charged_once(
+    stack: Stack,
+) -> None:
+    """Issue 11, graceful lifecycle: SIGTERM on a worker whose job outlasts its drain time
+    (FLUXGATE_WORKER_DRAIN_S) cancels the job and hands it back; the worker exits 0, and
+    another worker runs the job to the end, charged once."""
+    if not stack.redis.running:
+        stack.redis.start()
+    stack.stop_workers()
+    draining = stack.spawn("worker", "worker", FLUXGATE_WORKER_DRAIN_S="1")
+    draining.wait_for_log("Starting worker")
+    account = await create_account(stack.sessions, stack.settings, credits=1000)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+        job = await submit(client, account, "flux-pro", f"drained-{uuid.uuid4().hex}")
+    await wait_until(
+        stack, [job], lambda rows: rows[job].status == "processing" and rows[job].step >= 1,
+        "the job did not start", timeout=120,
+    )  # fmt: skip
+    assert stack.stop(draining) == 0
+    assert "handed back" in draining.output()
+    first = (await statuses(stack, [job]))[job]
+    assert first.status not in FINAL  # not finished by the drain, nor failed by it
+    successor = stack.worker()
+    await wait_until(
+        stack, [job], lambda rows: rows[job].status in FINAL,
+        "the handed-back job did not finish", timeout=180,
+    )  # fmt: skip
+    done = (await statuses(stack, [job]))[job]
+    assert done.status == "completed", done.error
+    assert done.attempts >= 2  # run again, not resumed by the stopped worker
+    assert sorted(await movements(stack.sessions, job)) == ["capture", "reserve"]  # once
+    cached, summed = await audit(stack.sessions, account.id)
+    assert cached == summed and cached.reserved == 0
+    assert stack.stopped(successor)
+
+
+@pytest.mark.slow
 async def test_a_job_of_a_killed_worker_is_retried_within_seconds(stack: Stack) -> None:
     # Independent of the test before, even a failed one: Redis up, no other worker.
     if not stack.redis.running:
