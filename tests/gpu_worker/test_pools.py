@@ -401,6 +401,39 @@ async def live_workers(settings: Settings) -> dict[str, int]:
         await pool.close()
 
 
+async def test_a_worker_loads_only_its_pools_models(
+    pool_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pool a's model directory does not exist here: a worker of pool b starts (loading
+    every model would fail loudly on it), and loads and warms b's model alone."""
+    import gpu_worker.worker as worker_module
+
+    registry = tmp_path / "models.toml"
+    registry.write_text(
+        REGISTRY.format(path=TINY_MODEL).replace(
+            f'path = "{TINY_MODEL}"', f'path = "{tmp_path / "absent"}"', 1
+        )
+    )
+    warmed: list[tuple[str, ...]] = []
+    real = worker_module.warm_up
+
+    def recorded_warm_up(runner: Any, entries: Any) -> None:
+        warmed.append(tuple(entry.provider for entry in runner.catalog.entries))
+        warmed.append(tuple(entry.provider for entry in entries))
+        real(runner, entries)
+
+    monkeypatch.setattr(worker_module, "warm_up", recorded_warm_up)
+    settings = own_queue(pool_settings, "pool-load", models=registry)
+    with ThreadedWorker(settings, pools=["b"]):
+        deadline = time.monotonic() + 60
+        while await live_workers(settings) != {"a": 0, "b": 1}:
+            assert time.monotonic() < deadline, "pool b's worker never came up"
+            await asyncio.sleep(0.05)
+    assert warmed == [("flux-schnell",), ("flux-schnell",)]
+
+
 async def test_a_worker_counts_in_its_pool_only_once_its_models_are_warm(
     pool_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
