@@ -9,6 +9,7 @@ from runtime.settings import ROOT, Settings
 from schema import schema
 
 README = (ROOT / "README.md").read_text()
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def test_every_setting_is_documented() -> None:
@@ -52,3 +53,20 @@ def test_readme_states_what_hardening_decided() -> None:
     prose = " ".join(README.split())
     assert "resolves to a private address is accepted at submit and refused only at" in prose
     assert "A key in the `connection_init` payload wins over one in the handshake" in prose
+
+
+def test_readme_deploying_names_every_pool_of_the_example_registry() -> None:
+    """The compose section lists the example registry's pools and counts their GPUs, and
+    the GPU sizing table has a row for each pool (a pool's worker is what a GPU holds)."""
+    from tests.deploy.common import example_pools
+
+    pools = example_pools()
+    deploying = README.split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    compose = " ".join(deploying.split("### Docker Compose", 1)[1].split("\n### ", 1)[0].split())
+    sizing = deploying.split("### GPU sizing per model", 1)[1].split("\n### ", 1)[0]
+    listed = re.search(r"models\.example\.toml` \(([^)]*)\)", compose)
+    assert listed is not None
+    assert set(re.findall(r"`([\w-]+)`", listed.group(1))) == pools
+    assert f"The {NUMBERS[len(pools)]} workers need {NUMBERS[len(pools)]} GPUs" in compose
+    for pool in pools:
+        assert f"pool `{pool}`)" in sizing, pool
