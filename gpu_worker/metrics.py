@@ -82,6 +82,12 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max(0.0, (end - start).total_seconds())  # clocks of two hosts may disagree
 
 
+def serving(versions: Iterable[str]) -> None:
+    """The models this worker loaded: their device-time series start at 0."""
+    for version in versions:
+        m.GPU_SECONDS.labels(version)
+
+
 def job_started(generation: Generation) -> None:
     """A run claimed the job: how long it waited in the queue (since it last entered it)."""
     waited = _seconds(generation.queued_at or generation.created_at, generation.started_at)

@@ -127,6 +127,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         runner.pipelines.loras.max_adapters = settings.lora_cache_size
         await asyncio.to_thread(runner.load_all)
         await asyncio.to_thread(warm_up, runner, own.entries)
+        metrics.serving(entry.version for entry in own.entries)
         # Kept in ctx: a worker rebuilt after a Redis outage (same ctx) reuses the models.
         ctx["runner"] = runner
     probe.loaded = True

@@ -125,6 +125,15 @@ WEBHOOK_DURATION = Histogram(
     registry=None,
 )
 
+# Label values known in advance start at 0, so a dashboard's series (and rates) exist
+# before the first movement or delivery; a worker adds its models' (gpu_worker/metrics.py).
+CREDIT_MOVEMENTS = ("reserved", "captured", "released")
+DELIVERY_OUTCOMES = ("delivered", "retrying", "failed")
+for _movement in CREDIT_MOVEMENTS:
+    CREDITS.labels(_movement)
+for _outcome in DELIVERY_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(_outcome)
+
 OWN: dict[Role, tuple[Collector, ...]] = {
     "api": (HTTP_REQUESTS, HTTP_DURATION, CREDITS),
     "worker": (JOB_QUEUE_WAIT, JOB_RUN, JOBS, GPU_SECONDS, CREDITS),

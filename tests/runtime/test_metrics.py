@@ -3,6 +3,9 @@ of work moved, read from its events, and the queue gauges read from a real Redis
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,7 @@ from billing.db import (
 )
 from runtime import metrics as m
 from runtime.queue import Keys, new_pool, pool_queue
-from runtime.settings import Settings
+from runtime.settings import ROOT, Settings
 
 MOVEMENTS = ("reserved", "captured", "released")
 
@@ -107,3 +110,23 @@ def test_every_pool_of_the_registry_and_the_default_one(settings: Settings) -> N
         "default": settings.queue_name,
         "small": pool_queue(settings.queue_name, "small"),
     }
+
+
+def test_known_label_values_are_exposed_at_zero_before_any_event() -> None:
+    """A fresh process (nothing counted yet) already exposes each credit movement and each
+    delivery outcome at 0, so dashboards and rate() have a series from the first scrape."""
+    script = (
+        "from runtime.metrics import exposition\n"
+        "import sys\n"
+        "sys.stdout.write(exposition('api').render().decode())\n"
+        "sys.stdout.write(exposition('webhooks').render().decode())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != m.MULTIPROCESS_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
+        cwd=ROOT, timeout=120,
+    ).stdout  # fmt: skip
+    for movement in ("reserved", "captured", "released"):
+        assert f'fluxgate_credits_total{{movement="{movement}"}} 0.0' in out
+    for outcome in ("delivered", "retrying", "failed"):
+        assert f'fluxgate_webhook_deliveries_total{{outcome="{outcome}"}} 0.0' in out
