@@ -22,6 +22,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 from standardwebhooks.webhooks import Webhook
 
 from billing.catalog import Catalog
@@ -357,7 +358,7 @@ async def test_a_delivery_whose_job_redis_lost_is_queued_again(
     async with sessions() as session:
         events = (
             await session.execute(
-                select(WebhookEvent.id).where(WebhookEvent.generation_id == job)
+                select(col(WebhookEvent.id)).where(col(WebhookEvent.generation_id) == job)
             )
         ).scalars().all()  # fmt: skip
     assert events  # the default filter: completed and failed
@@ -377,7 +378,7 @@ async def test_a_delivery_whose_job_redis_lost_is_queued_again(
     async with sessions() as session, session.begin():  # overdue, as minutes later
         await session.execute(
             update(WebhookEvent)
-            .where(WebhookEvent.generation_id == job)
+            .where(col(WebhookEvent.generation_id) == job)
             .values(next_attempt_at=func.now() - timedelta(minutes=5))
         )
     with webhook_worker(hook_settings):
