@@ -4,9 +4,10 @@
 
 Where: a ``mask`` (same size as the image, white = remove) or ``rectangles``, one or more
 ``x,y,w,h`` boxes in the image's pixels, separated by ``;`` (``"10,10,120,40;0,200,64,56"``)
-or, in JSON, a list of ``[x, y, w, h]``. One of the two, not both. Seed 004's remove
-tasks take no mask: finding a watermark or the rhinestones in an image would need a
-detector this service does not run, so the area is always given.
+or, in JSON, a list of ``[x, y, w, h]``. One of the two, not both: this kind repaints only
+where it is told. Seed 004's remove tasks name no area; given none, its adapter asks the
+``edit`` kind (FLUX Kontext, an instruction-following editor working on the whole image)
+to do the removal instead, with the preset's entry in ``INSTRUCTIONS``.
 
 What to paint instead: a ``preset`` (``remove_watermark``, ``remove_fabric``,
 ``remove_diamonds``, ``remove_object``) sets the prompt, or ``prompt`` describes it; not
@@ -68,6 +69,22 @@ PRESETS = {
         "glitter decorations"
     ),
     "remove_object": "empty background that continues the surroundings naturally",
+}
+# The same removals as instructions to an editor that finds the area itself (seed 004's
+# remove tasks without a mask or rectangles run as ``edit`` jobs with these prompts).
+INSTRUCTIONS = {
+    "remove_watermark": (
+        "Remove every watermark, overlaid text and logo from the image; keep everything "
+        "else exactly as it is"
+    ),
+    "remove_fabric": (
+        "Remove the fabric weave texture, wrinkles and folds so the printed pattern is flat "
+        "and crisp; keep the pattern, its colours and its layout exactly as they are"
+    ),
+    "remove_diamonds": (
+        "Remove all rhinestones, diamonds, studs and glitter decorations; keep the printed "
+        "pattern, its colours and its layout exactly as they are"
+    ),
 }
 Preset = Literal["remove_watermark", "remove_fabric", "remove_diamonds", "remove_object"]
 MAX_RECTANGLES = 64

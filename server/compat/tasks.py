@@ -14,7 +14,9 @@ README and in each model's field descriptions):
 * ``submit_face_enhance_task`` -> refused (501): face restoration is not served here;
 * ``submit_seamless_task`` -> ``seamless`` (``fit``, ``direction``, ``expand_*``);
 * ``submit_remove_fabric_task`` / ``_diamonds_`` / ``_watermark_`` -> ``cleanup`` with the
-  preset of that name (the area: a ``mask`` file or ``rectangles``);
+  preset of that name where the area is given (a ``mask`` file or ``rectangles``: only it
+  is repainted); without one, as the seed sends them, -> ``edit`` (FLUX Kontext) with the
+  preset's instruction (``kinds.cleanup.INSTRUCTIONS``), over the whole image;
 * ``submit_edit_image_task`` -> ``edit`` (``model_version`` v1: flux-kontext-pro, v2:
   flux-kontext-max);
 * ``submit_extract_pattern_task`` -> ``extract_pattern`` (``aspect_ratio``);
@@ -30,6 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from kinds.cleanup import INSTRUCTIONS
 from server.compat.surface import Call, FormFile, Handler, Refused, Surface
 from server.middleware import TOO_LARGE_BODIES
 
@@ -184,7 +187,8 @@ class RemoveForm(TaskForm):
     mask: FormFile | None = Field(
         default=None,
         description="Fluxgate: where to remove, white = remove, the image's size (or "
-        "rectangles). One of the two is required: no detector finds the area.",
+        "rectangles). Only that area is repainted. Without either, the whole image is "
+        "edited by instruction (FLUX Kontext), which finds what to remove itself.",
     )
     rectangles: str | None = Field(
         default=None,
@@ -365,6 +369,8 @@ async def submit_seamless_task(call: Call) -> dict[str, Any]:
 
 async def remove(call: Call, preset: str) -> dict[str, Any]:
     form: RemoveForm = call.body
+    if form.mask is None and form.rectangles is None:
+        return await submit(call, "edit", {"prompt": INSTRUCTIONS[preset]}, form.input_image)
     values: dict[str, Any] = {"preset": preset}
     if form.rectangles is not None:
         values["rectangles"] = form.rectangles

@@ -24,8 +24,10 @@ import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from billing.models import Generation
 from billing.plans import default_plan_book
 from billing.service import accounts
+from kinds.cleanup import INSTRUCTIONS
 from runtime.settings import Settings
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import TestAccount, create_account
@@ -758,6 +760,8 @@ SUCCEEDING = {
     "submit_edit_image_task": "完成任务,图片链接: ",
     "submit_extract_pattern_task": "完成任务,获得 1 张图片:",
     "submit_expand_image_task": "完成任务,图片链接: ",
+    "submit_remove_diamonds_task": "完成任务,图片链接: ",
+    "submit_remove_watermark_task": "完成任务,图片链接: ",
 }
 
 
@@ -793,15 +797,18 @@ async def test_the_seeds_examples_run_as_written_to_a_completed_task(
     elif endpoint == "submit_extract_pattern_task":  # 1:1, every result in images_urls
         assert done["images_urls"] == [done["images_url"]]
         assert image.size == (1024, 1024)
+    elif endpoint.startswith("submit_remove_"):  # no area: a Kontext edit, by instruction
+        preset = endpoint.removeprefix("submit_").removesuffix("_task")
+        async with sessions() as session:
+            job = await session.get(Generation, task_id)
+        assert job is not None
+        assert (job.kind, job.prompt) == ("edit", INSTRUCTIONS[preset])
 
 
 REFUSED_EXAMPLES = {
     # (the HTTP status, what the error says)
     "submit_face_enhance_task": (501, "face enhancement is not served on this deployment"),
     "submit_seamless_task": (400, "expand_top must be 0"),
-    "submit_remove_fabric_task": (400, "mask"),
-    "submit_remove_diamonds_task": (400, "mask"),
-    "submit_remove_watermark_task": (400, "mask"),
 }
 
 
@@ -814,29 +821,45 @@ async def test_the_seeds_examples_we_do_not_serve_as_written_are_refused_for_fre
     tmp_path: Path,
 ) -> None:
     """Face enhancement is not served; the seed's seamless example asks for expand_*
-    (extend first with submit_expand_image_task); the remove tasks need the area (a
-    mask or rectangles): each is refused in the seed's shape, nothing charged."""
+    (extend first with submit_expand_image_task): each is refused in the seed's shape,
+    nothing charged."""
     status, says = REFUSED_EXAMPLES[endpoint]
     out = await asyncio.to_thread(run_example, task_api, customer.api_key, tmp_path, endpoint)
-    if endpoint == "submit_remove_watermark_task":  # its example prints without raising
-        assert f"{status}\n" in out and "提交任务失败,错误码: 任务提交失败:" in out, out
-    elif endpoint == "submit_remove_fabric_task":
-        # As written it never sends: httpx refuses its Timeout(connect=5.0, pool=None)
-        # (the seed's own bug, client side). Its request, sent without that timeout:
-        assert out.startswith("发生未知错误: httpx.Timeout must either include a default"), out
-        async with httpx.AsyncClient(base_url=task_api) as http:
-            with (tmp_path / "input" / "fabric_pattern.png").open("rb") as image_file:
-                response = await http.post(
-                    "/api/submit_remove_fabric_task",
-                    data={"user_key": customer.api_key},
-                    files={"input_image": image_file},
-                )
-        out = response.text
-        assert says in refused(response, status), out
-    else:
-        assert f"HTTP请求失败: {status}" in out and "'err_code': 1" in out, out
+    assert f"HTTP请求失败: {status}" in out and "'err_code': 1" in out, out
     assert says in out, out
     await assert_untouched(sessions, customer, START)
+
+
+async def test_the_seeds_remove_fabric_request_is_an_edit_of_the_whole_image(
+    http: httpx.AsyncClient,
+    task_api: str,
+    task_worker: ThreadedWorker,
+    sessions: async_sessionmaker[AsyncSession],
+    customer: TestAccount,
+    tmp_path: Path,
+) -> None:
+    """As written the seed's example never sends: httpx refuses its Timeout(connect=5.0,
+    pool=None) (the seed's own bug, client side). Its request, sent without that timeout,
+    runs as the other remove tasks without an area do: a Kontext edit by instruction."""
+    out = await asyncio.to_thread(
+        run_example, task_api, customer.api_key, tmp_path, "submit_remove_fabric_task"
+    )
+    assert out.startswith("发生未知错误: httpx.Timeout must either include a default"), out
+    with (tmp_path / "input" / "fabric_pattern.png").open("rb") as image_file:
+        response = await http.post(
+            "/api/submit_remove_fabric_task",
+            data={"user_key": customer.api_key},
+            files={"input_image": image_file},
+        )
+    assert response.status_code == 200, response.text
+    task_id = response.json()["task_id"]
+    done = await wait_task(http, customer.api_key, task_id)
+    assert done["status"] == "Completed" and done["images_url"]
+    await assert_settled(sessions, customer, done)
+    async with sessions() as session:
+        job = await session.get(Generation, task_id)
+    assert job is not None
+    assert (job.kind, job.prompt) == ("edit", INSTRUCTIONS["remove_fabric"])
 
 
 # -- every submit endpoint end to end ---------------------------------------------------
@@ -1117,7 +1140,6 @@ BAD_INPUT = [
     ("submit_edit_image_task", {}, None, "任务提交失败:prompt: "),
     ("submit_extract_pattern_task", {"aspect_ratio": "wide"}, None, "任务提交失败:aspect_ratio"),
     ("submit_remove_watermark_task", {"rectangles": "0,0,999,10"}, None, FAILED + "rectangle 1"),
-    ("submit_remove_fabric_task", {}, None, "任务提交失败:say what to remove: a mask"),
 ]  # fmt: skip
 REDRAW: dict[str, Any] = {
     "sdxl_model_dropdown": "通用模型", "style_dropdown": "通用风格", "upscale": 1.0,
