@@ -121,6 +121,23 @@ def canvas_padding(
                 "nothing to add: give left, right, top or bottom (pixels to add on that "
                 "side) or aspect_ratio",
             )
+    return rounded_canvas(
+        left, right, top, bottom, image, limits, ratio=params.aspect_ratio is not None
+    )
+
+
+def rounded_canvas(
+    left: int,
+    right: int,
+    top: int,
+    bottom: int,
+    image: ImageInfo,
+    limits: Limits,
+    *,
+    ratio: bool = False,
+) -> tuple[int, int, int, int]:
+    """The padding grown on the right (bottom) until each side of the canvas is a multiple
+    of 16, checked against the size limits (``ratio``: the client gave an aspect ratio)."""
     # The error names the side the client asked to grow, not the rounding added here.
     asked = {"left": left, "right": right, "top": top, "bottom": bottom}
     right += -(image.width + left + right) % DIMENSION_STEP
@@ -133,7 +150,7 @@ def canvas_padding(
     ):
         if limits.min_side <= size <= limits.max_side:
             continue
-        if params.aspect_ratio is not None:
+        if ratio:
             field = "aspect_ratio"
         elif own > limits.max_side or not any(pads.values()):
             field = "image"

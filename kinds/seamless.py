@@ -27,9 +27,12 @@ Seed 004's options:
 * ``fit`` (0.1-0.9, default 0.5; image mode only): how wide the repainted band is, from
   2.5 % (0.1) to 22.5 % (0.9) of the shorter side: wider blends more smoothly and keeps less
   of the original. A prompt has no seam to blend, so ``fit`` with a prompt is refused.
-* ``expand_top``/``expand_bottom``/``expand_left``/``expand_right``: accepted as 0 only.
-  Extending the image is ``POST /v1/outpaint``; pass its output here as ``image_id``.
-  Doing both in one job would hide a second, separately priced Fill run in this one.
+* ``expand_top``/``expand_bottom``/``expand_left``/``expand_right`` (0-0.3; image mode
+  only): first extend the image by that fraction of its height (top, bottom) or width
+  (left, right), as ``outpaint`` does (FLUX Fill paints the new area; the canvas is then
+  rounded up to a multiple of 16 on the right and bottom), then make the larger image
+  tileable. The tile has the canvas's size, and the job costs an ``outpaint`` and a
+  ``seamless`` image of that size (two kinds of Fill run, each priced as its own kind).
 
 FLUX Fill has no negative prompt: image mode refuses ``negative_prompt`` and
 ``true_cfg_scale`` as ``inpaint`` does. In image mode ``prompt`` is optional (it describes
@@ -39,6 +42,7 @@ what the bands should show; default: a neutral continuation).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -66,6 +70,7 @@ from kinds.flux import (
     run_flux,
 )
 from kinds.inpaint import check_fill_options, paste_masked
+from kinds.outpaint import SIDES, Outpaint, outpaint_canvas, rounded_canvas
 from kinds.registry import register
 from kinds.tiling import BOTH, DIRECTIONS, WrapAround, grid_preview, wrapped_decoder, wraps
 
@@ -100,10 +105,41 @@ class SeamlessParams(FluxOptions):
     fit: float | None = Field(
         default=None, ge=0.1, le=0.9, description="Image mode: seam band width, 0.1-0.9; 0.5."
     )
-    expand_top: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0 (use outpaint).")
-    expand_bottom: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
-    expand_left: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
-    expand_right: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
+    expand_top: float = Field(
+        default=0.0, ge=0.0, le=0.3, description="Image: extend up first, a part of the height."
+    )
+    expand_bottom: float = Field(
+        default=0.0, ge=0.0, le=0.3, description="Image: extend down, a part of the height."
+    )
+    expand_left: float = Field(
+        default=0.0, ge=0.0, le=0.3, description="Image: extend left, a part of the width."
+    )
+    expand_right: float = Field(
+        default=0.0, ge=0.0, le=0.3, description="Image: extend right, a part of the width."
+    )
+
+
+def expansion(
+    params: SeamlessParams, width: int, height: int, ctx: PlanContext
+) -> tuple[int, int, int, int]:
+    """The (left, right, top, bottom) pixels to extend the ``width``x``height`` image by
+    (its ``expand_*`` fractions), checked and rounded as ``outpaint`` does; all 0 when
+    nothing is asked. An error names the ``expand_*`` field the client sent."""
+    asked = {
+        side: round(getattr(params, f"expand_{side}") * (height if side in ("top", "bottom")
+                                                          else width))
+        for side in SIDES
+    }  # fmt: skip
+    if not any(asked.values()):
+        return 0, 0, 0, 0
+    try:
+        return rounded_canvas(
+            asked["left"], asked["right"], asked["top"], asked["bottom"],
+            ImageInfo(width, height), ctx.limits,
+        )  # fmt: skip
+    except BadUserInput as exc:
+        field = f"expand_{exc.field}" if exc.field in SIDES else exc.field
+        raise BadUserInput(field, str(exc)) from exc
 
 
 def band_half_width(fit: float, width: int, height: int) -> int:
@@ -125,19 +161,17 @@ class Seamless(JobKind):
 
     def plan(self, params: KindParams, inputs: Mapping[str, ImageInfo], ctx: PlanContext) -> Plan:
         assert isinstance(params, SeamlessParams)
-        for side in ("expand_top", "expand_bottom", "expand_left", "expand_right"):
-            if getattr(params, side):
-                raise BadUserInput(
-                    side,
-                    f"{side} must be 0: extend the image with POST /v1/outpaint first and "
-                    "pass its output here as image_id",
-                )
         image = inputs.get("image")
         if image is None:
             return self._plan_prompt(params, ctx)
         return self._plan_image(params, image, ctx)
 
     def _plan_prompt(self, params: SeamlessParams, ctx: PlanContext) -> Plan:
+        for side in SIDES:
+            if getattr(params, f"expand_{side}"):
+                raise BadUserInput(
+                    f"expand_{side}", f"expand_{side} extends an image; a prompt has none"
+                )
         if params.fit is not None:
             raise BadUserInput("fit", "fit applies to an image (the seam band); a prompt has none")
         if not params.prompt.strip():
@@ -159,6 +193,8 @@ class Seamless(JobKind):
         check_fill_options(params)
         entry = resolve_model(ctx, params, default_service=FILL_SERVICE, pipelines=FILL_PIPELINES)
         width, height = fit_size(image.width, image.height, ctx.limits)
+        left, right, top, bottom = expansion(params, width, height, ctx)
+        width, height = width + left + right, height + top + bottom
         fit = DEFAULT_FIT if params.fit is None else params.fit
         prompt = params.prompt if params.prompt.strip() else SEAM_PROMPT
         frozen = common_params(params.model_copy(update={"prompt": prompt}), entry, ctx.limits)
@@ -170,8 +206,28 @@ class Seamless(JobKind):
             fit=fit,
             band=band_half_width(fit, width, height),
             grid_max_side=ctx.limits.max_side,
+            left=left,
+            right=right,
+            top=top,
+            bottom=bottom,
         )
-        return self._finish(image_plan(self.name, entry, frozen, ctx))
+        plan = image_plan(self.name, entry, frozen, ctx)
+        if left or right or top or bottom:
+            # The extension is a Fill run of its own, priced as the outpaint it is.
+            extension = ctx.prices.quote(
+                width=width, height=height, version=entry.version, kind=Outpaint.name
+            )
+            plan = replace(
+                plan,
+                quote=replace(
+                    plan.quote,
+                    credits=plan.quote.credits + extension.credits,
+                    unit_credits=plan.quote.unit_credits + extension.unit_credits,
+                ),
+            )
+            plan.metadata.update(expanded={"left": left, "right": right, "top": top,
+                                           "bottom": bottom})  # fmt: skip
+        return self._finish(plan)
 
     @staticmethod
     def _finish(plan: Plan) -> Plan:
@@ -230,7 +286,10 @@ def tile_from_image(
     width, height = int(params["width"]), int(params["height"])
     band = int(params["band"])
     across, down = wraps(direction)
-    passes = 2 if across and down else 1
+    # Jobs from before expand_* was served have no padding in their params.
+    pads = {side: int(params.get(side, 0)) for side in ("left", "right", "top", "bottom")}
+    expanding = any(pads.values())
+    passes = (2 if across and down else 1) + expanding
 
     def fill(frame: Image, mask: Image, done: int) -> Image:
         def step(i: int, total: int, shot: bytes | None) -> None:
@@ -242,16 +301,22 @@ def tile_from_image(
         )  # fmt: skip
         return paste_masked(frame, painted.image, mask, feather=max(2, band // 3))
 
+    if expanding:  # the outpaint first: the image on a larger canvas, the rest painted
+        canvas, mask = outpaint_canvas(image, width=width, height=height, **pads)
+        source = fill(canvas, mask, 0)
+    else:
+        source = fitted(image, width, height)
+    done = int(expanding)
     # Pass 1: the original's edges meet in the middle; repaint a band over them.
     dx, dy = (width // 2 if across else 0), (height // 2 if down else 0)
-    frame = ImageChops.offset(fitted(image, width, height), dx, dy)
+    frame = ImageChops.offset(source, dx, dy)
     mask = PILImage.new("L", (width, height), 0)
     if across:
         mask.paste(255, (width // 2 - band, 0, width // 2 + band, height))
     if down:
         mask.paste(255, (0, height // 2 - band, width, height // 2 + band))
-    frame = fill(frame, mask, 0)
-    if passes == 2:
+    frame = fill(frame, mask, done)
+    if across and down:
         # The bands end on the frame's edges, where each end meets the other end of the
         # same band: (w/2, 0|h) and (0|w, h/2). A further quarter offset brings both
         # meeting places inside, at (3w/4, h/4) and (w/4, 3h/4); repaint a square there.
@@ -262,7 +327,7 @@ def tile_from_image(
         mask = PILImage.new("L", (width, height), 0)
         for cx, cy in ((3 * qx, qy), (qx, 3 * qy)):
             mask.paste(255, (cx - reach, cy - reach, cx + reach, cy + reach))
-        frame = fill(frame, mask, 1)
+        frame = fill(frame, mask, done + 1)
     return ImageChops.offset(frame, -dx, -dy)
 
 

@@ -176,11 +176,11 @@ class SeamlessForm(TaskForm):
     direction: int = Field(default=0, ge=0, le=2, description="0 四周无缝, 1 仅上下, 2 仅左右.")
     expand_top: float = Field(
         default=0.0, ge=0.0, le=0.3,
-        description="Only 0: extend with submit_expand_image_task first.",
+        description="向上扩图比例 0-0.3: extended first (an outpaint, priced as one).",
     )  # fmt: skip
-    expand_bottom: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
-    expand_left: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
-    expand_right: float = Field(default=0.0, ge=0.0, le=0.3, description="Only 0.")
+    expand_bottom: float = Field(default=0.0, ge=0.0, le=0.3, description="向下扩图比例 0-0.3.")
+    expand_left: float = Field(default=0.0, ge=0.0, le=0.3, description="向左扩图比例 0-0.3.")
+    expand_right: float = Field(default=0.0, ge=0.0, le=0.3, description="向右扩图比例 0-0.3.")
 
 
 class RemoveForm(TaskForm):

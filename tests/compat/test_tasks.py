@@ -762,6 +762,7 @@ SUCCEEDING = {
     "submit_expand_image_task": "完成任务,图片链接: ",
     "submit_remove_diamonds_task": "完成任务,图片链接: ",
     "submit_remove_watermark_task": "完成任务,图片链接: ",
+    "submit_seamless_task": "网格图链接: ",
 }
 
 
@@ -788,6 +789,12 @@ async def test_the_seeds_examples_run_as_written_to_a_completed_task(
         eps = await fetch(http, done["vector_url"], "application/postscript")
         assert eps.startswith(b"%!PS")
         return
+    if endpoint == "submit_seamless_task":  # 20 % up, 10 % down first; both ways: 3x3
+        tile = await fetch_image(http, done["images_url"])
+        grid = await fetch_image(http, done["grid_url"])
+        assert (tile.size, grid.size) == ((320, 336), (960, 1008))
+        assert done["images_url_1m"] == done["images_url"] and done["vector_url"] == ""
+        return
     assert done["vector_url"] == "" and done["grid_url"] == ""
     image = await fetch_image(http, done["images_url"])
     if endpoint == "submit_task":  # upscale 1.0: the input's size
@@ -808,7 +815,6 @@ async def test_the_seeds_examples_run_as_written_to_a_completed_task(
 REFUSED_EXAMPLES = {
     # (the HTTP status, what the error says)
     "submit_face_enhance_task": (501, "face enhancement is not served on this deployment"),
-    "submit_seamless_task": (400, "expand_top must be 0"),
 }
 
 
@@ -820,9 +826,7 @@ async def test_the_seeds_examples_we_do_not_serve_as_written_are_refused_for_fre
     customer: TestAccount,
     tmp_path: Path,
 ) -> None:
-    """Face enhancement is not served; the seed's seamless example asks for expand_*
-    (extend first with submit_expand_image_task): each is refused in the seed's shape,
-    nothing charged."""
+    """Face enhancement is not served: refused in the seed's shape, nothing charged."""
     status, says = REFUSED_EXAMPLES[endpoint]
     out = await asyncio.to_thread(run_example, task_api, customer.api_key, tmp_path, endpoint)
     assert f"HTTP请求失败: {status}" in out and "'err_code': 1" in out, out

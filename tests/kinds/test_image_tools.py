@@ -154,6 +154,33 @@ def test_seamless_from_an_image_one_direction(ctx: PlanContext, pipelines: Loade
     assert seam_ratio(tile.image, "y", near=int(planned.params["band"])) < TILES
 
 
+def test_seamless_extends_the_image_first(ctx: PlanContext, pipelines: LoadedPipelines) -> None:
+    """Seed 004's expand_*: an outpaint of the image, then the tile made of the result."""
+    image = picture(320, 256)
+    raw = {"direction": 2, "fit": 0.3, "expand_top": 0.2, "expand_bottom": 0.1, "seed": 5}
+    planned = plan(SEAMLESS, ctx, raw, image=image)
+    # 20 % of 256 = 51 px up, 10 % = 26 down: 333 px high, rounded up to 336 at the bottom.
+    assert (planned.width, planned.height) == (320, 336)
+    assert [planned.params[side] for side in ("left", "right", "top", "bottom")] == [0, 0, 51, 29]
+    assert planned.quote.credits == sum(
+        ctx.prices.quote(width=320, height=336, version=planned.version, kind=kind).credits
+        for kind in ("seamless", "outpaint")
+    )
+    band = int(planned.params["band"])
+    steps: list[tuple[int, int]] = []
+    tile, grid = run(SEAMLESS, pipelines, planned, steps, image=image)
+    assert tile.image.size == (320, 336)
+    assert grid.image.size == (960, 336)  # left/right only: 3x1
+    assert steps == [(i, 8) for i in range(1, 9)]  # the extension, then the seam: 4 steps each
+    assert seam_ratio(tile.image, "x", near=band) < TILES
+    # Between the painted strips above and below and the seam bands at the sides, the
+    # pixels are the original's, where the extension placed them (51 px down).
+    kept = np.asarray(tile.image.crop((2 * band, 51 + 8, 320 - 2 * band, 51 + 256 - 8)))
+    assert np.array_equal(kept, np.asarray(image.crop((2 * band, 8, 320 - 2 * band, 248))))
+    # A canvas past the largest side is refused, naming the field the client sent.
+    assert refused(SEAMLESS, ctx, {"expand_left": 0.1}, image=picture(2048, 256)) == "expand_left"
+
+
 @pytest.mark.parametrize(
     ("raw", "with_image", "field"),
     [
