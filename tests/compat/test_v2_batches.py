@@ -193,7 +193,7 @@ async def test_seed_json_structure_is_refused_whole_when_one_item_cannot_run(
     http: httpx.AsyncClient, account: TestAccount, sessions: Sessions
 ) -> None:
     """The seed's "JSON структура" (and its curl, the first two items) as written: item
-    req_002 asks for 1920x1080 (not a multiple of 64) smart-upscaled to 3840x2160, which
+    req_002 asks for 1920x1080 smart-upscaled to 3840x2160, which
     this deployment cannot render (no upscaler, 2048 px at most). A batch is accepted
     whole or not at all: 400 naming the item, nothing charged."""
     refused = await http.post("/api/batch/generate", json=SEED_JSON, headers=key(account))

@@ -118,6 +118,7 @@ def not_served(what: str) -> Refused:
 
 # The seed's model names and the Fluxgate services (billing catalogue providers) that run
 # them: the same names.
+SIDE_STEP = 16
 MODELS: dict[str, str] = {"flux-dev": "flux-dev", "flux-schnell": "flux-schnell"}
 SeedModel = Literal["flux-dev", "flux-schnell"]
 SeedFormat = Literal["png", "jpeg", "webp"]
@@ -132,12 +133,17 @@ class GenerationParams(BaseModel):
     # Lengths are the kind's (FLUXGATE_MAX_PROMPT_CHARS): one limit on every surface.
     prompt: str = Field(min_length=1, description="What to draw.")
     negative_prompt: str = Field(default="", description="What to avoid (true CFG); empty: none.")
+    # The seed documents 512-2048 in steps of 64, yet its own examples send 1920x1080
+    # and 256x256: any size within Fluxgate's limits is taken, rounded to FLUX's grid.
     width: int = Field(
-        default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
-    )
+        default=1024, ge=256, le=2048,
+        description="256-2048; rounded to the nearest multiple of 16 (the size rendered is "
+        "the answer's dimensions).",
+    )  # fmt: skip
     height: int = Field(
-        default=1024, ge=512, le=2048, multiple_of=64, description="512-2048, step 64."
-    )
+        default=1024, ge=256, le=2048,
+        description="256-2048; rounded to the nearest multiple of 16.",
+    )  # fmt: skip
     # Omitted: the model's own defaults from the registry (deploy/models.example.toml:
     # flux-dev 28 steps, guidance 3.5; flux-schnell 4 steps, guidance 0). The seed's
     # table says 30 and 7.5 for every model, which would run flux-schnell at 7.5 times
@@ -171,14 +177,14 @@ class GenerationParams(BaseModel):
         "direct generation's at that size.",
     )
     target_width: int | None = Field(
-        default=None, ge=512, le=4096, multiple_of=64,
+        default=None, ge=256, le=4096,
         description="With smart_upscale: the final width (default: width, or scaled "
-        "like target_height).",
+        "like target_height); rounded to a multiple of 16.",
     )  # fmt: skip
     target_height: int | None = Field(
-        default=None, ge=512, le=4096, multiple_of=64,
+        default=None, ge=256, le=4096,
         description="With smart_upscale: the final height (default: height, or scaled "
-        "like target_width).",
+        "like target_width); rounded to a multiple of 16.",
     )  # fmt: skip
     webhook_url: str | None = Field(
         default=None, max_length=2048, description="Where to POST this job's events."
@@ -199,22 +205,21 @@ class GenerationParams(BaseModel):
         return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
 
-def _round64(value: float) -> int:
-    return max(64, round(value / 64) * 64)
+def on_grid(value: float) -> int:
+    """``value`` rounded to the nearest multiple of 16, the step of FLUX's sizes."""
+    return max(SIDE_STEP, round(value / SIDE_STEP) * SIDE_STEP)
 
 
 def output_size(params: GenerationParams) -> tuple[int, int]:
-    """The size the job renders at: with smart_upscale, the target (a missing target side
-    keeps the aspect ratio); otherwise width x height."""
+    """The size the job renders at, on FLUX's grid: with smart_upscale, the target (a
+    missing target side keeps the aspect ratio); otherwise width x height."""
     width, height = params.width, params.height
-    if not params.smart_upscale:
-        return width, height
-    tw, th = params.target_width, params.target_height
+    tw, th = (params.target_width, params.target_height) if params.smart_upscale else (None, None)
     if tw is not None and th is None:
-        th = _round64(height * tw / width)
+        th = round(height * tw / width)
     elif th is not None and tw is None:
-        tw = _round64(width * th / height)
-    return (tw or width, th or height)
+        tw = round(width * th / height)
+    return on_grid(tw or width), on_grid(th or height)
 
 
 def job_input(params: GenerationParams) -> dict[str, Any]:

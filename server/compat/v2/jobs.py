@@ -78,12 +78,14 @@ class Img2ImgForm(GenerationParams):
     )
     width: int = Field(
         default=1024,
-        ge=512,
+        ge=256,
         le=2048,
-        description="512-2048, a multiple of 16; the image is scaled to cover it and "
-        "centre-cropped.",
+        description="256-2048, rounded to the nearest multiple of 16; the image is scaled to "
+        "cover it and centre-cropped.",
     )
-    height: int = Field(default=1024, ge=512, le=2048, description="512-2048, multiple of 16.")
+    height: int = Field(
+        default=1024, ge=256, le=2048, description="256-2048, rounded to a multiple of 16."
+    )
     smart_upscale: bool = Field(
         default=False,
         description="With target_width/target_height: render directly at the target size "
