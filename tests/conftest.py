@@ -154,20 +154,36 @@ def api(settings: Settings, database: str, api_port: int) -> Iterator[str]:
         yield server.url
 
 
-def _terminate_leftover_connections(loop: asyncio.AbstractEventLoop) -> None:
-    """Postgres connections still open on a stopped worker's loop, terminated as the
+def _close_leftover_connections(loop: asyncio.AbstractEventLoop) -> None:
+    """Postgres and Redis connections still open on a stopped worker's loop, closed as the
     process's exit would. A worker stopped inside a test is cancelled with its loop's
     tasks; a cancel that lands mid-query can leave that query's connection neither
-    returned nor closed (seen rarely, as an unclosed-socket ResourceWarning in a later
-    test), and a closed loop can no longer close it."""
+    returned nor closed, and a closed loop can no longer close it (seen now and then as
+    an unclosed-socket ResourceWarning in a later test). Closing a transport only
+    schedules the socket's close on the loop, so the loop runs once more afterwards."""
     import gc
 
     import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type stubs
+    from redis.asyncio.connection import AbstractConnection
 
+    redis_left: list[AbstractConnection] = []
     for found in gc.get_objects():
-        leftover = isinstance(found, asyncpg.Connection) and not found.is_closed()
-        if leftover and getattr(found, "_loop", None) is loop:
-            found.terminate()
+        kind = type(found)  # not isinstance: it reads __class__, which some objects warn on
+        if issubclass(kind, asyncpg.Connection):
+            if not found.is_closed() and getattr(found, "_loop", None) is loop:
+                found.terminate()
+        elif issubclass(kind, AbstractConnection):
+            writer = getattr(found, "_writer", None)
+            if writer is not None and getattr(writer.transport, "_loop", None) is loop:
+                redis_left.append(found)
+
+    async def settle() -> None:
+        for connection in redis_left:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+        await asyncio.sleep(0)  # the transports' scheduled closes run
+
+    loop.run_until_complete(settle())
 
 
 class ThreadedWorker:
@@ -210,7 +226,7 @@ class ThreadedWorker:
             task.cancel()
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
-        _terminate_leftover_connections(loop)
+        _close_leftover_connections(loop)
         loop.close()
 
     def __enter__(self) -> ThreadedWorker:
