@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kinds.cleanup import INSTRUCTIONS
+from kinds.flux import DIMENSION_STEP
 from server.compat.surface import Call, FormFile, Handler, Refused, Surface
 from server.middleware import TOO_LARGE_BODIES
 
@@ -55,7 +56,6 @@ STATUS = {
 # An empty prompt where the kind needs one (the seed's prompt is optional).
 REDRAW_PROMPT = "high quality, detailed, sharp"
 EXPAND_PROMPT = "a natural continuation of the image, same style, colours and light"
-DIMENSION_STEP = 16
 
 CREATE_JOB = """mutation Submit($kind: String!, $input: JSON!, $image: Upload, $mask: Upload) {
   job: createJob(kind: $kind, input: $input, image: $image, mask: $mask) { id creditCost }

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from billing.service.webhooks import SEED000_DEFAULT_EVENTS
+from kinds.flux import DIMENSION_STEP
 from server.compat.surface import Refused, Surface, request_id
 from server.errors import ErrorResponse
 
@@ -118,7 +119,6 @@ def not_served(what: str) -> Refused:
 
 # The seed's model names and the Fluxgate services (billing catalogue providers) that run
 # them: the same names.
-SIDE_STEP = 16
 MODELS: dict[str, str] = {"flux-dev": "flux-dev", "flux-schnell": "flux-schnell"}
 SeedModel = Literal["flux-dev", "flux-schnell"]
 SeedFormat = Literal["png", "jpeg", "webp"]
@@ -205,9 +205,9 @@ class GenerationParams(BaseModel):
         return list(dict.fromkeys(n.strip() for n in names if n.strip()))
 
 
-def on_grid(value: float) -> int:
-    """``value`` rounded to the nearest multiple of 16, the step of FLUX's sizes."""
-    return max(SIDE_STEP, round(value / SIDE_STEP) * SIDE_STEP)
+def _on_grid(value: float) -> int:
+    """``value`` rounded to the nearest multiple of FLUX's size step (16)."""
+    return max(DIMENSION_STEP, round(value / DIMENSION_STEP) * DIMENSION_STEP)
 
 
 def output_size(params: GenerationParams) -> tuple[int, int]:
@@ -219,7 +219,7 @@ def output_size(params: GenerationParams) -> tuple[int, int]:
         th = round(height * tw / width)
     elif th is not None and tw is None:
         tw = round(width * th / height)
-    return on_grid(tw or width), on_grid(th or height)
+    return _on_grid(tw or width), _on_grid(th or height)
 
 
 def job_input(params: GenerationParams) -> dict[str, Any]:
