@@ -725,6 +725,17 @@ async def assert_settled(
     assert done["remaining_count"] == done["remaining_money"] // spent
 
 
+async def assert_removal_edit(
+    sessions: async_sessionmaker[AsyncSession], task_id: str, preset: str
+) -> None:
+    """A remove task sent without an area ran as a Kontext edit with the preset's
+    instruction."""
+    async with sessions() as session:
+        job = await session.get(Generation, task_id)
+    assert job is not None
+    assert (job.kind, job.prompt) == ("edit", INSTRUCTIONS[preset])
+
+
 # -- the seed's Python examples, as written ---------------------------------------------
 
 INPUTS = (
@@ -805,11 +816,9 @@ async def test_the_seeds_examples_run_as_written_to_a_completed_task(
         assert done["images_urls"] == [done["images_url"]]
         assert image.size == (1024, 1024)
     elif endpoint.startswith("submit_remove_"):  # no area: a Kontext edit, by instruction
-        preset = endpoint.removeprefix("submit_").removesuffix("_task")
-        async with sessions() as session:
-            job = await session.get(Generation, task_id)
-        assert job is not None
-        assert (job.kind, job.prompt) == ("edit", INSTRUCTIONS[preset])
+        await assert_removal_edit(
+            sessions, task_id, endpoint.removeprefix("submit_").removesuffix("_task")
+        )
 
 
 REFUSED_EXAMPLES = {
@@ -860,10 +869,7 @@ async def test_the_seeds_remove_fabric_request_is_an_edit_of_the_whole_image(
     done = await wait_task(http, customer.api_key, task_id)
     assert done["status"] == "Completed" and done["images_url"]
     await assert_settled(sessions, customer, done)
-    async with sessions() as session:
-        job = await session.get(Generation, task_id)
-    assert job is not None
-    assert (job.kind, job.prompt) == ("edit", INSTRUCTIONS["remove_fabric"])
+    await assert_removal_edit(sessions, task_id, "remove_fabric")
 
 
 # -- every submit endpoint end to end ---------------------------------------------------
