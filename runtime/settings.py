@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # How long a synchronous request (seed 003's POST /flux/images) waits for its job
     # before answering 504 with the job's id; the job goes on either way.
     sync_wait_s: float = Field(default=600.0, gt=0)
+    # A streamed answer (seed 003's NDJSON) repeats its last line after this long without
+    # news (a job waiting in the queue), so proxies' idle timeouts do not cut it.
+    stream_keepalive_s: float = Field(default=15.0, gt=0)
     progress_interval_s: float = Field(default=0.25, gt=0)
     worker_poll_interval_s: float = Field(default=0.02, gt=0)
     # A GPU worker's memory budget (GB) for the models of the pools it serves, measured

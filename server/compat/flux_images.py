@@ -39,8 +39,10 @@ from server.errors import ErrorResponse
 from server.rest import snake_path
 
 NDJSON = "application/x-ndjson"
-# How long a synchronous request waits for its job when the app names no sync_wait_s.
+# How long a synchronous request waits for its job when the app names no sync_wait_s,
+# and how often a quiet stream repeats its last line when it names no stream_keepalive_s.
 DEFAULT_WAIT_S = 600.0
+DEFAULT_KEEPALIVE_S = 15.0
 
 SeedModel = Literal[
     "flux-dev", "flux-pro", "flux-pro-1.1", "flux-pro-1.1-ultra", "flux-kontext-pro",
@@ -187,7 +189,9 @@ server's sync_wait_s; then 504 with the job's task_id: the job goes on). With `A
 "queue_position", "eta_seconds"}}` while queued, `{{"type": "started"}}` then
 `{{"type": "progress", "progress", "step", "total_steps", "eta_seconds"}}` while it runs
 (each with `task_id` and `status`), and last `{{"type": "result", ...}}` with the JSON
-answer's fields (success, data or error). Leaving early does not cancel the job."""
+answer's fields (success, data or error). A line is repeated after the server's
+stream_keepalive_s (15 s by default) without news, so a long wait in the queue is not
+cut by an idle timeout. Leaving early does not cancel the job."""
 
 
 @surface.endpoint(
@@ -245,14 +249,15 @@ async def flux_images(call: Call) -> Response | dict[str, Any]:
     job_id = str(data["createJob"]["id"])
     states = await following(call, job_id)
     trace = request_id(call.request)
+    settings = getattr(call.request.app.state, "settings", None)
     if NDJSON in call.request.headers.get("accept", "").lower():
         # Each line as it comes: no buffering by a proxy in front (nginx reads this).
+        keepalive = float(getattr(settings, "stream_keepalive_s", DEFAULT_KEEPALIVE_S))
         return StreamingResponse(
-            stream(states, job_id, trace),
+            stream(states, job_id, trace, keepalive),
             media_type=NDJSON,
             headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
         )
-    settings = getattr(call.request.app.state, "settings", None)
     wait_s = float(getattr(settings, "sync_wait_s", DEFAULT_WAIT_S))
     try:
         async with asyncio.timeout(wait_s):
@@ -347,9 +352,14 @@ _FOLLOWING: set[asyncio.Task[None]] = set()
 
 
 async def stream(
-    states: AsyncGenerator[Generation, None], job_id: str, trace: str | None
+    states: AsyncGenerator[Generation, None],
+    job_id: str,
+    trace: str | None,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> AsyncIterator[str]:
-    """One line per state of the job, then the result line.
+    """One line per state of the job, then the result line; after ``keepalive_s`` without
+    a new state (a job waiting its turn) the last line again, so that a proxy's idle
+    timeout does not cut a long wait.
 
     The job is followed in a task of its own: when the client leaves, starlette cancels
     this stream in an anyio cancel scope, which would cancel every await of the follow's
@@ -371,12 +381,23 @@ async def stream(
     _FOLLOWING.add(task)
     task.add_done_callback(_FOLLOWING.discard)
     started = False
+    line: dict[str, Any] = {}
     try:
-        while (job := await queue.get()) is not None:
+        while True:
+            quiet = keepalive_s if line and line["type"] != "result" else None
+            try:
+                job = await asyncio.wait_for(queue.get(), quiet)
+            except TimeoutError:
+                # Nothing new: the same state again ("started" is said once).
+                line["type"] = "progress" if line["type"] == "started" else line["type"]
+                yield dumps(line) + "\n"
+                continue
+            if job is None:
+                break
             if isinstance(job, Refused):
                 yield dumps({"type": "result", **failure(job, trace, job_id)}) + "\n"
                 continue
-            line: dict[str, Any] = {"task_id": job_id, "status": job.status}
+            line = {"task_id": job_id, "status": job.status}
             if job.status == "queued":
                 line.update(
                     type="queued", queue_position=job.known_position, eta_seconds=job.known_eta

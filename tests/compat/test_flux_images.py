@@ -346,6 +346,38 @@ async def test_a_client_leaving_mid_stream_leaves_the_job_to_finish_charged_once
     await assert_charged(sessions, customer, START, job["creditCost"] + other["creditCost"])
 
 
+async def test_a_quiet_stream_repeats_its_last_line_until_the_job_moves(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, database: str
+) -> None:
+    # An API whose queue no worker takes: the job waits, and the stream says so again
+    # every stream_keepalive_s (here 50 ms) instead of going silent.
+    quiet = own_queue(settings, "flux-keepalive", stream_keepalive_s=0.05)
+    account = await create_account(sessions, quiet, credits=START)
+    request = {"action": "generate", "prompt": "waiting", "size": "256x256"}
+    with ThreadedServer.of(quiet) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            headers = {"Authorization": f"Bearer {account.api_key}", "Accept": NDJSON}
+            async with client.stream(
+                "POST", "/flux/images", json=request, headers=headers
+            ) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                seen = [json.loads(await anext(lines)) for _ in range(4)]
+                assert {line["type"] for line in seen} == {"queued"}, seen
+                assert len({json.dumps(line, sort_keys=True) for line in seen}) == 1, seen
+                task_id = seen[0]["task_id"]
+                cancelled = await gql(client, CANCEL, {"id": task_id}, key=account.api_key)
+                assert cancelled["data"]["cancelGeneration"]["status"] == "cancelled"
+                rest = [json.loads(line) async for line in lines]
+    # After the cancel: perhaps the waiting line once more, then the result, and the end.
+    assert rest and rest[-1]["type"] == "result", rest
+    assert rest[-1]["success"] is False and rest[-1]["task_id"] == task_id
+    assert all(line["type"] == "queued" for line in rest[:-1]), rest
+    # Cancelled before it ran: every credit released.
+    now = await balance(sessions, account.id)
+    assert (now.available, now.reserved) == (START, 0)
+
+
 async def test_idempotency_key_repeats_one_job_and_is_per_account(
     http: httpx.AsyncClient,
     customer: TestAccount,
