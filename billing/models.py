@@ -126,6 +126,14 @@ class Account(SQLModel, table=True):
     low_credit_webhook_url: str | None = Field(
         default=None, sa_type=Text, description="Where credits.low goes (null: the job's URL)."
     )
+    # Seed 000's profile (migration 0014): a display name and settings, each key absent
+    # until set (billing.service.accounts.Profile has the defaults).
+    profile: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONB, nullable=False, server_default="{}"),
+        description="display_name, default_model, default_quality, email_notifications, "
+        "webhook_enabled.",
+    )
     created_at: datetime = _ts()
 
 

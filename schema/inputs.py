@@ -151,6 +151,20 @@ class LimitOverridesInput:
         return found
 
 
+@strawberry.input(description="Profile fields to change; absent: unchanged, null: cleared.")
+class ProfileInput:
+    display_name: str | None = strawberry.UNSET
+    default_model: str | None = strawberry.field(
+        default=strawberry.UNSET, description="A service of the model registry."
+    )
+    default_quality: str | None = strawberry.UNSET
+    email_notifications: bool | None = strawberry.UNSET
+    webhook_enabled: bool | None = strawberry.UNSET
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in vars(self).items() if value is not strawberry.UNSET}
+
+
 @strawberry.input(description="A daily quota of one job kind.")
 class KindQuotaInput:
     kind: str

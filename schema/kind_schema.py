@@ -138,7 +138,7 @@ def input_type(kind: JobKind) -> type:
     return strawberry.input(cls, description=f"Input of the {kind.name} job kind ({kind.title}).")
 
 
-def _camel_errors(call: Callable[[], Any]) -> Any:
+def camel_errors(call: Callable[[], Any]) -> Any:
     """GraphQL names fields in camelCase: so do its errors."""
 
     async def run() -> Any:
@@ -229,7 +229,7 @@ def kind_mutation(kind: JobKind) -> Any:
     uploads = [spec.name for spec in kind.inputs]
 
     async def resolve(info: Ctx, input: Any, **files: Upload | None) -> Generation | None:
-        return await _camel_errors(  # type: ignore[no-any-return]
+        return await camel_errors(  # type: ignore[no-any-return]
             lambda: _submit(info, kind.name, _values(input), files)
         )
 
@@ -270,7 +270,7 @@ async def create_job(
         # An upload the kind does not take is refused by jobs.prepare, before anything else.
         return await _submit(info, kind, values, {"image": image, "mask": mask})
 
-    return await _camel_errors(run)  # type: ignore[no-any-return]
+    return await camel_errors(run)  # type: ignore[no-any-return]
 
 
 async def price_job(info: Ctx, kind: str, input: JSON) -> PriceQuote:
@@ -289,7 +289,7 @@ async def price_job(info: Ctx, kind: str, input: JSON) -> PriceQuote:
         plan = prepared.plan
         return PriceQuote.from_quote(plan.quote, service=plan.provider, available=balance.available)
 
-    return await _camel_errors(run)  # type: ignore[no-any-return]
+    return await camel_errors(run)  # type: ignore[no-any-return]
 
 
 def kind_mutations() -> type:

@@ -23,8 +23,8 @@ from kinds.text_to_image import plan_request
 from schema.admin import AdminMutation, AdminQuery
 from schema.batches import BatchMutation, BatchQuery, BatchSubscription
 from schema.context import Context
-from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput
-from schema.kind_schema import plain
+from schema.inputs import GenerateInput, ImageGenerationInput, LimitOverridesInput, ProfileInput
+from schema.kind_schema import camel_errors, plain
 from schema.library import LibraryMutation, LibraryQuery
 from schema.live import follow, follow_account, present
 from schema.loras import LoraMutation, LoraQuery
@@ -271,6 +271,24 @@ class Mutation(AdminMutation, BatchMutation, LibraryMutation, LoraMutation, Quot
                 uow.session, caller.account.id, info.context.services.pepper, name=name
             )
         return NewApiKey(key=ApiKey.from_model(new.key), secret=new.secret)
+
+    @strawberry.mutation(
+        description="Change the caller's display name and settings (seed 000's profile)."
+    )
+    async def update_profile(self, info: Ctx, input: ProfileInput) -> Account:
+        caller = await info.context.caller()
+        changes = input.to_dict()
+
+        async def run() -> models.Account:
+            async with info.context.transaction() as uow:
+                return await accounts.update_profile(
+                    uow,
+                    caller.account.id,
+                    changes,
+                    models=info.context.services.catalog.providers,
+                )
+
+        return _account(info.context, await camel_errors(run))
 
     @strawberry.mutation(
         description="Revoke one of the caller's keys; it stops working at once, on every "

@@ -18,6 +18,7 @@ from billing.catalog import DEFAULT_POOL, pool_of
 from billing.errors import BadUserInput
 from billing.plans import PlanLimits
 from billing.pricing import Quote
+from billing.service.accounts import Profile as ProfileModel
 from billing.service.generations import Page
 from billing.service.webhooks import Delivery
 from runtime.storage import Storage
@@ -254,6 +255,9 @@ class Account:
     is_admin: bool = strawberry.field(
         default=False, description="Whether the account may use the admin operations."
     )
+    profile: Profile = strawberry.field(
+        description="A display name and settings (seed 000's /api/user/profile).",
+    )
 
     @classmethod
     def from_model(cls, a: models.Account, limits: PlanLimits) -> Account:
@@ -276,6 +280,34 @@ class Account:
             webhook_secret=a.webhook_secret,
             created_at=UtcDateTime(a.created_at),
             is_admin=a.is_admin,
+            profile=Profile.from_model(ProfileModel.of(a)),
+        )
+
+
+@strawberry.type(description="An account's display name and settings (updateProfile).")
+class Profile:
+    display_name: str | None = strawberry.field(description="Null: none set.")
+    default_model: str | None = strawberry.field(
+        description="The service a seed-000 request that names no model runs (null: flux-dev)."
+    )
+    default_quality: str | None = strawberry.field(
+        description="Kept and shown back; it changes nothing (steps decide quality)."
+    )
+    email_notifications: bool = strawberry.field(
+        description="Kept and shown back; Fluxgate sends no email."
+    )
+    webhook_enabled: bool = strawberry.field(
+        description="Kept and shown back; webhooks are given per request (webhookUrl)."
+    )
+
+    @classmethod
+    def from_model(cls, p: ProfileModel) -> Profile:
+        return cls(
+            display_name=p.display_name,
+            default_model=p.default_model,
+            default_quality=p.default_quality,
+            email_notifications=p.email_notifications,
+            webhook_enabled=p.webhook_enabled,
         )
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,28 @@ class Caller:
         """Whether this request should record the key's use (at most once a minute)."""
         last = self.key_last_used_at
         return last is None or last < now - TOUCH_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """An account's profile (seed 000's ``/api/user/profile``), kept in ``accounts.profile``.
+    Only ``default_model`` changes what a request does: the model of a seed-000 request
+    that names none. The others are kept and shown back (Fluxgate sends no email, and
+    webhooks are given per request)."""
+
+    display_name: str | None = None
+    default_model: str | None = None
+    default_quality: str | None = None
+    email_notifications: bool = False
+    webhook_enabled: bool = True
+
+    @classmethod
+    def of(cls, account: Account) -> Profile:
+        stored = account.profile or {}
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
+
+
+PROFILE_TEXT_LIMITS = {"display_name": 64, "default_model": 64, "default_quality": 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +189,33 @@ async def set_plan(
     if overrides is not None:
         account.limit_overrides = validate_overrides(overrides) or None
     await repo.add(session, account)
+    return account
+
+
+async def update_profile(
+    uow: UnitOfWork, account_id: uuid.UUID, changes: Mapping[str, Any], *, models: Sequence[str]
+) -> Account:
+    """Set the profile fields in ``changes`` (``Profile``'s names; None clears a text field
+    back to its default). ``default_model`` must be one of ``models``."""
+    unknown = sorted(set(changes) - {f.name for f in fields(Profile)})
+    if unknown:
+        raise BadUserInput(unknown[0], f"unknown profile field {unknown[0]!r}")
+    for name, limit in PROFILE_TEXT_LIMITS.items():
+        value = changes.get(name)
+        if value is not None and not 1 <= len(value.strip()) <= limit:
+            raise BadUserInput(name, f"{name} must be 1 to {limit} characters")
+    model = changes.get("default_model")
+    if model is not None and model not in models:
+        raise BadUserInput(
+            "default_model", f"unknown model {model!r}; available: {', '.join(models)}"
+        )
+    account = await repo.lock_account(uow.session, account_id)
+    merged = {**asdict(Profile.of(account)), **changes}
+    for name in PROFILE_TEXT_LIMITS:
+        if isinstance(merged[name], str):
+            merged[name] = merged[name].strip()
+    account.profile = {k: v for k, v in merged.items() if v is not None}
+    await repo.add(uow.session, account)
     return account
 
 

@@ -150,10 +150,10 @@ async def test_profile_examples_as_written(
         assert f"👤 User: {user.email}" in out, out
         assert f"📧 Email: {user.email}" in out
         assert "🎯 Plan: free" in out
-        # No stored settings, no password: both changes are refused (501), not faked.
-        assert "Profile updated successfully" not in out
+        # The settings are stored; there is no password to change (501, not faked).
+        assert "✅ Profile updated successfully" in out, out
         assert "Password changed successfully" not in out
-        assert out.count("❌ Error: 501") == 2, out
+        assert out.count("❌ Error: 501") == 1, out
 
     profile = (await http.get("/api/user/profile", headers=key(user))).json()
     assert profile["id"] == str(user.id)
@@ -161,22 +161,127 @@ async def test_profile_examples_as_written(
     assert profile["role"] == "user"
     assert profile["plan"] == "free"
     assert profile["created_at"].endswith("Z")
+    # What the examples' update_settings sent; webhook_enabled kept its default.
     assert profile["settings"] == {
-        "default_model": None, "default_quality": None,
+        "default_model": "flux-schnell", "default_quality": "ultra",
         "email_notifications": False, "webhook_enabled": True,
     }  # fmt: skip
     assert profile["credits_available"] == 1000
 
 
-async def test_profile_update_and_password_are_refused_clearly(
-    http: httpx.AsyncClient, user: TestAccount
-) -> None:
-    refused = await http.put(
-        "/api/user/profile", json={"settings": {"default_model": "flux-schnell"}},
+async def test_profile_update_is_stored_and_default_model_is_used(
+    http: httpx.AsyncClient, user: TestAccount, sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:  # fmt: skip
+    other = await create_account(sessions, settings, plan="free")
+    fresh = (await http.get("/api/user/profile", headers=key(user))).json()
+    assert fresh["settings"] == {
+        "default_model": "flux-dev", "default_quality": None,
+        "email_notifications": False, "webhook_enabled": True,
+    }  # fmt: skip
+
+    async def model_of_a_job_without_one() -> str:
+        job = await http.post("/api/generate", json={"prompt": "a red fox"}, headers=key(user))
+        assert job.status_code == 201, job.text
+        return await model_then_cancel(job.json()["image_id"])
+
+    async def model_then_cancel(image_id: str) -> str:
+        # Read, then cancel: the plan runs one job at a time (and no worker runs here).
+        got = await http.get(f"/api/images/{image_id}", headers=key(user))
+        cancel = "mutation C($id: ID!) { cancelGeneration(id: $id) { status } }"
+        done = await gql(http, cancel, {"id": image_id}, key=user.api_key)
+        assert done["data"]["cancelGeneration"]["status"] == "cancelled", done
+        return str(got.json()["model"])
+
+    assert await model_of_a_job_without_one() == "flux-dev"
+    changed = await http.put(
+        "/api/user/profile",
+        json={"username": "  Alex  ", "email": user.email.upper(),
+              "settings": {"default_model": "flux-schnell", "webhook_enabled": False}},
         headers=key(user),
     )  # fmt: skip
-    body = assert_error(refused, 501, "NOT_IMPLEMENTED")
-    assert "not stored" in body["details"]
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["username"] == "Alex" and body["email"] == user.email
+    assert body["settings"] == {
+        "default_model": "flux-schnell", "default_quality": None,
+        "email_notifications": False, "webhook_enabled": False,
+    }  # fmt: skip
+    assert (await http.get("/api/user/profile", headers=key(user))).json() == body
+    assert await model_of_a_job_without_one() == "flux-schnell"
+    # A request that names its model runs that one.
+    named = await http.post(
+        "/api/generate", json={"prompt": "a fox", "model": "flux-dev"}, headers=key(user)
+    )
+    assert await model_then_cancel(named.json()["image_id"]) == "flux-dev"
+
+    # A partial update keeps the rest; the other account is untouched.
+    partial = await http.put(
+        "/api/user/profile", json={"settings": {"default_quality": "high"}}, headers=key(user)
+    )
+    assert partial.json()["settings"]["default_model"] == "flux-schnell"
+    assert partial.json()["settings"]["default_quality"] == "high"
+    assert partial.json()["username"] == "Alex"
+    theirs = (await http.get("/api/user/profile", headers=key(other))).json()
+    assert theirs["username"] == other.email
+    assert theirs["settings"]["default_model"] == "flux-dev"
+    assert theirs["settings"]["default_quality"] is None
+
+
+async def test_profile_update_bad_input_changes_nothing(
+    http: httpx.AsyncClient, user: TestAccount
+) -> None:
+    before = (await http.get("/api/user/profile", headers=key(user))).json()
+    for update, field in (
+        ({"email": "someone.else@example.com"}, "email"),
+        ({"settings": {"default_model": "flux-pro"}}, "settings.default_model"),
+        ({"settings": {"theme": "dark"}}, "settings.theme"),
+        ({"settings": {"default_quality": ""}}, "settings.default_quality"),
+        ({"settings": "ultra"}, "settings"),
+        ({"username": ""}, "username"),
+        ({"username": "x" * 65}, "username"),
+        ({"username": "a\u0000b"}, "username"),
+        ({"avatar_url": "https://example.com/a.png"}, "avatar_url"),
+    ):
+        refused = await http.put("/api/user/profile", json=update, headers=key(user))
+        body = assert_error(refused, 400, "BAD_USER_INPUT")
+        assert field in body["details"], (update, body)
+    for raw in (b"[]", b"null", b'{"username": "\\ud800"}', b"{"):
+        refused = await http.put(
+            "/api/user/profile", content=raw,
+            headers={**key(user), "Content-Type": "application/json"},
+        )  # fmt: skip
+        assert_error(refused, 400, "BAD_USER_INPUT")
+    assert (await http.get("/api/user/profile", headers=key(user))).json() == before
+
+    # GraphQL's updateProfile names its own fields.
+    mutation = """mutation P($input: ProfileInput!) { updateProfile(input: $input) {
+      profile { displayName defaultModel } } }"""
+    for variables, field in (
+        ({"defaultModel": "no-such-model"}, "defaultModel"),
+        ({"displayName": " "}, "displayName"),
+        ({"defaultQuality": "q" * 33}, "defaultQuality"),
+    ):
+        answer = await gql(http, mutation, {"input": variables}, key=user.api_key)
+        error = answer["errors"][0]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT", answer
+        assert error["extensions"]["field"] == field, answer
+    cleared = await gql(
+        http, mutation, {"input": {"displayName": "Ann", "defaultModel": "flux-schnell"}},
+        key=user.api_key,
+    )  # fmt: skip
+    assert cleared["data"]["updateProfile"]["profile"] == {
+        "displayName": "Ann", "defaultModel": "flux-schnell",
+    }  # fmt: skip
+    cleared = await gql(http, mutation, {"input": {"displayName": None}}, key=user.api_key)
+    assert cleared["data"]["updateProfile"]["profile"] == {
+        "displayName": None, "defaultModel": "flux-schnell",
+    }  # fmt: skip
+
+
+async def test_password_change_is_refused_clearly(
+    http: httpx.AsyncClient, user: TestAccount
+) -> None:
     for method in ("POST", "PUT"):
         refused = await http.request(
             method, "/api/user/password",
@@ -184,9 +289,6 @@ async def test_profile_update_and_password_are_refused_clearly(
         )  # fmt: skip
         body = assert_error(refused, 501, "NOT_IMPLEMENTED")
         assert "no password" in body["details"] and "API key" in body["details"]
-    # Nothing changed.
-    profile = (await http.get("/api/user/profile", headers=key(user))).json()
-    assert profile["settings"]["default_model"] is None
 
 
 # -------------------------------------------------------------------------- API keys

@@ -4,8 +4,8 @@ APIs", seed 000).
 
 Our ids are UUID strings where the seed shows integers (clients treat them as opaque); an
 id that cannot be one of ours is simply not found. Fluxgate accounts sign in with API
-keys only: there is no password to change and no stored profile settings, and those two
-requests are refused with 501 (nothing changes).
+keys only: there is no password to change, and that request is refused with 501 (nothing
+changes). The profile's user name and settings are the account's (``updateProfile``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,24 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
+from billing.text import unstorable
 from runtime.queue import Timings, pool_queue
 from schema.context import Services
 from server.compat.surface import Call, Refused
-from server.compat.v2.common import ERRORS, NOT_SERVED, ErrorBody, surface
+from server.compat.v2.common import (
+    ERRORS,
+    MODELS,
+    NOT_SERVED,
+    ErrorBody,
+    SeedModel,
+    seed_model,
+    surface,
+)
 
 __all__ = ["surface"]
 
@@ -46,32 +56,54 @@ class _Out(BaseModel):
 
 
 class ProfileSettings(_Out):
-    default_model: str | None = Field(description="Always null: every request names its model.")
-    default_quality: str | None = Field(description="Always null.")
-    email_notifications: bool = Field(description="Always false: Fluxgate sends no email.")
-    webhook_enabled: bool = Field(description="True: webhooks are given per request.")
+    default_model: str = Field(
+        description="The model of a request that names none (/api/generate, batches)."
+    )
+    default_quality: str | None = Field(
+        description="Kept and shown back; it changes nothing (steps decide quality)."
+    )
+    email_notifications: bool = Field(description="Kept; Fluxgate sends no email.")
+    webhook_enabled: bool = Field(description="Kept; webhooks are given per request (webhook_url).")
 
 
 class Profile(_Out):
     id: str = Field(description="The account's id (a UUID string).")
-    username: str = Field(description="The account's email (accounts have no user name).")
+    username: str = Field(description="The display name set with PUT (default: the email).")
     email: str
     role: str = Field(description="admin | user")
     plan: str
     created_at: str
-    avatar_url: str | None = Field(description="Always null.")
+    avatar_url: str | None = Field(description="Always null: no avatars are kept.")
     settings: ProfileSettings
     credits_available: int
     credits_reserved: int
 
 
-class ProfileUpdate(_Wire):
-    """Seed 000's profile update: accepted as sent, then refused (nothing is stored)."""
+class _Storable(_Wire):
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, str) and unstorable(value):
+            raise ValueError("text must not contain NUL characters or lone surrogates")
+        return value
 
-    model_config = ConfigDict(extra="allow")
-    username: str | None = None
-    email: str | None = None
-    settings: dict[str, Any] | None = None
+
+class SettingsUpdate(_Storable):
+    """The settings to change; a setting not sent keeps its value."""
+
+    default_model: SeedModel | None = None
+    default_quality: str | None = Field(None, min_length=1, max_length=32)
+    email_notifications: bool | None = None
+    webhook_enabled: bool | None = None
+
+
+class ProfileUpdate(_Storable):
+    """Seed 000's profile update: ``username`` and ``settings`` change; ``email`` is the
+    account's identity and may only be sent unchanged."""
+
+    username: str | None = Field(None, min_length=1, max_length=64)
+    email: str | None = Field(None, max_length=320)
+    settings: SettingsUpdate | None = None
 
 
 class PasswordChange(_Wire):
@@ -79,23 +111,28 @@ class PasswordChange(_Wire):
     new_password: str | None = Field(None, max_length=1000)
 
 
-ME = "{ me { id email plan isAdmin createdAt creditsAvailable creditsReserved } }"
+PROFILE_FIELDS = """id email plan isAdmin createdAt creditsAvailable creditsReserved
+  profile { displayName defaultModel defaultQuality emailNotifications webhookEnabled }"""
+ME = f"{{ me {{ {PROFILE_FIELDS} }} }}"
+UPDATE = f"""mutation P($input: ProfileInput!) {{
+  updateProfile(input: $input) {{ {PROFILE_FIELDS} }} }}"""
 
 
 def _profile(me: dict[str, Any]) -> dict[str, Any]:
+    profile = me["profile"]
     return {
         "id": me["id"],
-        "username": me["email"],
+        "username": profile["displayName"] or me["email"],
         "email": me["email"],
         "role": "admin" if me["isAdmin"] else "user",
         "plan": me["plan"],
         "created_at": me["createdAt"],
         "avatar_url": None,
         "settings": {
-            "default_model": None,
-            "default_quality": None,
-            "email_notifications": False,
-            "webhook_enabled": True,
+            "default_model": seed_model(profile["defaultModel"]),
+            "default_quality": profile["defaultQuality"],
+            "email_notifications": profile["emailNotifications"],
+            "webhook_enabled": profile["webhookEnabled"],
         },
         "credits_available": me["creditsAvailable"],
         "credits_reserved": me["creditsReserved"],
@@ -110,23 +147,32 @@ async def get_profile(call: Call) -> dict[str, Any]:
     return _profile((await call.run(ME))["me"])
 
 
-def _not_implemented(message: str) -> Refused:
-    return Refused(501, NOT_SERVED, message)
-
-
 @surface.endpoint(
-    "PUT", "/api/user/profile", summary="Update the profile (refused: nothing to store)",
-    body=ProfileUpdate, responses={501: ErrorBody, **ERRORS},
-    description="Fluxgate keeps no profile settings or user names: each request names its "
-    "model and quality, and the email is the account's identity. Answers 501 "
-    "NOT_IMPLEMENTED and changes nothing.",
+    "PUT", "/api/user/profile", summary="Update the user name and settings",
+    body=ProfileUpdate, responses={200: Profile, **ERRORS},
+    description="updateProfile: `username` (a display name) and the `settings` sent "
+    "change; the rest keep their values. `settings.default_model` is the model of a "
+    "request that names none; the other settings are kept and shown back but change "
+    "nothing. The email is the account's identity: sending another is a 400.",
 )  # fmt: skip
 async def update_profile(call: Call) -> dict[str, Any]:
-    await call.run(ME)  # the key is checked (and rate-limited) like every request
-    raise _not_implemented(
-        "Profile settings are not stored on this deployment: name the model and quality "
-        "in each request (the email is the account's identity)"
-    )
+    body: ProfileUpdate = call.body
+    me = (await call.run(ME))["me"]
+    if body.email is not None and body.email.strip().lower() != me["email"]:
+        raise Refused.bad_input("email cannot be changed: it is the account's identity", "email")
+    changes: dict[str, Any] = {}
+    if body.username is not None:
+        changes["displayName"] = body.username
+    if body.settings is not None:
+        sent = body.settings.model_dump(exclude_unset=True)
+        if "default_model" in sent:
+            sent["default_model"] = MODELS.get(sent["default_model"] or "")
+        changes.update({to_camel(k): v for k, v in sent.items()})
+    return _profile((await call.run(UPDATE, {"input": changes}))["updateProfile"])
+
+
+def _not_implemented(message: str) -> Refused:
+    return Refused(501, NOT_SERVED, message)
 
 
 async def _password(call: Call) -> dict[str, Any]:
@@ -295,12 +341,12 @@ class Stats(_Out):
     statistics: StatsTotals
 
 
-STATS = """query S($days: Int!) {
-  me { id email plan isAdmin createdAt }
-  usage(days: $days) { jobsToday jobsPerDay jobsRemaining resetAt creditsAvailable
-    creditsSpent kinds { kind jobs today dailyQuota remaining }
-    storage { usedMb quotaMb percentUsed } }
-  images(filter: { favorite: true }, first: 1) { totalCount } }"""
+STATS = f"""query S($days: Int!) {{
+  me {{ {PROFILE_FIELDS} }}
+  usage(days: $days) {{ jobsToday jobsPerDay jobsRemaining resetAt creditsAvailable
+    creditsSpent kinds {{ kind jobs today dailyQuota remaining }}
+    storage {{ usedMb quotaMb percentUsed }} }}
+  images(filter: {{ favorite: true }}, first: 1) {{ totalCount }} }}"""
 
 
 @surface.endpoint(
@@ -311,7 +357,7 @@ async def stats(call: Call) -> dict[str, Any]:
     me, usage = data["me"], data["usage"]
     kinds = {k["kind"]: k for k in usage["kinds"]}
     upscale = kinds.get(UPSCALE_KIND, {})
-    profile = _profile({**me, "creditsAvailable": 0, "creditsReserved": 0})
+    profile = _profile(me)
     return {
         "user": {k: profile[k] for k in ("id", "username", "email", "role", "plan")},
         "quota": {

@@ -32,6 +32,7 @@ from server.compat.surface import Call, FormFile, Refused
 from server.compat.v2.common import (
     ERRORS,
     GenerationParams,
+    default_service,
     job_input,
     seed_status,
     status_message,
@@ -308,9 +309,9 @@ def _item_params(model: type[P], index: int, values: Mapping[str, Any]) -> P:
         raise Refused.bad_input(f"{field}: {error['msg']}", field) from None
 
 
-def _job_input(index: int, params: GenerationParams) -> dict[str, Any]:
+def _job_input(index: int, params: GenerationParams, service: str) -> dict[str, Any]:
     try:
-        return job_input(params)
+        return job_input(params, service)
     except Refused as refused:
         if refused.field is not None:
             field = f"batch.{index}.{refused.field}"
@@ -393,11 +394,12 @@ def _item_field(refused: Refused) -> Refused:
 async def batch_generate(call: Call) -> JSONResponse:
     body: BatchGenerateBody = call.body
     items: list[dict[str, Any]] = []
+    service = await default_service(call)
     for index, item in enumerate(body.batch):
         flat = dict(item.model_extra or {})
         values = {**flat, **(item.params or {}), "prompt": item.prompt}
         params = _item_params(GenerationParams, index, values)
-        items.append({"kind": "text_to_image", "input": _job_input(index, params)})
+        items.append({"kind": "text_to_image", "input": _job_input(index, params, service)})
     return await _create(
         call,
         items,
@@ -441,11 +443,12 @@ async def batch_img2img(call: Call) -> JSONResponse:
         )
     shared = _shared_params(body.shared_params)
     items: list[dict[str, Any]] = []
+    service = await default_service(call)
     for index, prompt in enumerate(prompts):
         upload = 0 if len(images) == 1 else index
         values = {**shared, "prompt": prompt, "image": images[upload]}
         form = _item_params(Img2ImgForm, index, values)
-        job = _job_input(index, form)
+        job = _job_input(index, form, service)
         job["strength"] = form.strength
         job["image_upload"] = upload
         items.append({"kind": "image_to_image", "input": job})

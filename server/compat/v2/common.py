@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from billing.service.accounts import Profile
 from billing.service.webhooks import SEED000_DEFAULT_EVENTS
 from kinds.flux import DIMENSION_STEP
-from server.compat.surface import Refused, Surface, request_id
+from server.compat.surface import Call, Refused, Surface, request_id
 from server.errors import ErrorResponse
 
 __all__ = [
+    "DEFAULT_MODEL",
     "ERRORS",
     "GENERATION_FIELDS",
     "MODELS",
@@ -31,11 +33,13 @@ __all__ = [
     "ErrorBody",
     "GenerationParams",
     "SeedImage",
+    "default_service",
     "error",
     "job_input",
     "not_served",
     "output_size",
     "seed_image",
+    "seed_model",
     "seed_status",
     "status_message",
     "surface",
@@ -121,6 +125,25 @@ def not_served(what: str) -> Refused:
 # them: the same names.
 MODELS: dict[str, str] = {"flux-dev": "flux-dev", "flux-schnell": "flux-schnell"}
 SeedModel = Literal["flux-dev", "flux-schnell"]
+# What a request that names no model runs, unless the caller's profile says otherwise.
+DEFAULT_MODEL: SeedModel = "flux-dev"
+
+
+def seed_model(service: str | None) -> str:
+    """The seed's name of a service kept as a profile's default model (flux-dev when it
+    is none of the seed's)."""
+    names = {v: k for k, v in MODELS.items()}
+    return names.get(service or "", DEFAULT_MODEL)
+
+
+async def default_service(call: Call) -> str:
+    """The service of the caller's request that names no model: their profile's default
+    model (PUT /api/user/profile), else flux-dev's."""
+    assert call.context is not None, "a public endpoint has no caller"
+    caller = await call.context.caller()
+    return MODELS[seed_model(Profile.of(caller.account).default_model)]
+
+
 SeedFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -169,7 +192,11 @@ class GenerationParams(BaseModel):
         default=None, max_length=3, description="Same as lora_ids (img2img's name)."
     )
     format: SeedFormat = Field(default="png", description="png | jpeg | webp.")
-    model: SeedModel = Field(default="flux-dev", description="flux-dev | flux-schnell.")
+    model: SeedModel | None = Field(
+        default=None,
+        description="flux-dev | flux-schnell; omitted: the profile's default_model "
+        "(flux-dev unless changed with PUT /api/user/profile).",
+    )
     smart_upscale: bool = Field(
         default=True,
         description="Honoured by generating directly at the target size: no 2x upscale "
@@ -222,13 +249,14 @@ def output_size(params: GenerationParams) -> tuple[int, int]:
     return _on_grid(tw or width), _on_grid(th or height)
 
 
-def job_input(params: GenerationParams) -> dict[str, Any]:
+def job_input(params: GenerationParams, default_service: str) -> dict[str, Any]:
     """The ``text_to_image`` / ``image_to_image`` input (createJob's ``input``, a batch
-    item's ``input``) for the seed's parameters. The kind validates the rest (limits,
-    LoRAs, webhook URL, the account's maximum size)."""
+    item's ``input``) for the seed's parameters; ``default_service`` runs it when they name
+    no model. The kind validates the rest (limits, LoRAs, webhook URL, the account's
+    maximum size)."""
     width, height = output_size(params)
     values: dict[str, Any] = {
-        "service": MODELS[params.model],
+        "service": MODELS[params.model] if params.model else default_service,
         "prompt": params.prompt,
         "width": width,
         "height": height,

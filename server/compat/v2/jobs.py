@@ -19,6 +19,7 @@ from server.compat.v2.common import (
     ErrorBody,
     GenerationParams,
     SeedImage,
+    default_service,
     job_input,
     not_served,
     seed_image,
@@ -290,7 +291,8 @@ async def _job(call: Call, job_id: str) -> dict[str, Any]:
     responses={201: GenerateResponse, **ERRORS, 415: ErrorBody},
 )
 async def generate(call: Call) -> dict[str, Any]:
-    return _accepted(await _create(call, "text_to_image", job_input(call.body)))
+    values = job_input(call.body, await default_service(call))
+    return _accepted(await _create(call, "text_to_image", values))
 
 
 @surface.endpoint(
@@ -303,7 +305,7 @@ async def generate(call: Call) -> dict[str, Any]:
 )
 async def img2img(call: Call) -> dict[str, Any]:
     form: Img2ImgForm = call.body
-    values = job_input(form)
+    values = job_input(form, await default_service(call))
     values["strength"] = form.strength
     return _accepted(await _create(call, "image_to_image", values, form.image))
 
