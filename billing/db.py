@@ -10,7 +10,7 @@ enqueue a committed one.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -272,6 +272,11 @@ class UnitOfWork:
     # Set once the transaction has committed, before its events are dispatched: whoever
     # sees the block fail can tell a failed commit from an interrupted dispatch.
     committed: bool = False
+    # A stored file's public URL (the edge's ``Storage.url``), for what is written in the
+    # transaction and names images it did not make: a batch's seed-000 webhook body lists
+    # every item's image, whichever edge settles its last item. None where the edge has
+    # no storage: such bodies carry no URLs.
+    urls: Callable[[str], str] | None = None
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
@@ -294,6 +299,7 @@ class Store:
 
     sessions: async_sessionmaker[AsyncSession]
     dispatch: Dispatch
+    urls: Callable[[str], str] | None = None  # see UnitOfWork.urls
 
     @asynccontextmanager
     async def unit_of_work(self, session: AsyncSession | None = None) -> AsyncIterator[UnitOfWork]:
@@ -302,7 +308,7 @@ class Store:
 
         ``session``: continue the transaction a request opened to authenticate its caller
         (one transaction per accepted job); the session is closed at the end."""
-        async with unit_of_work_without_dispatch(self.sessions, session) as uow:
+        async with unit_of_work_without_dispatch(self.sessions, session, urls=self.urls) as uow:
             yield uow
         await self.dispatch(uow.events)
 
@@ -311,6 +317,8 @@ class Store:
 async def unit_of_work_without_dispatch(
     sessions: async_sessionmaker[AsyncSession],
     session: AsyncSession | None = None,
+    *,
+    urls: Callable[[str], str] | None = None,
 ) -> AsyncIterator[UnitOfWork]:
     """One transaction whose events nobody performs: they stay on ``uow.events``. For
     tests that inspect them or set up state; everything else uses ``Store.unit_of_work``.
@@ -318,7 +326,7 @@ async def unit_of_work_without_dispatch(
     one to continue (see ``Store.unit_of_work``) instead of a new one."""
     opened = session if session is not None else sessions()
     async with opened as session:
-        uow = UnitOfWork(session)
+        uow = UnitOfWork(session, urls=urls)
         try:
             yield uow
             await session.commit()

@@ -277,10 +277,22 @@ class Batch(SQLModel, table=True):
         sa_column=Column(JSONB, nullable=False, server_default="[]"),
         description="The items' generation ids, in the order they were sent.",
     )
+    item_client_ids: list[str | None] | None = Field(
+        default=None,
+        sa_column=Column(JSONB, nullable=True),
+        description="The items' client ids (createBatch's items[].clientId), aligned with "
+        "item_ids; null when no item has one.",
+    )
     credit_cost: int = Field(
         sa_type=BigInteger, description="Credits reserved for all items together."
     )
     webhook_url: str | None = Field(default=None, sa_type=Text)
+    webhook_events: list[str] | None = Field(
+        default=None,
+        sa_column=Column(JSONB, nullable=True),
+        description="The completion event's name, which picks its body: null or "
+        "['batch.completed'] ours, ['batch.complete'] seed 000's.",
+    )
     created_at: datetime = _ts()
     completed_at: datetime | None = Field(
         default=None,

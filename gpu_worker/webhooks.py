@@ -47,6 +47,7 @@ from runtime.queue import (
     serialize,
 )
 from runtime.settings import Settings, get_settings
+from runtime.storage import storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         store=Store(
             make_sessionmaker(engine),
             counting(Dispatcher(ctx["redis"], settings.queue_name).dispatch),
+            # Its sweeper may settle a batch's last item (a stale or overdue job): the
+            # batch's seed-000 webhook lists the items' image URLs.
+            storage_from_settings(settings).url,
         ),
         policy=AddressPolicy.parse(settings.webhook_allowed_hosts),
     )

@@ -134,13 +134,14 @@ async def _startup(ctx: dict[str, Any]) -> None:
     engine = make_engine(settings.database_url, pool_size=2, max_overflow=2)
     redis: ArqRedis = ctx["redis"]
     dispatcher = Dispatcher(redis, settings.queue_name)
+    storage = storage_from_settings(settings)
     ctx["state"] = WorkerState(
         settings=settings,
         engine=engine,
-        store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch)),
+        store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch), storage.url),
         catalog=catalog,
         runner=runner,
-        storage=storage_from_settings(settings),
+        storage=storage,
         dispatcher=dispatcher,
         timings=Timings(redis, settings.queue_name),
     )

@@ -23,7 +23,7 @@ from billing import models
 from billing.errors import BadUserInput, NotFound, Unauthenticated
 from billing.requests import validate_webhook
 from billing.service import batches
-from billing.service.batch_progress import BatchView
+from billing.service.batch_progress import BatchView, validate_events
 from billing.service.generations import JobSpec, NewAsset
 from schema import jobs
 from schema.context import Context
@@ -57,6 +57,12 @@ class BatchItemInput:
         "`imageUrl` / `imageId` (and `maskUrl` / `maskId`), or `imageUpload`: the index of "
         "one of createBatch's `images`."
     )
+    client_id: str | None = strawberry.field(
+        default=None,
+        description="Your id for this item (1 to 64 characters), answered back as the "
+        "item's `clientId` and in the batch's webhook; part of the request that "
+        "clientBatchId makes idempotent.",
+    )
 
 
 @strawberry.input
@@ -69,7 +75,15 @@ class CreateBatchInput:
     )
     priority: Priority = Priority.NORMAL
     webhook_url: str | None = strawberry.field(
-        default=None, description="Receives `batch.completed` once every item is final."
+        default=None,
+        description="Receives the batch's completion event once every item is final (its "
+        "body: see webhookEvents).",
+    )
+    webhook_events: list[str] | None = strawberry.field(
+        default=None,
+        description="The completion event's name, which picks the webhook's body: null or "
+        '`["batch.completed"]` for Fluxgate\'s, `["batch.complete"]` for seed 000\'s '
+        '(`{event, timestamp, data, signature}`, README "Compatible APIs").',
     )
 
 
@@ -92,6 +106,9 @@ class Batch:
     )
     credit_cost: int = strawberry.field(description="Credits reserved for all the items.")
     webhook_url: str | None
+    webhook_events: list[str] | None = strawberry.field(
+        description="The completion event's name (see CreateBatchInput.webhookEvents)."
+    )
     created_at: UtcDateTime
     completed_at: UtcDateTime | None = strawberry.field(
         description="When the last item reached a final state."
@@ -101,6 +118,11 @@ class Batch:
     @classmethod
     async def of(cls, ctx: Context, view: BatchView) -> Batch:
         b, status = view.batch, models.GenerationStatus
+        items = []
+        for g, client_id in zip(view.items, view.client_ids, strict=True):
+            item = await present(ctx, g)
+            item.client_id = client_id
+            items.append(item)
         return cls(
             id=strawberry.ID(b.id),
             client_batch_id=b.client_batch_id,
@@ -115,9 +137,10 @@ class Batch:
             progress=view.progress,
             credit_cost=b.credit_cost,
             webhook_url=b.webhook_url,
+            webhook_events=b.webhook_events,
             created_at=UtcDateTime(b.created_at),
             completed_at=UtcDateTime(b.completed_at) if b.completed_at else None,
-            items=[await present(ctx, g) for g in view.items],
+            items=items,
         )
 
 
@@ -181,9 +204,11 @@ async def create_batch(
     for number, upload in enumerate(images or []):
         uploads.append(await read_upload(upload, services.inputs.max_bytes, f"images.{number}"))
     batches.check_client_batch_id(input.client_batch_id)
+    client_ids = batches.check_client_ids([item.client_id for item in input.items])
     webhook_url, _ = validate_webhook(
         input.webhook_url, None, services.policy, fields=("webhookUrl", "webhookEvents")
     )
+    webhook_events = validate_events(input.webhook_events, "webhookEvents")
     planned: list[JobSpec] = []
     stored: list[NewAsset] = []
     try:
@@ -196,11 +221,17 @@ async def create_batch(
                 raise _item_error(index, exc) from None
             planned.append(job)
             stored.extend(assets)
-        fingerprint = {
+        fingerprint: dict[str, Any] = {
             "priority": input.priority.value,
             "webhook_url": webhook_url,
             "items": [job.request_hash for job in planned],
         }
+        # Only when sent, so a batch without them keeps the fingerprint it had before
+        # they existed (a retry across an upgrade is still recognised).
+        if client_ids is not None:
+            fingerprint["client_ids"] = client_ids
+        if webhook_events is not None:
+            fingerprint["webhook_events"] = webhook_events
         request_hash = hashlib.sha256(
             json.dumps(fingerprint, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
@@ -213,7 +244,9 @@ async def create_batch(
                 priority=models.Priority(input.priority.value),
                 request_hash=request_hash,
                 client_batch_id=input.client_batch_id,
+                client_ids=client_ids,
                 webhook_url=webhook_url,
+                webhook_events=webhook_events,
                 plans=services.plans,
             )
     except BaseException:

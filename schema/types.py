@@ -106,6 +106,11 @@ class Generation:
     style: str | None = None
     medium: str | None = None
     filter: str | None = None
+    client_id: str | None = strawberry.field(
+        default=None,
+        description="Read as one of a batch's items: the clientId its createBatch item was "
+        "sent with (null otherwise, and on a job read alone).",
+    )
 
     @strawberry.field(
         description="While the job is queued or running: whether a worker of its model's "

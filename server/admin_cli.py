@@ -40,6 +40,7 @@ def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
     from billing.db import Event, Store, make_engine, make_sessionmaker
     from billing.errors import FluxgateError
     from runtime import queue
+    from runtime.storage import storage_from_settings
 
     settings = get_settings()
 
@@ -59,7 +60,10 @@ def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
     async def main() -> T:
         engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
         try:
-            async with Store(make_sessionmaker(engine), announce).unit_of_work() as uow:
+            # A ban cancels the account's jobs: one may be a batch's last (its webhook
+            # names the items' image URLs).
+            urls = storage_from_settings(settings).url
+            async with Store(make_sessionmaker(engine), announce, urls).unit_of_work() as uow:
                 return await fn(uow)
         finally:
             await engine.dispose()

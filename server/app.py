@@ -128,8 +128,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         unpriced = sorted(set(kinds.names()) - prices.kinds)
         if unpriced:
             raise RuntimeError(f"{settings.prices} has no [kind_surcharge] row for {unpriced}")
+        storage = storage_from_settings(settings)
         app.state.services = Services(
-            store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch)),
+            store=Store(make_sessionmaker(engine), counting(dispatcher.dispatch), storage.url),
             catalog=Catalog.load(settings.models),
             prices=prices,
             limits=Limits(
@@ -137,7 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_side=settings.max_side,
                 max_prompt_chars=settings.max_prompt_chars,
             ),
-            storage=storage_from_settings(settings),
+            storage=storage,
             inputs=InputLimits(
                 max_bytes=settings.max_input_bytes,
                 max_megapixels=settings.max_input_megapixels,

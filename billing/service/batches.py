@@ -23,12 +23,16 @@ from billing.errors import BadUserInput, BatchIdReused, InsufficientCredits, Not
 from billing.models import Batch, Priority, snapshot, utcnow
 from billing.plans import PlanBook
 from billing.service import generations, ledger, quotas
-from billing.service.batch_progress import BatchView, ordered
+from billing.service.batch_progress import BatchView, ordered, validate_events
 from billing.service.generations import JobSpec
+from billing.text import unstorable
 
 MAX_ITEMS = 10
 MAX_PAGE = 100
+# An Idempotency-Key (at most 255 characters, as a single job's) must fit: the REST v2
+# surface sends it as the batch's id.
 MAX_CLIENT_BATCH_ID = 255
+MAX_CLIENT_ID = 64
 
 
 def check_size(count: int) -> None:
@@ -39,6 +43,20 @@ def check_size(count: int) -> None:
 def check_client_batch_id(value: str | None) -> None:
     if value is not None and not 0 < len(value) <= MAX_CLIENT_BATCH_ID:
         raise BadUserInput("clientBatchId", "clientBatchId must be 1 to 255 characters")
+
+
+def check_client_ids(ids: Sequence[str | None]) -> list[str | None] | None:
+    """The items' client ids (``items.N.clientId``): each 1 to ``MAX_CLIENT_ID``
+    characters, storable. None when no item has one (nothing is stored then)."""
+    for index, value in enumerate(ids):
+        if value is None:
+            continue
+        field = f"items.{index}.clientId"
+        if not 0 < len(value) <= MAX_CLIENT_ID:
+            raise BadUserInput(field, f"{field} must be 1 to {MAX_CLIENT_ID} characters")
+        if unstorable(value):
+            raise BadUserInput(field, f"{field} contains a NUL character or a lone surrogate")
+    return list(ids) if any(i is not None for i in ids) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +74,9 @@ async def create(
     priority: Priority,
     request_hash: str,
     client_batch_id: str | None = None,
+    client_ids: Sequence[str | None] | None = None,
     webhook_url: str | None = None,
+    webhook_events: Sequence[str] | None = None,
     plans: PlanBook,
     now: datetime | None = None,
 ) -> Created:
@@ -65,11 +85,17 @@ async def create(
 
     A ``client_batch_id`` already used by the account returns that batch when the request
     is the same (nothing is charged again, whatever the caps say now) and is refused
-    (IDEMPOTENCY_KEY_REUSED) when it differs. INSUFFICIENT_CREDITS names the whole
-    batch's price and the balance; nothing is written then.
+    (IDEMPOTENCY_KEY_REUSED) when it differs: ``request_hash`` is the fingerprint of all
+    of it, the items' ``client_ids`` and the ``webhook_events`` included.
+    INSUFFICIENT_CREDITS names the whole batch's price and the balance; nothing is written
+    then.
     """
     check_size(len(items))
     check_client_batch_id(client_batch_id)
+    item_client_ids = check_client_ids(client_ids) if client_ids is not None else None
+    if item_client_ids is not None and len(item_client_ids) != len(items):
+        raise BadUserInput("items", "client ids must be given for every item or none")
+    events = validate_events(webhook_events, "webhookEvents")
     session = uow.session
     now = now or utcnow()
     # Always locked (unlike a single job on a plan without caps): the idempotency check,
@@ -100,6 +126,9 @@ async def create(
             "credit_cost": total,
             "webhook_url": webhook_url,
             "created_at": now,
+            # Left out when null: a JSONB column given None would store JSON's null.
+            **({"item_client_ids": item_client_ids} if item_client_ids is not None else {}),
+            **({"webhook_events": events} if events is not None else {}),
         },
     )
     if batch is None:  # unreachable under the row lock; kept for a direct caller

@@ -8,7 +8,8 @@ same bytes and the ``X-Doitong-Signature`` over them is stable.
 A job whose ``webhook_events`` are seed 000's names (``generation.complete``…, as the REST
 v2 surface registers them) gets seed 000's body instead of ours:
 ``{"event", "timestamp", "data": {"image_id", "url", "prompt", "seed", "generation_time",
-…}, "signature": "sha256=<hex>"}`` (README "Compatible APIs": what is signed).
+…}, "signature": "sha256=<hex>"}`` (README "Compatible APIs": what is signed). A batch's
+completion event picks its body the same way, by its own event name (``batch_progress``).
 """
 
 from __future__ import annotations

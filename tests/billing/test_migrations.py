@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -239,3 +240,80 @@ async def test_job_kinds_migration_carries_existing_jobs_over(throwaway_url: str
         {"id": str(asset["id"]), "key": "done1-abc.png", "width": 512, "height": 256,
          "format": "png"}
     ]  # fmt: skip
+
+
+async def test_batch_client_ids_move_to_their_column(throwaway_url: str) -> None:
+    """0015: the REST v2 surface's ``{"v2": key, "ids": [...]}`` client_batch_id becomes
+    the key, its ids the items' client ids; a key already taken (by an older batch of the
+    account) is dropped from the later one; anything else is left as it was. Down again,
+    the old form comes back."""
+    url = throwaway_url
+    await upgrade(url, "0014")
+    engine = create_async_engine(url, poolclass=NullPool)
+    account_id = uuid.uuid4()
+    two = '["i1", "i2"]'
+    rows = [
+        # id, client_batch_id, item_ids
+        ("b1", '{"v2":"key-1","ids":["req_001",null]}', two),
+        ("b2", '{"v2":"key-1","ids":["req_009",null]}', two),  # the key reused, other ids
+        ("b3", '{"v2":"0f1e2d3c4b5a6978","ids":["a","b"]}', two),  # a nonce, no key
+        ("b4", '{"v2":"key-4","ids":[]}', two),  # a key, no ids
+        ("b5", "plain-graphql-id", two),
+        ("b6", '{"v2":broken', two),
+        ("b7", None, two),
+    ]
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
+                    " credits_reserved, created_at)"
+                    " VALUES (:id, 'batches@example.com', 'free', 'whsec_x', 5, 0, now())"
+                ),
+                {"id": account_id},
+            )
+            for n, (batch_id, client_batch_id, item_ids) in enumerate(rows):
+                await conn.execute(
+                    text(
+                        "INSERT INTO batches (id, account_id, client_batch_id, request_hash,"
+                        " priority, item_ids, credit_cost, created_at)"
+                        " VALUES (:id, :account, :cbid, 'h', 'normal', CAST(:items AS jsonb),"
+                        " 10, now() + make_interval(secs => :n))"
+                    ),
+                    {"id": batch_id, "account": account_id, "cbid": client_batch_id,
+                     "items": item_ids, "n": n},
+                )  # fmt: skip
+    finally:
+        await engine.dispose()
+
+    async def read(ids: str = "item_client_ids::text") -> dict[str, tuple[Any, ...]]:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.execute(
+                    text(f"SELECT id, client_batch_id, {ids} AS ids FROM batches")
+                )
+                return {
+                    r.id: (r.client_batch_id, None if r.ids is None else json.loads(r.ids))
+                    for r in found
+                }
+        finally:
+            await engine.dispose()
+
+    await upgrade(url)
+    assert await read() == {
+        "b1": ("key-1", ["req_001", None]),
+        "b2": (None, ["req_009", None]),
+        "b3": ("0f1e2d3c4b5a6978", ["a", "b"]),
+        "b4": ("key-4", None),
+        "b5": ("plain-graphql-id", None),
+        "b6": ('{"v2":broken', None),
+        "b7": (None, None),
+    }
+    await run_alembic(url, lambda config: command.downgrade(config, "0014"))
+    down = await read(ids="NULL")  # the column is gone
+    assert down["b1"] == ('{"v2":"key-1","ids":["req_001",null]}', None)
+    assert down["b2"] == ('{"v2":"migrated-b2","ids":["req_009",null]}', None)
+    assert (down["b4"], down["b5"], down["b7"]) == (
+        ("key-4", None), ("plain-graphql-id", None), (None, None),
+    )  # fmt: skip

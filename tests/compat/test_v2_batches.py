@@ -8,6 +8,8 @@ account's batch, bad and hostile input in the seed's error shape (nothing charge
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -23,9 +25,11 @@ import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gpu_worker.webhooks import build_webhook_worker
 from runtime.settings import ROOT, Settings
-from tests.conftest import ThreadedWorker
+from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import TestAccount, balance, create_account, gql
+from tests.gpu_worker.test_webhooks import Receiver
 
 Sessions = async_sessionmaker[AsyncSession]
 SEED = ROOT / "tests" / "compat" / "seed000"
@@ -172,6 +176,23 @@ async def test_idempotency_key_returns_the_first_batch(
     other_body = {"batch": [{"id": "a", "prompt": "two dots", **SMALL}]}
     reused = await http.post("/api/batch/generate", json=other_body, headers=headers)
     assert_error(reused, 422, "IDEMPOTENCY_KEY_REUSED")
+    # The items' ids are part of the request: other ids under the same key are refused
+    # too (they once made a second batch), and charge nothing.
+    for ids in (["b"], [None]):
+        renamed = {"batch": [{"prompt": "one dot", **SMALL, **({"id": i} if i else {})}
+                             for i in ids]}  # fmt: skip
+        refused = await http.post("/api/batch/generate", json=renamed, headers=headers)
+        assert_error(refused, 422, "IDEMPOTENCY_KEY_REUSED")
+    assert (await balance(sessions, account.id)).available == spent
+    # GraphQL shows the key as the batch's id and the item's id as its clientId.
+    shown = await gql(
+        http, "query B($id: ID!) { batch(id: $id) { clientBatchId items { clientId } } }",
+        {"id": first.json()["batch_id"].removeprefix("batch_")}, key=account.api_key,
+    )  # fmt: skip
+    assert shown["data"]["batch"] == {
+        "clientBatchId": "batch-retry-1",
+        "items": [{"clientId": "a"}],
+    }
     await wait_batch(http, account, first.json()["batch_id"])
     # Without client ids the key alone is the batch's identity: other items under the
     # same key, another count included, are refused and charge nothing.
@@ -187,6 +208,94 @@ async def test_idempotency_key_returns_the_first_batch(
     )  # fmt: skip
     assert (await balance(sessions, account.id)).available == spent
     await wait_batch(http, account, created.json()["batch_id"])
+
+
+def seed_signature_ok(body: bytes, secret: str) -> bool:
+    """As the README tells a receiver (and the single-job test checks it,
+    tests/compat/test_v2_account.py): the HMAC-SHA256, keyed with the account's webhook
+    secret, of the body without its last member ``,"signature":"sha256=…"``."""
+    text = body.decode()
+    cut = text.rindex(',"signature":"sha256=')
+    claimed = json.loads(text)["signature"]
+    unsigned = (text[:cut] + "}").encode()
+    expected = "sha256=" + hmac.new(secret.encode(), unsigned, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(claimed, expected)
+
+
+DELIVERIES = """query D($id: ID) { webhookDeliveries(generationId: $id) { event status } }"""
+
+
+async def test_webhook_url_gets_seed_000s_batch_complete_body(
+    settings: Settings, sessions: Sessions, database: str
+) -> None:
+    """The batch's webhook_url gets exactly one POST, seed 000's body: ``batch.complete``,
+    ``data`` shaped like GET's answer (the client ids as ``jobs[].id``), signed as a
+    single job's seed-000 webhook is."""
+    hooked = own_queue(
+        settings, "v2-batch-hooks", webhook_allowed_hosts="127.0.0.1",
+        webhook_retry_schedule="0.3,0.3", webhook_timeout_s=2.0,
+    )  # fmt: skip
+    account = await create_account(sessions, hooked, credits=1000)
+    receiver = Receiver()
+    try:
+        with (
+            ThreadedServer.of(hooked) as server,
+            ThreadedWorker(hooked),
+            ThreadedWorker(hooked, build=build_webhook_worker),
+        ):
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                body = {
+                    "batch": [
+                        {"id": "req_001", "prompt": "a red lighthouse",
+                         "params": {**SMALL, "seed": 42}},
+                        {"prompt": "a green field", **SMALL},
+                        {"id": "req_003", "prompt": "a blue sea", **SMALL},
+                    ],
+                    "webhook_url": receiver.url,
+                }  # fmt: skip
+                response = await http.post("/api/batch/generate", json=body, headers=key(account))
+                assert response.status_code == 201, response.text
+                batch_id = response.json()["batch_id"]
+                image_ids = [j["image_id"] for j in response.json()["jobs"]]
+                done = await wait_batch(http, account, batch_id)
+                deadline = time.monotonic() + 60
+                while True:
+                    found = await gql(http, DELIVERIES, {"id": image_ids[0]}, key=account.api_key)
+                    rows = found["data"]["webhookDeliveries"]
+                    if rows and all(r["status"] == "delivered" for r in rows):
+                        break
+                    assert time.monotonic() < deadline, rows
+                    await asyncio.sleep(0.1)
+                assert [r["event"] for r in rows] == ["batch.completed"]  # ours, as for jobs
+                me = await gql(http, "{ me { webhookSecret } }", key=account.api_key)
+                secret = me["data"]["me"]["webhookSecret"]
+                await asyncio.sleep(0.5)  # a second POST would have come by now
+    finally:
+        receiver.close()
+    assert done["status"] == "completed", done
+    [request] = receiver.requests
+    sent = json.loads(request["body"])
+    assert list(sent) == ["event", "timestamp", "data", "signature"]
+    assert sent["event"] == "batch.complete" and sent["timestamp"].endswith("Z")
+    assert seed_signature_ok(request["body"], secret)
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    whole = "sha256=" + hmac.new(secret.encode(), request["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-doitong-signature"], whole)
+    assert not seed_signature_ok(request["body"].replace(b"req_001", b"req_999"), secret)
+    data = sent["data"]
+    assert data["batch_id"] == batch_id
+    assert [j["id"] for j in data["jobs"]] == ["req_001", image_ids[1], "req_003"]
+    assert [j["image_id"] for j in data["jobs"]] == image_ids
+    # GET's answer, field for field.
+    for name in ("status", "total", "queued", "processing", "completed", "failed", "cancelled",
+                 "started_at", "completed_at", "total_time"):  # fmt: skip
+        assert data[name] == done[name], name
+    for job, shown in zip(data["jobs"], done["jobs"], strict=True):
+        for name in ("id", "image_id", "status", "position", "url", "seed", "generation_time",
+                     "error_message"):  # fmt: skip
+            assert job[name] == shown[name], (name, job, shown)
+        assert job["url"], job
+    assert data["jobs"][0]["seed"] == 42
 
 
 async def test_seed_json_structure_is_refused_whole_when_one_item_cannot_run(
@@ -486,14 +595,21 @@ async def test_bad_input_is_400_in_the_seed_shape_and_costs_nothing(
          "webhook_url"),
         ({"batch": [{"id": "x" * 65, "prompt": "x"}]}, "batch.0.id"),
         ({"batch": [{"id": "a\u0000", "prompt": "x", **SMALL}]}, "batch.0.id"),
-        ({"batch": [{"id": "y" * 60 + str(n), "prompt": "x", **SMALL} for n in range(5)]},
-         "batch"),
     ]  # fmt: skip
     for payload, field in cases:
         response = await http.post("/api/batch/generate", json=payload, headers=key(account))
         body = assert_error(response, 400, "BAD_USER_INPUT")
         assert body["field"] == field, (payload, body)
     await untouched(sessions, account)
+    # Each item's id has room of its own (they no longer share clientBatchId's 255
+    # characters): ten of 64 are accepted, and answered back.
+    ids = [str(n).rjust(64, "y") for n in range(10)]
+    body = {"batch": [{"id": i, "prompt": "x", **SMALL} for i in ids]}
+    accepted = await http.post("/api/batch/generate", json=body, headers=key(account))
+    assert accepted.status_code == 201, accepted.text
+    assert [j["id"] for j in accepted.json()["jobs"]] == ids
+    cancelled = await http.delete(f"/api/batch/{accepted.json()['batch_id']}", headers=key(account))
+    assert cancelled.status_code == 200, cancelled.text
 
 
 async def test_hostile_input_is_4xx(

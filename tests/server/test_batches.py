@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -21,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.catalog import Catalog
 from billing.db import unit_of_work_without_dispatch
+from billing.errors import BadUserInput
 from billing.models import Batch, Generation, LedgerEntry, WebhookEvent
 from billing.plans import default_plan_book
 from billing.pricing import default_price_table
 from billing.requests import Limits, RawImageRequest, validate
-from billing.service import accounts, generations
+from billing.service import accounts, batches, generations
 from billing.service.ledger import Balance
 from gpu_worker.webhooks import build_webhook_worker
 from runtime.queue import PRIORITY_STEP_MS, Dispatcher, job_id, new_pool
@@ -181,6 +184,77 @@ async def test_client_batch_id_makes_it_idempotent(
     assert await rows(sessions, Generation, customer) == 2
     cancelled = (await gql(http, CANCEL, {"id": first["id"]}, key=customer.api_key))["data"]
     assert cancelled["cancelBatch"]["status"] == "cancelled"
+    assert await balance(sessions, customer.id) == Balance(1000, 0)
+
+
+WITH_IDS = """mutation B($input: CreateBatchInput!) { createBatch(input: $input) {
+  id clientBatchId webhookEvents items { id clientId } } }"""
+GET_IDS = "query G($id: ID!) { batch(id: $id) { clientBatchId webhookEvents items { clientId } } }"
+
+
+async def test_item_client_ids_round_trip_and_are_part_of_the_request(
+    http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], customer: TestAccount
+) -> None:
+    key = customer.api_key
+    items = [{**t2i("one"), "clientId": "req_001"}, t2i("two"), {**t2i("three"), "clientId": "r3"}]
+    sent = {"items": items, "clientBatchId": "ids-1", "webhookEvents": ["batch.completed"]}
+    first = created(await gql(http, WITH_IDS, {"input": sent}, key=key))
+    assert [i["clientId"] for i in first["items"]] == ["req_001", None, "r3"]
+    assert first["webhookEvents"] == ["batch.completed"]
+    shown = (await gql(http, GET_IDS, {"id": first["id"]}, key=key))["data"]["batch"]
+    assert (shown["clientBatchId"], shown["webhookEvents"]) == ("ids-1", ["batch.completed"])
+    assert [i["clientId"] for i in shown["items"]] == ["req_001", None, "r3"]
+    spent = await balance(sessions, customer.id)
+    again = created(await gql(http, WITH_IDS, {"input": sent}, key=key))
+    assert again["id"] == first["id"] and again["items"] == first["items"]
+    # Other client ids, or another body for the webhook, under the same clientBatchId: a
+    # different request, refused, nothing charged.
+    renamed = [{**items[0], "clientId": "req_002"}, *items[1:]]
+    for changed in (
+        {**sent, "items": renamed},
+        {**sent, "items": [t2i("one"), *items[1:]]},
+        {**sent, "webhookEvents": ["batch.complete"]},
+    ):
+        ext = error(await gql(http, WITH_IDS, {"input": changed}, key=key))
+        assert (ext["code"], ext["field"]) == ("IDEMPOTENCY_KEY_REUSED", "clientBatchId")
+    assert await balance(sessions, customer.id) == spent
+    assert await rows(sessions, Batch, customer) == 1
+    await gql(http, CANCEL, {"id": first["id"]}, key=key)
+
+
+def test_client_ids_are_checked_for_every_caller() -> None:
+    """What the GraphQL layer refuses before (NUL, lone surrogates), the service refuses
+    too, for a caller that reaches it directly."""
+    assert batches.check_client_ids([None, None]) is None
+    assert batches.check_client_ids([None, "a"]) == [None, "a"]
+    for bad in ("a\x00b", "a\ud800", "", "x" * 65):
+        with pytest.raises(BadUserInput) as refused:
+            batches.check_client_ids(["ok", bad])
+        assert refused.value.field == "items.1.clientId"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"items": [t2i(), {**t2i(), "clientId": "x" * 65}]}, "items.1.clientId"),
+        ({"items": [{**t2i(), "clientId": ""}]}, "items.0.clientId"),
+        # Refused with every variable's text (hostile input), named by its path.
+        ({"items": [{**t2i(), "clientId": "a\u0000b"}]}, "input.items.0.clientId"),
+        ({"webhookEvents": ["batch.done"]}, "webhookEvents"),
+        ({"webhookEvents": []}, "webhookEvents"),
+        ({"webhookEvents": ["completed"]}, "webhookEvents"),
+        ({"webhookEvents": ["batch.completed", "batch.complete"]}, "webhookEvents"),
+    ],
+)
+async def test_bad_client_ids_and_webhook_events_cost_nothing(
+    http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], customer: TestAccount,
+    extra: dict[str, Any], field: str,
+) -> None:  # fmt: skip
+    sent = {"items": [t2i()], "webhookUrl": "https://example.com/hook", **extra}
+    ext = error(await gql(http, WITH_IDS, {"input": sent}, key=customer.api_key))
+    assert (ext["code"], ext["field"]) == ("BAD_USER_INPUT", field), ext
+    assert await rows(sessions, Batch, customer) == 0
+    assert await rows(sessions, Generation, customer) == 0
     assert await balance(sessions, customer.id) == Balance(1000, 0)
 
 
@@ -386,6 +460,58 @@ async def test_cancel_batch_releases_exactly_the_unfinished_items_and_hooks_once
         assert [i["status"] for i in sent["items"]] == ["completed", "cancelled", "cancelled"]
     finally:
         receiver.close()
+
+
+async def test_seed_000s_event_name_gets_seed_000s_body_when_cancelled(
+    http: httpx.AsyncClient, batch_settings: Settings, customer: TestAccount
+) -> None:
+    """``webhookEvents: ["batch.complete"]``: the body is seed 000's, built where the batch
+    ended (here the API's cancelBatch, which names the finished item's image URL too)."""
+    key = customer.api_key
+    receiver = Receiver()
+    try:
+        items = [{**t2i("first", steps=2), "clientId": "first"}, t2i("second", steps=30)]
+        sent = {"items": items, "webhookUrl": receiver.url, "webhookEvents": ["batch.complete"]}
+        batch = created(await gql(http, WITH_IDS, {"input": sent}, key=key))
+        runner = SlowRunner(Catalog.load(batch_settings.models), step_seconds=0.2)
+        with ThreadedWorker(batch_settings, runner=runner):
+            first = await wait_batch(
+                http, key, batch["id"], lambda b: b["items"][0]["status"] == "completed"
+            )
+            await gql(http, CANCEL, {"id": batch["id"]}, key=key)
+        found = await gql(
+            http, "query U($id: ID!) { generation(id: $id) { url } }",
+            {"id": first["items"][0]["id"]}, key=key,
+        )  # fmt: skip
+        url = found["data"]["generation"]["url"]
+        with ThreadedWorker(batch_settings, build=build_webhook_worker):
+            deadline = time.monotonic() + 60
+            while not receiver.requests:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        secret = (await gql(http, "{ me { webhookSecret } }", key=key))["data"]["me"][
+            "webhookSecret"
+        ]
+    finally:
+        receiver.close()
+    [request] = receiver.requests
+    text = request["body"].decode()
+    body = json.loads(text)
+    assert list(body) == ["event", "timestamp", "data", "signature"]
+    unsigned = text[: text.rindex(',"signature":"sha256=')] + "}"
+    expected = "sha256=" + hmac.new(secret.encode(), unsigned.encode(), hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(body["signature"], expected)
+    data = body["data"]
+    assert body["event"] == "batch.complete" and data["batch_id"] == f"batch_{batch['id']}"
+    assert (data["status"], data["total"], data["completed"], data["cancelled"]) == (
+        "completed", 2, 1, 1,
+    )  # fmt: skip
+    ids = [i["id"] for i in batch["items"]]
+    assert [j["id"] for j in data["jobs"]] == ["first", ids[1]]
+    assert [j["image_id"] for j in data["jobs"]] == ids
+    assert [j["status"] for j in data["jobs"]] == ["completed", "failed"]
+    assert [j["url"] for j in data["jobs"]] == [url, None] and url
+    assert data["jobs"][1]["error_message"] == "The generation was cancelled"
 
 
 async def test_batch_updated_follows_every_item_to_the_end(

@@ -7,17 +7,21 @@ transaction, or none), limits and isolation are createBatch's.
 
 Ids: a batch's id is ``batch_<Fluxgate batch id>`` (the seed's ``batch_...`` form; its
 Socket.IO channel is the same string), an item's ``image_id`` is its job's id. The seed's
-per-item client ids (``batch[].id``) have no field of their own in Fluxgate: they travel
-in the batch's ``clientBatchId`` (a small JSON object, with the request's Idempotency-Key
-or a random nonce), so ``GET`` answers them again; an item without one is named by its
-``image_id``.
+per-item client ids (``batch[].id``) are the items' ``clientId``, so ``GET`` and the
+webhook answer them again; an item without one is named by its ``image_id``. The
+request's Idempotency-Key is the batch's ``clientBatchId``: the same key with the same
+body returns the first batch (charged once), with another body (other item ids
+included) it is 422 IDEMPOTENCY_KEY_REUSED.
+
+A ``webhook_url`` is registered with seed 000's event name (``webhookEvents:
+["batch.complete"]``): once every item is final it receives seed 000's body, ``{"event":
+"batch.complete", "timestamp", "data", "signature"}``, ``data`` shaped like ``GET``'s
+answer (``billing.service.batch_progress.seed000_payload``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -26,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from billing.service.batches import MAX_CLIENT_BATCH_ID, MAX_ITEMS
+from billing.service.batch_progress import SEED000_BATCH_COMPLETE, SEED000_BATCH_PREFIX
+from billing.service.batches import MAX_CLIENT_ID, MAX_ITEMS
 from billing.text import unstorable
 from server.compat.surface import Call, FormFile, Refused
 from server.compat.v2.common import (
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 P = TypeVar("P", bound=GenerationParams)
-PREFIX = "batch_"
+PREFIX = SEED000_BATCH_PREFIX
 # The seed's "Успешный ответ (202 Accepted)" heading says 202, but every client the seed
 # ships (BatchProcessor in Python, JavaScript and PHP, and the three SDKs) tests
 # ``status == 201`` and fails otherwise: 201, so they run as written.
@@ -61,8 +66,8 @@ CREATED_STATUS = 201
 BATCH_FIELDS = """
   id clientBatchId status total queued processing completed failed cancelled progress
   createdAt completedAt
-  items { id status prompt seed url progress step totalSteps duration error startedAt
-          completedAt etaSeconds queuePosition }
+  items { id clientId status prompt seed url progress step totalSteps duration error
+          startedAt completedAt etaSeconds queuePosition }
 """
 CREATE = f"""mutation CreateBatch($input: CreateBatchInput!, $images: [Upload!]) {{
   createBatch(input: $input, images: $images) {{ {BATCH_FIELDS} }} }}"""
@@ -82,9 +87,9 @@ class BatchItem(BaseModel):
     id: str | None = Field(
         default=None,
         min_length=1,
-        max_length=64,
+        max_length=MAX_CLIENT_ID,
         description="Your id for this item, answered back in `jobs[].id` (default: its "
-        "image_id). The items' ids together must fit in about 200 characters.",
+        "image_id), in GET's answer and in the webhook.",
     )
 
     @field_validator("id")
@@ -113,7 +118,8 @@ class BatchGenerateBody(BaseModel):
     webhook_url: str | None = Field(
         default=None,
         max_length=2048,
-        description="Receives Fluxgate's `batch.completed` once every item is final.",
+        description="Receives seed 000's signed `batch.complete` body (`event`, "
+        "`timestamp`, `data` as GET's answer, `signature`) once every item is final.",
     )
     parallel: bool = Field(
         default=False,
@@ -217,18 +223,8 @@ def internal_id(value: str) -> str:
 
 
 def client_ids(batch: Mapping[str, Any]) -> list[str | None]:
-    """The items' client ids, as this surface stored them in clientBatchId (Nones for a
-    batch made elsewhere)."""
-    items = batch.get("items") or []
-    raw = batch.get("clientBatchId")
-    if isinstance(raw, str) and raw.startswith('{"v2":'):
-        try:
-            ids = json.loads(raw).get("ids")
-        except (ValueError, AttributeError):
-            ids = None
-        if isinstance(ids, list) and len(ids) == len(items):
-            return [i if isinstance(i, str) else None for i in ids]
-    return [None] * len(items)
+    """The items' client ids (their ``clientId``; None for an item sent without one)."""
+    return [item.get("clientId") for item in batch.get("items") or []]
 
 
 def job_entry(item: Mapping[str, Any], position: int, client_id: str | None) -> dict[str, Any]:
@@ -320,26 +316,6 @@ def _job_input(index: int, params: GenerationParams, service: str) -> dict[str, 
         raise
 
 
-def _client_batch_id(call: Call, ids: Sequence[str | None]) -> str | None:
-    """createBatch's clientBatchId: the request's Idempotency-Key (a repeat returns the
-    first batch, charged once) and the items' client ids, or None when neither is sent."""
-    key = call.context.idempotency_key if call.context is not None else None
-    if key is None and not any(ids):
-        return None
-    # Without client ids the identity is the key alone, so the same key with other items
-    # (another count included) is IDEMPOTENCY_KEY_REUSED, not a second batch. With client
-    # ids they are part of it: the same key with other ids is another batch (README).
-    listed = list(ids) if any(ids) else []
-    value = json.dumps({"v2": key or secrets.token_hex(8), "ids": listed}, separators=(",", ":"))
-    if len(value) > MAX_CLIENT_BATCH_ID:
-        raise Refused.bad_input(
-            "batch: the items' ids (and the Idempotency-Key) are too long together; "
-            "keep them under 200 characters in all",
-            "batch",
-        )
-    return value
-
-
 async def _create(
     call: Call,
     items: list[dict[str, Any]],
@@ -349,11 +325,17 @@ async def _create(
     priority: str,
     images: list[UploadFile] | None = None,
 ) -> JSONResponse:
+    for item, client_id in zip(items, ids, strict=True):
+        item["clientId"] = client_id
     batch_input = {
         "items": items,
         "priority": priority.upper(),
         "webhookUrl": webhook_url,
-        "clientBatchId": _client_batch_id(call, ids),
+        # Registered with seed 000's name, the webhook's body is seed 000's.
+        "webhookEvents": [SEED000_BATCH_COMPLETE] if webhook_url is not None else None,
+        # The Idempotency-Key is the batch's identity: a repeat of the same body returns
+        # the first batch (charged once), another body (item ids included) is refused.
+        "clientBatchId": call.context.idempotency_key if call.context is not None else None,
     }
     try:
         data = await call.run(CREATE, {"input": batch_input, "images": images})
@@ -375,8 +357,8 @@ def _item_field(refused: Refused) -> Refused:
         renamed = "batch." + refused.field.removeprefix("items.")
         refused.message = refused.message.replace(refused.field, renamed)
         refused.field = renamed
-    elif refused.field == "client_batch_id":
-        refused.message = refused.message.replace("client_batch_id", "Idempotency-Key")
+    elif refused.field in ("client_batch_id", "clientBatchId"):
+        refused.message = refused.message.replace(refused.field, "Idempotency-Key")
         refused.field = "Idempotency-Key"
     return refused
 
