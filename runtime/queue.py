@@ -519,6 +519,16 @@ class QueueInspector:
             counts = await pipe.execute()
         return {pool: int(n) for pool, n in zip(names, counts, strict=True)}
 
+    async def job_seconds(self, pools: Iterable[str]) -> dict[str, float | None]:
+        """Per pool, the moving average of its jobs' run time, any size (None: none
+        measured yet). One round trip."""
+        names = list(pools)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in names:
+                pipe.hget(self._timings(pool).keys.timings, "job:*")
+            values = await pipe.execute()
+        return {p: None if v is None else float(v) for p, v in zip(names, values, strict=True)}
+
     async def depths(self, pools: Iterable[str]) -> dict[str, int]:
         """Per pool, the jobs in its queue: waiting, or started by a worker (arq keeps a
         job in the queue until it ends). One round trip (administration statistics)."""

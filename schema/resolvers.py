@@ -29,6 +29,7 @@ from schema.library import LibraryMutation, LibraryQuery
 from schema.live import follow, follow_account, present
 from schema.loras import LoraMutation, LoraQuery
 from schema.quotas import QuotaMutation, QuotaQuery
+from schema.status import StatusQuery
 from schema.types import (
     Account,
     AccountPlan,
@@ -136,7 +137,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 
 @strawberry.type
-class Query(AdminQuery, BatchQuery, LibraryQuery, LoraQuery, QuotaQuery):
+class Query(AdminQuery, BatchQuery, LibraryQuery, LoraQuery, QuotaQuery, StatusQuery):
     @strawberry.field(description="The caller's account, balance and limits.")
     async def me(self, info: Ctx) -> Account:
         caller = await info.context.caller()

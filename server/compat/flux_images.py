@@ -276,7 +276,6 @@ async def flux_images(call: Call) -> Response | dict[str, Any]:
 
 def served_models(call: Call) -> dict[str, list[str]]:
     """The seed's models this deployment's registry serves, by action."""
-    assert call.context is not None
     entries = {(e.provider, e.version) for e in call.context.services.catalog.entries}
     served: dict[str, list[str]] = {action: [] for action in KINDS}
     for name, (kind, service, version) in MODELS.items():
@@ -293,7 +292,6 @@ async def following(call: Call, job_id: str) -> AsyncGenerator[Generation, None]
     """The job's states from now on (its current one first), by its events. Started
     here, so a subscription refused (the account's max_subscriptions) refuses the
     request: the job is then cancelled, its credits released."""
-    assert call.context is not None
     context = call.context
     caller = await context.caller()
     # The request's own session (its authentication's, if no transaction took it over)

@@ -454,7 +454,6 @@ async def delete_image(call: Call) -> dict[str, Any]:
 async def _final(call: Call, generation_id: str) -> dict[str, Any] | None:
     """The job's final state (``generationUpdated``), or None if it is not final within
     ``STORE_WAIT_S``."""
-    assert call.context is not None
     schema = call.request.app.state.schema
     stream = await schema.subscribe(
         FOLLOW, variable_values={"id": generation_id}, context_value=call.context

@@ -151,10 +151,11 @@ class Operation:
 @dataclass
 class Call:
     """One request to an endpoint: the validated query and body, the path parameters and
-    the authenticated context (``None`` for a public endpoint)."""
+    the context its GraphQL documents run in: the caller's, or an anonymous one for a
+    public endpoint (its documents may only read public fields)."""
 
     request: Request
-    context: Context | None
+    context: Context
     query: Any
     body: Any
     path: dict[str, str]
@@ -163,7 +164,6 @@ class Call:
     async def run(self, document: str, variables: Mapping[str, Any] | None = None) -> Any:
         """Execute a GraphQL document as this caller: its ``data``, or ``Refused`` with
         the first error's code (mapped to this surface's HTTP status)."""
-        assert self.context is not None, "a public endpoint has no caller"
         # One REST request counts once against the rate limit, however many operations
         # it runs (schema/ratelimit.py).
         self.request.state.fluxgate_rest_call = True
@@ -248,6 +248,8 @@ class Surface:
                     context: Context | None = None
                     if auth == "header":
                         context = await self._authenticate(request, None)
+                    elif auth == "none":
+                        context = anonymous(request)
                     parsed_query = _validate(query, dict(request.query_params), "query")
                     raw, form = await _read_body(request, operation) if body else (None, None)
                     if auth == "form":
@@ -259,6 +261,7 @@ class Surface:
                             )  # fmt: skip
                         context = await self._authenticate(request, key.strip())
                     parsed_body = _validate(body, raw, "body") if body else None
+                    assert context is not None
                     call = Call(
                         request, context, parsed_query, parsed_body,
                         dict(request.path_params), self,
@@ -266,8 +269,7 @@ class Surface:
                     try:
                         result = await handler(call)
                     finally:
-                        if context is not None:
-                            await context.close()
+                        await context.close()
                 except Refused as refused:
                     return self.error(request, refused)
                 finally:
@@ -295,6 +297,13 @@ class Surface:
         except Forbidden as exc:  # a banned account
             raise Refused(403, exc.code.value, exc.message) from None
         return context
+
+
+def anonymous(request: Request) -> Context:
+    """A public endpoint's context: no caller, whatever key the request carries."""
+    context = build_context(request, request.app.state.services)
+    context.api_key = None
+    return context
 
 
 async def _read_body(request: Request, operation: Operation) -> tuple[Any, FormData | None]:

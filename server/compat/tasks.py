@@ -259,7 +259,6 @@ SUBMITTED: dict[int, type[BaseModel] | None] = {200: Submitted, **ERRORS}
 
 def check_size(call: Call, *uploads: Any) -> None:
     """The seed's own refusal for a file over the input limit (413, its message)."""
-    assert call.context is not None
     limit = call.context.services.inputs.max_bytes
     for upload in uploads:
         if upload is not None and (upload.size or 0) > limit:

@@ -449,6 +449,21 @@ async def test_status_examples_as_written(
     model = status["models"]["flux-dev"]
     assert model["status"] == "available"
     assert isinstance(model["queue_size"], int) and model["queue_size"] >= 0
+    # Public whatever key is sent; the same figures as GraphQL's serviceStatus, which
+    # needs no key either.
+    with_bad_key = await http.get("/api/status", headers={"X-API-Key": "fgk_nope"})
+    assert with_bad_key.status_code == 200, with_bad_key.text
+    query = """{ serviceStatus { operational at
+      models { service pool availability queueSize liveWorkers averageJobSeconds } } }"""
+    answer = (await http.post("/graphql", json={"query": query})).json()
+    assert "errors" not in answer, answer
+    graph = answer["data"]["serviceStatus"]
+    assert graph["operational"] is True and graph["at"].endswith("Z")
+    services = {m["service"]: m for m in graph["models"]}
+    assert set(services) == set(status["models"])
+    assert services["flux-dev"]["availability"] == "AVAILABLE"
+    assert services["flux-dev"]["liveWorkers"] >= 1
+    assert services["flux-dev"]["pool"] == "default"
 
 
 # ----------------------------------------------------------------------------- admin

@@ -11,17 +11,13 @@ changes). The profile's user name and settings are the account's (``updateProfil
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from billing.text import unstorable
-from runtime.queue import Timings, pool_queue
-from schema.context import Services
 from server.compat.surface import Call, Refused
 from server.compat.v2.common import (
     ERRORS,
@@ -417,8 +413,8 @@ class ApiStatus(_Out):
     timestamp: str
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+STATUS = """{ serviceStatus { operational at
+  models { service availability queueSize averageJobSeconds } } }"""
 
 
 @surface.endpoint(
@@ -428,34 +424,16 @@ def _now() -> str:
     "version's pool); upscale is not served on this deployment.",
 )  # fmt: skip
 async def api_status(call: Call) -> dict[str, Any]:
-    services: Services = call.request.app.state.services
-    defaults: dict[str, str] = {}
-    for entry in services.catalog.entries:
-        if entry.is_default or entry.provider not in defaults:
-            defaults[entry.provider] = entry.pool
-    pools = sorted(set(defaults.values()))
-    queue = services.queue
-    try:
-        depths = await queue.depths(pools)
-        live = await queue.live_workers(pools)
-        averages = {
-            pool: (await Timings(queue.redis, pool_queue(queue.queue_name, pool)).get("job:*"))[0]
-            for pool in pools
-        }
-    except (RedisError, OSError):
-        depths, live, averages = {}, {}, {}
+    status = (await call.run(STATUS))["serviceStatus"]
     models = {
-        provider: {
-            "status": "unknown" if pool not in live
-            else "available" if live[pool] > 0 else "unavailable",
-            "queue_size": depths.get(pool),
-            "avg_generation_time": None if averages.get(pool) is None
-            else round(float(averages[pool] or 0), 2),
+        m["service"]: {
+            "status": m["availability"].lower(),
+            "queue_size": m["queueSize"],
+            "avg_generation_time": m["averageJobSeconds"],
         }
-        for provider, pool in sorted(defaults.items())
-    }  # fmt: skip
-    running = bool(live) and all(n > 0 for n in live.values())
-    state = "operational" if running else "degraded"
+        for m in status["models"]
+    }
+    state = "operational" if status["operational"] else "degraded"
     return {
         "status": state,
         "version": "2.0",
@@ -467,7 +445,7 @@ async def api_status(call: Call) -> dict[str, Any]:
             "websocket": "operational",
         },
         "models": models,
-        "timestamp": _now(),
+        "timestamp": status["at"],
     }
 
 

@@ -335,7 +335,7 @@ async def _create(
         "webhookEvents": [SEED000_BATCH_COMPLETE] if webhook_url is not None else None,
         # The Idempotency-Key is the batch's identity: a repeat of the same body returns
         # the first batch (charged once), another body (item ids included) is refused.
-        "clientBatchId": call.context.idempotency_key if call.context is not None else None,
+        "clientBatchId": call.context.idempotency_key,
     }
     try:
         data = await call.run(CREATE, {"input": batch_input, "images": images})
