@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from pydantic import ValidationError
@@ -312,6 +312,13 @@ class Mutation(AdminMutation, BatchMutation, LibraryMutation, LoraMutation, Quot
         account_id: strawberry.ID,
         plan: str | None = None,
         overrides: LimitOverridesInput | None = None,
+        merge_overrides: Annotated[
+            bool,
+            strawberry.argument(
+                description="Change only the limits `overrides` names (`daily` per kind) "
+                "and keep the other stored overrides, instead of replacing them all."
+            ),
+        ] = False,
     ) -> AccountPlan:
         # Not an Account: an admin changes plans, and sees no other account's secrets.
         caller = await info.context.caller()
@@ -325,6 +332,7 @@ class Mutation(AdminMutation, BatchMutation, LibraryMutation, LoraMutation, Quot
                 plan=plan,
                 overrides=overrides.to_dict() if overrides is not None else None,
                 plans=info.context.services.plans,
+                merge=merge_overrides,
             )
         limits = _account(info.context, account).limits
         return AccountPlan(

@@ -313,17 +313,16 @@ def account_set_plan(
 
     async def change(session: Any) -> dict[str, Any]:
         found = await _resolve_account(session, account)
-        merged = {} if clear_overrides else dict(found.limit_overrides or {})
-        if "daily" in given:  # per kind: merged into the account's other kinds
-            given["daily"] = {**(merged.get("daily") or {}), **given["daily"]}
-        merged.update(given)
+        # The limits given change (daily per kind); the other overrides stay, unless
+        # --clear-overrides (then only those given are left).
         updated = await admin.set_plan(  # recorded in the admin audit log
             UnitOfWork(session),
             admin_cli.cli_actor(),
             found.id,
             plan=plan,
-            overrides=merged if (given or clear_overrides) else None,
+            overrides=given if (given or clear_overrides) else None,
             plans=default_plan_book(),
+            merge=not clear_overrides,
         )
         limits = default_plan_book().limits(updated.plan, updated.limit_overrides)
         return {

@@ -15,7 +15,7 @@ from billing import repository as repo
 from billing.db import ApiKeyRevoked, UnitOfWork
 from billing.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from billing.models import Account, ApiKey, utcnow
-from billing.plans import PlanBook, default_plan_book, validate_overrides
+from billing.plans import DAILY, PlanBook, default_plan_book, validate_overrides
 from billing.service import ledger
 
 # How often a key's "last used" time is written (a write per request would cost more
@@ -181,13 +181,22 @@ async def set_plan(
     plan: str | None,
     overrides: dict[str, Any] | None,
     plans: PlanBook,
+    merge: bool = False,
 ) -> Account:
-    """Change an account's plan and/or its limit overrides (an empty dict clears them)."""
-    account = await get_account(session, account_id)
+    """Change an account's plan and/or its limit overrides: they replace the stored ones
+    (an empty dict clears them), or with ``merge`` only the limits named change (``daily``
+    per kind); the row is locked so that concurrent merges do not lose one another."""
+    account = await locked(session, account_id)
     if plan is not None:
         account.plan = plans.check_plan(plan)
     if overrides is not None:
-        account.limit_overrides = validate_overrides(overrides) or None
+        changes = validate_overrides(overrides)
+        if merge:
+            stored = dict(account.limit_overrides or {})
+            if DAILY in changes:
+                changes[DAILY] = {**(stored.get(DAILY) or {}), **changes[DAILY]}
+            changes = {**stored, **changes}
+        account.limit_overrides = changes or None
     await repo.add(session, account)
     return account
 
@@ -209,7 +218,7 @@ async def update_profile(
         raise BadUserInput(
             "default_model", f"unknown model {model!r}; available: {', '.join(models)}"
         )
-    account = await repo.lock_account(uow.session, account_id)
+    account = await locked(uow.session, account_id)
     merged = {**asdict(Profile.of(account)), **changes}
     for name in PROFILE_TEXT_LIMITS:
         if isinstance(merged[name], str):
@@ -228,6 +237,12 @@ async def find_account(session: AsyncSession, id_or_email: str) -> Account:
     if found is None:
         raise NotFound("Account")
     return found
+
+
+async def locked(session: AsyncSession, account_id: uuid.UUID) -> Account:
+    """The account, its row locked until commit (NOT_FOUND: no such account)."""
+    await get_account(session, account_id)
+    return await repo.lock_account(session, account_id)
 
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:

@@ -224,12 +224,13 @@ async def set_plan(
     plan: str | None,
     overrides: dict[str, Any] | None,
     plans: PlanBook,
+    merge: bool = False,
 ) -> Account:
     """``accounts.set_plan``, recorded."""
-    before = await accounts.get_account(uow.session, account_id)
+    before = await accounts.locked(uow.session, account_id)
     old_plan, old_overrides = before.plan, before.limit_overrides
     account = await accounts.set_plan(
-        uow.session, account_id, plan=plan, overrides=overrides, plans=plans
+        uow.session, account_id, plan=plan, overrides=overrides, plans=plans, merge=merge
     )
     await _record(
         uow.session, actor, Action.SET_PLAN, account.id,

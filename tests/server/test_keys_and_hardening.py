@@ -99,6 +99,38 @@ async def test_admins_change_plans_and_overrides(
     )  # fmt: skip
     assert negative["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
 
+    # mergeOverrides: only the limits named change (daily per kind), the others stay.
+    merge = """mutation M($id: ID!, $o: LimitOverridesInput!) {
+      setAccountPlan(accountId: $id, overrides: $o, mergeOverrides: true) {
+        limits { requestsPerMinute concurrentJobs jobsPerDay daily { kind perDay } } } }"""
+    first = await gql(
+        client, merge, {"id": str(customer.id), "o": {"daily": [{"kind": "edit", "perDay": 3}]}},
+        key=admin_key.secret,
+    )  # fmt: skip
+    merged = await gql(
+        client, merge,
+        {"id": str(customer.id),
+         "o": {"concurrentJobs": 7, "daily": [{"kind": "vectorize", "perDay": 9}]}},
+        key=admin_key.secret,
+    )  # fmt: skip
+    assert "errors" not in first, first
+    limits = merged["data"]["setAccountPlan"]["limits"]
+    assert (limits["requestsPerMinute"], limits["concurrentJobs"], limits["jobsPerDay"]) == (
+        1200, 7, None,
+    )  # fmt: skip
+    daily = {q["kind"]: q["perDay"] for q in limits["daily"]}
+    assert daily["edit"] == 3 and daily["vectorize"] == 9
+    # Without it the overrides are replaced: back to the plan's but for the one named.
+    replaced = await gql(
+        client, SET_PLAN, {"id": str(customer.id), "o": {"concurrentJobs": 5}},
+        key=admin_key.secret,
+    )  # fmt: skip
+    assert replaced["data"]["setAccountPlan"]["limits"] == {
+        "requestsPerMinute": 600, "concurrentJobs": 5, "jobsPerDay": None,
+    }  # fmt: skip
+    restore = {"requestsPerMinute": 1200, "jobsPerDay": None}
+    await gql(client, SET_PLAN, {"id": str(customer.id), "o": restore}, key=admin_key.secret)
+
     # The operator CLI does the same.
     env = {
         "FLUXGATE_DATABASE_URL": settings.database_url,

@@ -517,9 +517,8 @@ ADMIN_USERS = f"""query U($first: Int!, $offset: Int!) {{
 ADMIN_STATS = """{ adminStatistics { accounts bannedAccounts activeAccounts24h
   activeAccounts30d gpuSeconds jobs { model status count } queues { pool depth liveWorkers }
   revenue30d { currency payments amount } at } }"""
-ADMIN_OVERRIDES = "query O($id: ID!) { adminAccount(id: $id) { limitOverrides } }"
 SET_QUOTA = """mutation Q($id: ID!, $overrides: LimitOverridesInput!) {
-  setAccountPlan(accountId: $id, overrides: $overrides) { accountId plan
+  setAccountPlan(accountId: $id, overrides: $overrides, mergeOverrides: true) { accountId plan
     limits { jobsPerDay daily { kind perDay } } } }"""
 BAN = f"""mutation B($id: ID!, $reason: String!) {{
   adminBanAccount(accountId: $id, reason: $reason) {{ cancelledJobIds
@@ -588,15 +587,6 @@ async def admin_statistics(call: Call) -> dict[str, Any]:
     }
 
 
-# LimitOverridesInput's names of the stored overrides (adminAccount.limitOverrides).
-_OVERRIDE_INPUT = {
-    "requests_per_minute": "requestsPerMinute", "concurrent_jobs": "concurrentJobs",
-    "jobs_per_day": "jobsPerDay", "max_subscriptions": "maxSubscriptions",
-    "retention_days": "retentionDays", "storage_quota_mb": "storageQuotaMb",
-    "max_megapixels": "maxMegapixels",
-}  # fmt: skip
-
-
 @surface.endpoint(
     "POST", "/api/admin/user/{user_id}/quota", summary="Admin: set a user's daily quotas",
     body=QuotaUpdate, responses={200: AdminDone, **ERRORS},
@@ -607,19 +597,12 @@ _OVERRIDE_INPUT = {
 async def admin_quota(call: Call) -> dict[str, Any]:
     body: QuotaUpdate = call.body
     account_id = _our_id(call.path["user_id"])
-    stored = (await call.run(ADMIN_OVERRIDES, {"id": account_id}))["adminAccount"]
-    current: dict[str, Any] = stored["limitOverrides"] or {}
-    overrides: dict[str, Any] = {
-        _OVERRIDE_INPUT[k]: v for k, v in current.items() if k in _OVERRIDE_INPUT
-    }
-    daily: dict[str, Any] = dict(current.get("daily") or {})
+    overrides: dict[str, Any] = {}
     sent = body.model_fields_set
     if "daily_generations" in sent:
         overrides["jobsPerDay"] = body.daily_generations
     if "daily_upscales" in sent:
-        daily[UPSCALE_KIND] = body.daily_upscales
-    if daily:
-        overrides["daily"] = [{"kind": k, "perDay": v} for k, v in sorted(daily.items())]
+        overrides["daily"] = [{"kind": UPSCALE_KIND, "perDay": body.daily_upscales}]
     changed = await call.run(SET_QUOTA, {"id": account_id, "overrides": overrides})
     plan = changed["setAccountPlan"]
     return {"success": True, "user_id": plan["accountId"], "quota": _quota(plan["limits"])}
