@@ -52,6 +52,7 @@ from gpu_worker.pipeline import Interrupted, PipelineRunner, Rendered, RenderJob
 from gpu_worker.speed import SpeedOptions
 from gpu_worker.supervisor import Supervisor, WorkerGroup
 from kinds.base import model_ref
+from kinds.text_to_image import made_size
 from runtime import logs, thumbnails
 from runtime.metrics import counting
 from runtime.queue import (
@@ -266,8 +267,9 @@ class _Live:
         self.state = state
         self.generation = generation
         self.size = size_key(
-            generation.version, generation.width, generation.height, generation.kind
-        )
+            generation.version, generation.width, generation.height, generation.kind,
+            made_size(generation.params),
+        )  # fmt: skip
         self.latest: tuple[int, int] | None = None  # set from the pipeline thread
         self.preview: bytes | None = None
         self.step_times: list[float] = []

@@ -193,6 +193,13 @@ def image_plan(kind: str, entry: ModelEntry, params: dict[str, Any], ctx: PlanCo
     )
 
 
+def denoising_steps(steps: int, strength: float) -> int:
+    """The steps an img2img run denoises: diffusers skips the first ``1 - strength`` of
+    the schedule (``FluxImg2ImgPipeline.get_timesteps``, same arithmetic)."""
+    start = int(max(steps - min(steps * strength, steps), 0))
+    return steps - start
+
+
 def fitted(
     image: Image, width: int, height: int, *, mode: str = "RGB", nearest: bool = False
 ) -> Image:

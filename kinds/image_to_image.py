@@ -31,6 +31,7 @@ from kinds.base import (
 )
 from kinds.flux import (
     common_params,
+    denoising_steps,
     fitted,
     image_plan,
     input_info,
@@ -61,13 +62,6 @@ class ImageToImageParams(PresetOptions, FluxOptions):
     width: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
     height: int | None = Field(default=None, description="Multiple of 16; default: the image's.")
     loras: tuple[LoraChoice, ...] | None = loras_field()
-
-
-def denoising_steps(steps: int, strength: float) -> int:
-    """The steps an img2img run denoises: diffusers skips the first ``1 - strength`` of
-    the schedule (``FluxImg2ImgPipeline.get_timesteps``, same arithmetic)."""
-    start = int(max(steps - min(steps * strength, steps), 0))
-    return steps - start
 
 
 class ImageToImage(JobKind):

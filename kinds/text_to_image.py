@@ -18,6 +18,7 @@ from kinds.base import (
     ImageInfo,
     JobKind,
     KindParams,
+    Limits,
     Output,
     Pipelines,
     Plan,
@@ -25,7 +26,15 @@ from kinds.base import (
     StepCallback,
     model_ref,
 )
-from kinds.flux import check_prompt, run_flux, run_flux_batch, text_pipeline
+from kinds.flux import (
+    check_prompt,
+    check_side,
+    denoising_steps,
+    fitted,
+    run_flux,
+    run_flux_batch,
+    text_pipeline,
+)
 from kinds.lora import LoraChoice, loras_field
 from kinds.presets import PresetOptions, with_presets
 from kinds.registry import register
@@ -34,11 +43,33 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
+# How much of the schedule the refinement at the target size runs by default: enough to
+# redraw detail at the new size, little enough to keep the composition.
+TARGET_STRENGTH = 0.35
+
+
 class TextToImageParams(PresetOptions, FluxOptions):
     width: int | None = Field(default=None, description="Multiple of 16; default 1024.")
     height: int | None = Field(default=None, description="Multiple of 16; default 1024.")
     quality: Literal["standard", "high"] = "standard"
     loras: tuple[LoraChoice, ...] | None = loras_field()
+    target_width: int | None = Field(
+        default=None,
+        description="With target_height: upscale to this size (a multiple of 16, at least "
+        "width). The image made at width x height is enlarged and FLUX redraws it at the "
+        "target (img2img at target_strength), adding detail at the new size. One job, "
+        "priced at the target size. FLUX.1 models.",
+    )
+    target_height: int | None = Field(
+        default=None, description="With target_width: the upscaled height (at least height)."
+    )
+    target_strength: float = Field(
+        default=TARGET_STRENGTH,
+        gt=0.0,
+        le=1.0,
+        description="How much of the schedule the redraw at the target size runs (0.35: "
+        "about a third of the steps; 1 redraws it entirely).",
+    )
 
 
 def plan_request(
@@ -84,6 +115,44 @@ def plan_request(
     )
 
 
+def made_size(params: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The size a job that upscales to a target made its image at (None: it made it at
+    its output size)."""
+    if "target_width" not in params:
+        return None
+    return int(params["width"]), int(params["height"])
+
+
+def _target(
+    params: TextToImageParams, request: ImageRequest, limits: Limits
+) -> tuple[int, int] | None:
+    """The size to upscale to (None: the image is made at its size and that is all). Any
+    strength above 0 leaves at least one step to redraw (``denoising_steps``)."""
+    tw, th = params.target_width, params.target_height
+    if tw is None and th is None:
+        return None
+    if tw is None or th is None:
+        missing = "target_width" if tw is None else "target_height"
+        raise BadUserInput(missing, f"{missing} is missing: give both target sides, or neither")
+    check_side(tw, "target_width", limits)
+    check_side(th, "target_height", limits)
+    if (tw, th) == (request.width, request.height):
+        return None  # nothing to upscale
+    if tw < request.width or th < request.height:
+        raise BadUserInput(
+            "target_width",
+            f"target {tw}x{th} must be at least the size made, {request.width}x"
+            f"{request.height} (an upscale)",
+        )
+    if request.model.pipeline != "FluxPipeline":
+        raise BadUserInput(
+            "target_width",
+            f"service {request.provider!r} cannot redraw at a target size (FLUX.1 models "
+            "can); make the image at the size you need",
+        )
+    return tw, th
+
+
 class TextToImage(JobKind):
     name = "text_to_image"
     title = "Text to image"
@@ -123,9 +192,11 @@ class TextToImage(JobKind):
             raise BadUserInput(
                 "negative_prompt", f"service {request.provider!r} takes no negative prompt"
             )
+        target = _target(params, request, ctx.limits)
+        width, height = target or (request.width, request.height)
         quote = ctx.prices.quote(
-            width=request.width,
-            height=request.height,
+            width=width,
+            height=height,
             version=request.version,
             quality=request.quality,
             kind=self.name,
@@ -141,6 +212,14 @@ class TextToImage(JobKind):
             output_quality=params.output_quality,
             count=params.count,
         )
+        if target is not None:
+            frozen = {
+                **plan.params,
+                "target_width": width,
+                "target_height": height,
+                "target_strength": params.target_strength,
+            }
+            plan = replace(plan, params=frozen, width=width, height=height)
         return lora.apply(with_presets(plan, params), params.loras, request.model, ctx)
 
     def run(
@@ -151,14 +230,44 @@ class TextToImage(JobKind):
         on_step: StepCallback,
     ) -> list[Output]:
         pipe = pipelines.get(params["model"], text_pipeline(params["model"]))
-        return run_flux(
-            pipe,
-            params,
-            on_step,
-            width=int(params["width"]),
-            height=int(params["height"]),
-            preview=bool(params.get("preview")),
-        )
+        preview = bool(params.get("preview"))
+        if "target_width" not in params:
+            return run_flux(
+                pipe,
+                params,
+                on_step,
+                width=int(params["width"]),
+                height=int(params["height"]),
+                preview=preview,
+            )
+        # Made at width x height, then each image enlarged to the target and redrawn
+        # there by img2img: progress counts both passes' steps.
+        steps, count = int(params["steps"]), int(params.get("count", 1))
+        strength = float(params["target_strength"])
+        redraw = denoising_steps(steps, strength)
+        total = steps + count * redraw
+
+        def first(step: int, _steps: int, shot: bytes | None) -> None:
+            on_step(step, total, shot)
+
+        made = run_flux(
+            pipe, params, first, width=int(params["width"]), height=int(params["height"]),
+            preview=preview,
+        )  # fmt: skip
+        width, height = int(params["target_width"]), int(params["target_height"])
+        refine = pipelines.get(params["model"], "FluxImg2ImgPipeline")
+        outputs: list[Output] = []
+        for n, output in enumerate(made):
+            done = steps + n * redraw
+
+            def then(step: int, _steps: int, shot: bytes | None, done: int = done) -> None:
+                on_step(done + step, total, shot)
+
+            outputs += run_flux(
+                refine, {**params, "count": 1}, then, width=width, height=height,
+                preview=preview, image=fitted(output.image, width, height), strength=strength,
+            )  # fmt: skip
+        return outputs
 
     def batch_key(self, params: Mapping[str, Any]) -> Hashable | None:
         """One image of a plain prompt batches (README "Serving fast"): count 1, no
@@ -169,6 +278,7 @@ class TextToImage(JobKind):
         a batched FLUX.2 image equals its single-job image is not tested yet."""
         if (
             text_pipeline(params["model"]) != "FluxPipeline"
+            or "target_width" in params
             or int(params.get("count", 1)) != 1
             or params.get("negative_prompt")
             or params.get("loras")

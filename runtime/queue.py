@@ -193,12 +193,21 @@ class Keys:
         return f"{self.queue_name}:workers"
 
 
-def size_key(version: str, width: int, height: int, kind: str = "text_to_image") -> str:
+def size_key(
+    version: str,
+    width: int,
+    height: int,
+    kind: str = "text_to_image",
+    made: tuple[int, int] | None = None,
+) -> str:
     """What step and job times are measured by: the model version, the output size and
-    (for other kinds than text-to-image, whose keys predate kinds) the kind."""
+    (for other kinds than text-to-image, whose keys predate kinds) the kind. ``made``: the
+    size a job upscaled to its output was made at (``kinds.text_to_image.made_size``), a
+    job of another shape than one made at the output size."""
+    size = f"{width}x{height}" if made is None else f"{made[0]}x{made[1]}>{width}x{height}"
     if kind == "text_to_image":
-        return f"{version}:{width}x{height}"
-    return f"{kind}:{version}:{width}x{height}"
+        return f"{version}:{size}"
+    return f"{kind}:{version}:{size}"
 
 
 # arq's enqueue (``ArqRedis.enqueue_job``) as one atomic script: the same keys, job

@@ -16,6 +16,7 @@ from billing.catalog import pool_of
 from billing.errors import RateLimited, Unauthenticated
 from billing.service import generations
 from billing.service.accounts import Caller
+from kinds.text_to_image import made_size
 from runtime.events import Mailbox
 from runtime.queue import size_key
 from schema.context import Context
@@ -72,7 +73,7 @@ async def present(
     held) by then, so a failure here must never turn its acceptance into an error."""
     live = dict(live or {})
     inspector = ctx.services.queue
-    size = size_key(g.version, g.width, g.height, g.kind)
+    size = size_key(g.version, g.width, g.height, g.kind, made_size(g.params))
     pool = pool_of(g.params)  # positions, ETAs and timings are the job's pool's
     queued = g.status == models.GenerationStatus.QUEUED.value
     processing = g.status == models.GenerationStatus.PROCESSING.value

@@ -16,8 +16,10 @@ from billing.errors import BadUserInput
 from gpu_worker.pipeline import LoadedPipelines
 from kinds import edit, image_to_image, inpaint, outpaint
 from kinds.base import ImageInfo, JobKind, Output, Plan, PlanContext
-from kinds.image_to_image import denoising_steps
+from kinds.flux import denoising_steps
 from kinds.outpaint import outpaint_canvas
+from kinds.text_to_image import made_size
+from runtime.queue import size_key
 from tests.kinds.conftest import info, picture
 
 IMG2IMG = image_to_image.KIND
@@ -351,3 +353,13 @@ def test_messages_say_what_to_do(ctx: PlanContext) -> None:
         plan(OUTPAINT, ctx, {"left": 16, "service": "flux-dev"})
     with pytest.raises(BadUserInput, match="no denoising step"):
         plan(IMG2IMG, ctx, {"strength": 0.0})
+
+
+def test_an_upscaled_job_is_timed_apart_from_one_made_at_its_size() -> None:
+    """Made at 256x256 and redrawn at 512x384: its step and job times are not those of a
+    job made at 512x384 (ETAs read them by this key)."""
+    upscaled = {"width": 256, "height": 256, "target_width": 512, "target_height": 384}
+    assert made_size(upscaled) == (256, 256)
+    assert made_size({"width": 512, "height": 384}) is None
+    assert size_key("v1", 512, 384, "text_to_image", made_size(upscaled)) == "v1:256x256>512x384"
+    assert size_key("v1", 512, 384) == "v1:512x384"

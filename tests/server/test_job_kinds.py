@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic.alias_generators import to_camel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 
@@ -54,6 +55,8 @@ MUTATIONS = {
     "outpaint": ("outpaintImage", "OutpaintInput"),
 }
 GENERATION = f"query G($id: ID!) {{ generation(id: $id) {{ {GQL_JOB_FIELDS} }} }}"
+CREATE_JOB = """mutation C($input: JSON!) {
+  createJob(kind: "text_to_image", input: $input) { id width height creditCost } }"""
 
 
 @pytest.fixture(scope="module")
@@ -355,3 +358,64 @@ async def test_dashboard_job_page_shows_inputs_and_outputs(
         assert image["url"] in outputs
         served = await http.get(image["url"])
         assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+
+
+async def test_text_to_image_upscales_to_a_target_by_redrawing_it_there(
+    http: httpx.AsyncClient, customer: TestAccount, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """target_width/target_height: made at 256x256, enlarged to 512x384 and redrawn there
+    by img2img at target_strength — both passes run (the job's steps: 4 made, then 2 of 4
+    at strength 0.5 redrawn), priced as a generation at the target size."""
+    fields = {
+        "service": "flux-dev", "prompt": "a castle on a hill", "width": 256, "height": 256,
+        "target_width": 512, "target_height": 384, "target_strength": 0.5, "steps": 4,
+        "seed": 7,
+    }  # fmt: skip
+    # POST /v1/text_to_image is seed 001's shim: the kind's own input is createJob's.
+    sent = await gql(http, CREATE_JOB, {"input": fields}, key=customer.api_key)
+    assert "errors" not in sent, sent
+    accepted = sent["data"]["createJob"]
+    assert (accepted["width"], accepted["height"]) == (512, 384)
+    job = await wait_job(http, customer, accepted["id"])
+    assert job["status"] == "completed", job
+    [output] = job["outputs"]
+    assert (output["width"], output["height"]) == (512, 384)
+    await download(http, output)
+    steps = await gql(
+        http, "query G($id: ID!) { generation(id: $id) { step totalSteps progress } }",
+        {"id": job["id"]}, key=customer.api_key,
+    )  # fmt: skip
+    assert steps["data"]["generation"] == {"step": 6, "totalSteps": 6, "progress": 100}
+    plain = await price_job(
+        http, customer, "text_to_image",
+        {"service": "flux-dev", "prompt": "p", "width": 512, "height": 384},
+    )  # fmt: skip
+    assert plain["credits"] == job["creditCost"] == accepted["creditCost"]
+    await assert_charged(sessions, customer, START, job["creditCost"])
+
+
+async def test_a_bad_upscale_target_is_refused_and_costs_nothing(
+    http: httpx.AsyncClient, customer: TestAccount, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    base = {"service": "flux-dev", "prompt": "p", "width": 512, "height": 512}
+    for extra, field in (
+        ({"target_width": 1024}, "target_height"),
+        ({"target_height": 1024}, "target_width"),
+        ({"target_width": 256, "target_height": 1024}, "target_width"),
+        ({"target_width": 1000, "target_height": 1024}, "target_width"),
+        ({"target_width": 1024, "target_height": 99999}, "target_height"),
+        ({"target_width": 1024, "target_height": 1024, "target_strength": 0}, "target_strength"),
+        ({"target_width": 1024, "target_height": 1024, "service": "flux-2-klein"}, "target_width"),
+    ):
+        sent = await gql(http, CREATE_JOB, {"input": {**base, **extra}}, key=customer.api_key)
+        [error] = sent["errors"]
+        # GraphQL names the kind's fields in camelCase.
+        wanted = {"code": "BAD_USER_INPUT", "field": to_camel(field)}
+        assert error["extensions"] == wanted, (extra, error)
+    # The same size as the image: nothing to upscale, a plain job.
+    unchanged = {**base, "target_width": 512, "target_height": 512, "steps": 1}
+    same = await gql(http, CREATE_JOB, {"input": unchanged}, key=customer.api_key)
+    assert "errors" not in same, same
+    done = await wait_job(http, customer, same["data"]["createJob"]["id"])
+    assert done["status"] == "completed" and (done["width"], done["height"]) == (512, 512)
+    await assert_charged(sessions, customer, START, done["creditCost"])

@@ -305,9 +305,11 @@ def _item_params(model: type[P], index: int, values: Mapping[str, Any]) -> P:
         raise Refused.bad_input(f"{field}: {error['msg']}", field) from None
 
 
-def _job_input(index: int, params: GenerationParams, service: str) -> dict[str, Any]:
+def _job_input(
+    index: int, params: GenerationParams, service: str, *, upscale: bool = False
+) -> dict[str, Any]:
     try:
-        return job_input(params, service)
+        return job_input(params, service, upscale=upscale)
     except Refused as refused:
         if refused.field is not None:
             field = f"batch.{index}.{refused.field}"
@@ -381,7 +383,9 @@ async def batch_generate(call: Call) -> JSONResponse:
         flat = dict(item.model_extra or {})
         values = {**flat, **(item.params or {}), "prompt": item.prompt}
         params = _item_params(GenerationParams, index, values)
-        items.append({"kind": "text_to_image", "input": _job_input(index, params, service)})
+        items.append(
+            {"kind": "text_to_image", "input": _job_input(index, params, service, upscale=True)}
+        )
     return await _create(
         call,
         items,

@@ -198,9 +198,11 @@ class GenerationParams(BaseModel):
     )
     smart_upscale: bool = Field(
         default=True,
-        description="Honoured by generating directly at the target size: no 2x upscale "
-        "pass runs on this deployment (no super-resolution model), and the price is a "
-        "direct generation's at that size.",
+        description="With a target larger than width x height: the image is made at width "
+        "x height, then enlarged to the target and redrawn there by FLUX (img2img at "
+        "strength 0.35, the kind's target_width/target_height), one job priced as a "
+        "generation at the target size. No super-resolution network runs on this "
+        "deployment. A target not larger on both sides is rendered directly.",
     )
     target_width: int | None = Field(
         default=None, ge=256, le=4096,
@@ -248,12 +250,17 @@ def output_size(params: GenerationParams) -> tuple[int, int]:
     return _on_grid(tw or width), _on_grid(th or height)
 
 
-def job_input(params: GenerationParams, default_service: str) -> dict[str, Any]:
+def job_input(
+    params: GenerationParams, default_service: str, *, upscale: bool = False
+) -> dict[str, Any]:
     """The ``text_to_image`` / ``image_to_image`` input (createJob's ``input``, a batch
     item's ``input``) for the seed's parameters; ``default_service`` runs it when they name
-    no model. The kind validates the rest (limits, LoRAs, webhook URL, the account's
-    maximum size)."""
+    no model. ``upscale`` (text_to_image): a smart-upscale target larger than the size is
+    the kind's ``target_width``/``target_height`` (made at the size, then redrawn at the
+    target); otherwise the job renders at the output size. The kind validates the rest
+    (limits, LoRAs, webhook URL, the account's maximum size)."""
     width, height = output_size(params)
+    made = _on_grid(params.width), _on_grid(params.height)
     values: dict[str, Any] = {
         "service": MODELS[params.model] if params.model else default_service,
         "prompt": params.prompt,
@@ -262,6 +269,8 @@ def job_input(params: GenerationParams, default_service: str) -> dict[str, Any]:
         "seed": params.seed,
         "format": params.format,
     }
+    if upscale and (width, height) != made and width >= made[0] and height >= made[1]:
+        values.update(width=made[0], height=made[1], target_width=width, target_height=height)
     if params.steps is not None:
         values["steps"] = params.steps
     if params.guidance_scale is not None:

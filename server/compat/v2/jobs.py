@@ -291,7 +291,7 @@ async def _job(call: Call, job_id: str) -> dict[str, Any]:
     responses={201: GenerateResponse, **ERRORS, 415: ErrorBody},
 )
 async def generate(call: Call) -> dict[str, Any]:
-    values = job_input(call.body, await default_service(call))
+    values = job_input(call.body, await default_service(call), upscale=True)
     return _accepted(await _create(call, "text_to_image", values))
 
 
