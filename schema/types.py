@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -307,13 +308,7 @@ class Profile:
 
     @classmethod
     def from_model(cls, p: ProfileModel) -> Profile:
-        return cls(
-            display_name=p.display_name,
-            default_model=p.default_model,
-            default_quality=p.default_quality,
-            email_notifications=p.email_notifications,
-            webhook_enabled=p.webhook_enabled,
-        )
+        return cls(**dataclasses.asdict(p))
 
 
 @strawberry.type(description="An account's limits; null means unlimited.")

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gpu_worker.webhooks import build_webhook_worker
 from runtime.settings import ROOT, Settings
+from tests.compat.test_v2_account import seed_signature_ok
 from tests.conftest import ThreadedServer, ThreadedWorker, own_queue
 from tests.factories import TestAccount, balance, create_account, gql
 from tests.gpu_worker.test_webhooks import Receiver
@@ -208,18 +209,6 @@ async def test_idempotency_key_returns_the_first_batch(
     )  # fmt: skip
     assert (await balance(sessions, account.id)).available == spent
     await wait_batch(http, account, created.json()["batch_id"])
-
-
-def seed_signature_ok(body: bytes, secret: str) -> bool:
-    """As the README tells a receiver (and the single-job test checks it,
-    tests/compat/test_v2_account.py): the HMAC-SHA256, keyed with the account's webhook
-    secret, of the body without its last member ``,"signature":"sha256=…"``."""
-    text = body.decode()
-    cut = text.rindex(',"signature":"sha256=')
-    claimed = json.loads(text)["signature"]
-    unsigned = (text[:cut] + "}").encode()
-    expected = "sha256=" + hmac.new(secret.encode(), unsigned, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(claimed, expected)
 
 
 DELIVERIES = """query D($id: ID) { webhookDeliveries(generationId: $id) { event status } }"""
