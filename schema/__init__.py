@@ -3,7 +3,8 @@ exported SDL; a test fails when it is stale (`make schema` rewrites it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import strawberry
@@ -28,6 +29,21 @@ from schema.ratelimit import RequestRateLimit
 from schema.resolvers import Mutation, Query, Subscription
 from schema.scalars import SCALARS
 from schema.textguard import TextInputGuard
+
+
+class ParseOnce(ParserCache):
+    """strawberry's ParserCache, except for a document that does not parse: that one is
+    left to strawberry's own parse, which reports it as a pre-execution error (code
+    GRAPHQL_PARSE_FAILED) on every transport. Raised from the cache, it escaped the
+    websocket paths (``Schema.stream``), and the client got no error at all."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        yield
 
 
 class FluxgateSchema(strawberry.Schema):
@@ -59,7 +75,7 @@ def build_schema(hardening: Hardening = Hardening()) -> FluxgateSchema:  # froze
         # The token limit stops a huge document while it is parsed; depth and alias
         # limits stop deep or wide ones (circular fragments included) in validation.
         lambda: MaxTokensLimiter(max_token_count=hardening.max_tokens),
-        lambda: ParserCache(maxsize=256),
+        lambda: ParseOnce(maxsize=256),
         # The depth and alias rules are made once, here: strawberry's QueryDepthLimiter and
         # MaxAliasesLimiter make a new rule class per request, and ValidationCache is keyed
         # by the rules, so with them no document was ever validated from the cache.

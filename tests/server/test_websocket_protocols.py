@@ -386,6 +386,49 @@ async def test_unknown_or_ambiguous_operation_is_bad_user_input_on_the_socket(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    "query",
+    ["{ me { id ", "{{{", "{ me { id } } trailing", "{ me \u0000 }", "{ me { id } } }"],
+    ids=["unclosed", "braces", "trailing junk", "NUL", "extra brace"],
+)
+async def test_a_document_that_does_not_parse_is_answered_on_the_socket(
+    ws_api: str,
+    customer: TestAccount,
+    server_logs: Collector,  # noqa: F811  # the fixture imported above
+    protocol: str,
+    query: str,
+) -> None:
+    """Answered, never silently dropped (before, the parser cache's exception escaped:
+    graphql-transport-ws sent a bare ``complete``, graphql-ws nothing at all), and nothing
+    logged as an error. graphql-ws: an ``error`` for that id with GRAPHQL_PARSE_FAILED, as
+    over HTTP, the connection kept. graphql-transport-ws: the socket closed with 4400 and
+    the syntax error as its reason, as its reference server does for a document it cannot
+    parse."""
+    async with GraphQLWebSocket(ws_api, protocol, {"apiKey": customer.api_key}) as ws:
+        await send_operation(ws, "1", {"query": query})
+        if protocol == TRANSPORT_WS:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.receive()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+            assert closed.value.rcvd.reason.startswith("Syntax Error"), closed.value
+        else:
+            answer = await ws.receive()
+            assert answer["id"] == "1", answer
+            error = first_error(answer)
+            assert error["extensions"]["code"] == "GRAPHQL_PARSE_FAILED", error
+            assert isinstance(error["message"], str) and error["message"], error
+            await send_operation(ws, "2", {"query": ME})
+            expected = {"me": {"email": customer.email, "creditsAvailable": 1000}}
+            assert await ws.next() == expected
+    assert not server_logs.problems()
+    async with httpx.AsyncClient(base_url=ws_api, timeout=30) as http:
+        over_http = await http.post(
+            "/graphql", json={"query": query}, headers={"X-API-Key": customer.api_key}
+        )
+    assert over_http.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_gql_gets_bad_user_input_for_an_unknown_or_missing_operation_name(
     ws_api: str,
     customer: TestAccount,
