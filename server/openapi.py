@@ -200,6 +200,21 @@ class TextToImageEnvelope(BaseModel):
     data: GenerationData
 
 
+class CancelData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cancelGeneration: GenerationDocument  # the wire name
+
+
+class CancelEnvelope(BaseModel):
+    """A cancel's envelope (``POST /v1/text_to_image/{id}/cancel``): ``{"data":
+    {"cancelGeneration": {...}}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: CancelData
+
+
 class HealthDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -439,6 +454,7 @@ def _ours(builder: _Builder) -> None:
             (TextToImageEnvelope, "serialization"),
             (HealthDocument, "serialization"),
             (ReadyDocument, "serialization"),
+            (CancelEnvelope, "serialization"),
         ]
     )
     error = refs[(ErrorBody, "serialization")]
@@ -461,13 +477,14 @@ def _ours(builder: _Builder) -> None:
         responses={200: _response("The accepted generation", envelope),
                    **_errors(error, _refusals("header", True))},
     )  # fmt: skip
-    for method, path, summary in (
-        ("GET", "/v1/text_to_image/{id}", "A generation, polled (seed 001 REST)"),
-        ("POST", "/v1/text_to_image/{id}/cancel", "Cancel a generation (seed 001 REST)"),
+    cancelled = refs[(CancelEnvelope, "serialization")]
+    for method, path, summary, answer in (
+        ("GET", "/v1/text_to_image/{id}", "A generation, polled (seed 001 REST)", envelope),
+        ("POST", "/v1/text_to_image/{id}/cancel", "Cancel a generation (seed 001 REST)", cancelled),
     ):
         builder.add(
             method, path, "v1", summary=summary,
-            responses={200: _response("The generation", envelope),
+            responses={200: _response("The generation", answer),
                        **_errors(error, _refusals("header", False))},
         )  # fmt: skip
     for kind in kinds.all_kinds():

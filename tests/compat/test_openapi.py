@@ -263,6 +263,18 @@ async def test_real_responses_match_their_schemas(
     else:
         raise AssertionError("the generation did not complete")
 
+    # Seed 001's cancel answers cancelGeneration's envelope (one accepted just now is
+    # still queued or running; if it already finished, a refusal in the error shape).
+    live = await client.post("/v1/text_to_image", json=SEED_001_BODY, headers=account.bearer)
+    live_id = TextToImageEnvelope.model_validate(live.json()).data.generateImage.id
+    stopped = await client.post(f"/v1/text_to_image/{live_id}/cancel", headers=account.bearer)
+    if stopped.status_code == 200:
+        conforms(document, "CancelEnvelope", stopped.json())
+        assert stopped.json()["data"]["cancelGeneration"]["status"] == "cancelled"
+    else:
+        assert stopped.status_code == 409, stopped.text
+        conforms(document, "ErrorBody", stopped.json())
+
     # A job of another kind from that output (its id), as JSON, then cancelled.
     job = await client.post(
         "/v1/image_to_image",
