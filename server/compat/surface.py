@@ -201,10 +201,29 @@ class Surface:
         self.error = error
         self.description = description
         self._rename = rename_field
-        self.routes: list[Route] = []
+        # Path -> method -> endpoint: one route per path, so that a 405 on it names
+        # every method it takes in Allow (one route per method named only the first's).
+        self._endpoints: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
         self.operations: list[Operation] = []
         for prefix in prefixes:
             SURFACE_ERRORS[prefix] = self._answer
+
+    @property
+    def routes(self) -> list[Route]:
+        """One route per path, taking each method an endpoint was declared for (and HEAD
+        with GET, as starlette does)."""
+        found: list[Route] = []
+        for path, by_method in self._endpoints.items():
+
+            async def dispatch(
+                request: Request, by_method: Mapping[str, Any] = by_method
+            ) -> Response:
+                method = "GET" if request.method == "HEAD" else request.method
+                response: Response = await by_method[method](request)
+                return response
+
+            found.append(Route(path, dispatch, methods=list(by_method), name=self.name + path))
+        return found
 
     def _answer(
         self, request: Request, status: int, code: str, message: str,
@@ -280,7 +299,7 @@ class Surface:
                 return JSONResponse(result, status_code=success)
 
             endpoint.__name__ = handler.__name__
-            self.routes.append(Route(path, endpoint, methods=[operation.method]))
+            self._endpoints.setdefault(path, {})[operation.method] = endpoint
             self.operations.append(operation)
             return handler
 

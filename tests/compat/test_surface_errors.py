@@ -58,6 +58,28 @@ async def test_router_errors_are_in_the_surfaces_shape(client: httpx.AsyncClient
         assert shape(response.json()) == code, (path, response.text)
 
 
+async def test_a_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    """Allow lists each method a compatible path takes, whichever the surface declared
+    first (schemathesis ST205)."""
+    cases = {
+        "/api/images/x": {"GET", "HEAD", "DELETE"},
+        "/api/batch/x": {"GET", "HEAD", "DELETE"},
+        "/api/v1/images/x": {"GET", "HEAD", "PUT", "PATCH", "DELETE"},
+        "/api/user/api-keys": {"GET", "HEAD", "POST"},
+        "/api/user/profile": {"GET", "HEAD", "PUT"},
+        "/api/user/password": {"POST", "PUT"},
+    }
+    for path, methods in cases.items():
+        response = await client.request("OPTIONS", path)
+        assert response.status_code == 405, (path, response.text)
+        allowed = {m.strip() for m in response.headers["allow"].split(",")}
+        assert allowed == methods, (path, allowed)
+    # Every method it names is routed (a wrong key, not a wrong method).
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        answer = await client.request(method, "/api/v1/images/x")
+        assert answer.status_code == 401, (method, answer.text)
+
+
 async def _raw(api: str, request: bytes) -> tuple[int, dict[str, Any]]:
     """A request written by hand (a Content-Length no client library would send)."""
     url = urlsplit(api)
