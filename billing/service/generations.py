@@ -617,6 +617,9 @@ async def recover(
         },
     )
     if failed is not None:
+        # Off the queue too: the dead run's entry would stay there (counted in the
+        # pool's queue size) until a worker took it only to skip it.
+        uow.emit(GenerationCancelled(failed.id, pool_of(failed.params)))
         await _settle(uow, failed, capture=False)
     return failed
 

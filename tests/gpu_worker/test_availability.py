@@ -179,6 +179,10 @@ async def test_an_expired_lease_is_retried_then_failed_once_the_tries_are_spent(
         await expire_lease(sessions, g.id)
         second = await sweep_stale(ctx)
         assert second["failed"] == [g.id] and second["retried"] == []
+        # Failed, and off the queue: nothing left for a worker to take (and skip), and
+        # the pool's queue size counts it no more.
+        assert await pool.zscore(own_queue.queue_name, jid) is None
+        assert not await pool.exists(job_key_prefix + jid)
         assert (await sweep_stale(ctx))["failed"] == []  # settled once
     finally:
         await shutdown(ctx)
