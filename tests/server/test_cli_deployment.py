@@ -22,7 +22,7 @@ import redis
 
 from billing.migrate import drop_database
 from runtime.settings import ROOT, Settings
-from tests.conftest import TEST_DATABASE_URL, free_port, wait_healthy
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, free_port, wait_healthy
 from tests.server.test_seed_examples import SEED_CURL_BODY
 
 FLUXGATE = [sys.executable, "-m", "server.cli"]
@@ -32,7 +32,10 @@ FLUXGATE = [sys.executable, "-m", "server.cli"]
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     port = free_port()
     db_url = TEST_DATABASE_URL.rsplit("/", 1)[0] + f"/fluxgate_test_cli_{uuid.uuid4().hex[:6]}"
-    redis_url = "redis://127.0.0.1:6379/14"
+    # A Redis database of its own beside the suite's (14 beside CI's 15), so that a run
+    # with FLUXGATE_TEST_REDIS_URL set flushes none that another run may be using.
+    server, number = TEST_REDIS_URL.rsplit("/", 1)
+    redis_url = f"{server}/{(int(number) - 1) % 16}"
     redis.Redis.from_url(redis_url).flushdb()
     env = {
         **os.environ,
