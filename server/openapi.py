@@ -62,6 +62,10 @@ from server.compat.surface import (
 )
 from server.rest import STATUS_BY_CODE
 
+# What the server refuses as blank (schema/jobs.py's ``sources_from``): text with no
+# character but white space.
+NOT_BLANK = r"\S"
+
 __all__ = [
     "ErrorBody", "GenerationDocument", "HealthDocument", "JobDocument", "ReadyDocument",
     "TextToImageEnvelope", "build_document", "docs_page", "openapi_json",
@@ -529,15 +533,15 @@ def _kind(
     for spec in kind.inputs:
         what = spec.description or f"The {spec.name} image"
         extras[f"{spec.name}_url"] = {
-            "type": "string", "maxLength": MAX_URL_LEN,
+            "type": "string", "minLength": 1, "maxLength": MAX_URL_LEN, "pattern": NOT_BLANK,
             "description": f"{what}: an http(s) URL to fetch (SSRF-guarded).",
         }  # fmt: skip
         extras[f"{spec.name}_id"] = {
-            "type": "string", "maxLength": MAX_ID_LEN,
+            "type": "string", "minLength": 1, "maxLength": MAX_ID_LEN, "pattern": NOT_BLANK,
             "description": f"{what}: the id of an earlier output (or job) of yours.",
         }  # fmt: skip
     extras["webhook_url"] = {
-        "type": "string", "maxLength": MAX_URL_LEN,
+        "type": "string", "minLength": 1, "maxLength": MAX_URL_LEN, "pattern": NOT_BLANK,
         "description": "Where to POST the job's events (a public http(s) URL).",
     }  # fmt: skip
     extras["webhook_events"] = {

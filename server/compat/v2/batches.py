@@ -99,7 +99,7 @@ class BatchItem(BaseModel):
             raise ValueError("text must not contain NUL characters or lone surrogates")
         return value
 
-    prompt: str = Field(description="What to draw (as /api/generate's prompt).")
+    prompt: str = Field(min_length=1, description="What to draw (as /api/generate's prompt).")
     params: dict[str, Any] | None = Field(
         default=None,
         description="/api/generate's parameters but prompt: width, height, steps, "
