@@ -27,6 +27,7 @@ from kinds.base import (
     model_ref,
 )
 from kinds.flux import (
+    DIMENSION_STEP,
     check_prompt,
     check_side,
     denoising_steps,
@@ -56,9 +57,10 @@ class TextToImageParams(PresetOptions, FluxOptions):
     target_width: int | None = Field(
         default=None,
         description="With target_height: upscale to this size (a multiple of 16, at least "
-        "width). The image made at width x height is enlarged and FLUX redraws it at the "
-        "target (img2img at target_strength), adding detail at the new size. One job, "
-        "priced at the target size. FLUX.1 models.",
+        "width, the same aspect ratio to within 16 px). The image made at width x height "
+        "is enlarged and FLUX redraws it at the target (img2img at target_strength), "
+        "adding detail at the new size. One job, priced at the target size. FLUX.1 "
+        "models.",
     )
     target_height: int | None = Field(
         default=None, description="With target_width: the upscaled height (at least height)."
@@ -123,6 +125,12 @@ def made_size(params: Mapping[str, Any]) -> tuple[int, int] | None:
     return int(params["width"]), int(params["height"])
 
 
+def keeps_aspect(made: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether ``target`` has ``made``'s aspect ratio, to within one grid step of height."""
+    (w, h), (tw, th) = made, target
+    return abs(th * w - tw * h) <= DIMENSION_STEP * w
+
+
 def _target(
     params: TextToImageParams, request: ImageRequest, limits: Limits
 ) -> tuple[int, int] | None:
@@ -143,6 +151,13 @@ def _target(
             "target_width",
             f"target {tw}x{th} must be at least the size made, {request.width}x"
             f"{request.height} (an upscale)",
+        )
+    if not keeps_aspect((request.width, request.height), (tw, th)):
+        raise BadUserInput(
+            "target_height",
+            f"target {tw}x{th} must keep the aspect ratio of {request.width}x"
+            f"{request.height} (to within {DIMENSION_STEP} px): the image is enlarged, "
+            "never cropped",
         )
     if request.model.pipeline != "FluxPipeline":
         raise BadUserInput(

@@ -1272,3 +1272,34 @@ transformImage({account.api_key!r},
     image_id = lines[-1].removeprefix("RESULT ")
     assert (await job_row(http, account, image_id))["width"] == 2048
     await cancel(http, account, image_id)
+
+
+def test_smart_upscale_redraws_only_an_enlargement_of_the_same_shape() -> None:
+    """A larger target of the size's aspect ratio is text_to_image's upscale (made at the
+    size, redrawn at the target); any other target is rendered directly at its size, so
+    nothing is ever cropped."""
+    from server.compat.v2.common import GenerationParams, job_input
+
+    def sizes(**given: int) -> dict[str, Any]:
+        values = job_input(GenerationParams(prompt="p", **given), "flux-dev", upscale=True)
+        keys = ("width", "height", "target_width", "target_height")
+        return {k: values[k] for k in keys if k in values}
+
+    assert sizes(width=512, height=512, target_width=2048, target_height=2048) == {
+        "width": 512, "height": 512, "target_width": 2048, "target_height": 2048,
+    }  # fmt: skip
+    assert sizes(width=1920, height=1080, target_width=3840) == {
+        "width": 1920, "height": 1088, "target_width": 3840, "target_height": 2160,
+    }  # fmt: skip
+    # Another shape, or smaller: rendered directly at the target.
+    assert sizes(width=1024, height=1024, target_width=2048, target_height=1024) == {
+        "width": 2048, "height": 1024,
+    }  # fmt: skip
+    assert sizes(width=1024, height=1024, target_width=512, target_height=512) == {
+        "width": 512, "height": 512,
+    }  # fmt: skip
+    # img2img (upscale=False) always renders at the target.
+    plain = job_input(
+        GenerationParams(prompt="p", width=512, height=512, target_width=1024), "flux-dev"
+    )
+    assert (plain["width"], plain["height"]) == (1024, 1024) and "target_width" not in plain

@@ -363,23 +363,23 @@ async def test_dashboard_job_page_shows_inputs_and_outputs(
 async def test_text_to_image_upscales_to_a_target_by_redrawing_it_there(
     http: httpx.AsyncClient, customer: TestAccount, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    """target_width/target_height: made at 256x256, enlarged to 512x384 and redrawn there
+    """target_width/target_height: made at 320x256, enlarged to 640x512 and redrawn there
     by img2img at target_strength — both passes run (the job's steps: 4 made, then 2 of 4
     at strength 0.5 redrawn), priced as a generation at the target size."""
     fields = {
-        "service": "flux-dev", "prompt": "a castle on a hill", "width": 256, "height": 256,
-        "target_width": 512, "target_height": 384, "target_strength": 0.5, "steps": 4,
+        "service": "flux-dev", "prompt": "a castle on a hill", "width": 320, "height": 256,
+        "target_width": 640, "target_height": 512, "target_strength": 0.5, "steps": 4,
         "seed": 7,
     }  # fmt: skip
     # POST /v1/text_to_image is seed 001's shim: the kind's own input is createJob's.
     sent = await gql(http, CREATE_JOB, {"input": fields}, key=customer.api_key)
     assert "errors" not in sent, sent
     accepted = sent["data"]["createJob"]
-    assert (accepted["width"], accepted["height"]) == (512, 384)
+    assert (accepted["width"], accepted["height"]) == (640, 512)
     job = await wait_job(http, customer, accepted["id"])
     assert job["status"] == "completed", job
     [output] = job["outputs"]
-    assert (output["width"], output["height"]) == (512, 384)
+    assert (output["width"], output["height"]) == (640, 512)
     await download(http, output)
     steps = await gql(
         http, "query G($id: ID!) { generation(id: $id) { step totalSteps progress } }",
@@ -388,7 +388,7 @@ async def test_text_to_image_upscales_to_a_target_by_redrawing_it_there(
     assert steps["data"]["generation"] == {"step": 6, "totalSteps": 6, "progress": 100}
     plain = await price_job(
         http, customer, "text_to_image",
-        {"service": "flux-dev", "prompt": "p", "width": 512, "height": 384},
+        {"service": "flux-dev", "prompt": "p", "width": 640, "height": 512},
     )  # fmt: skip
     assert plain["credits"] == job["creditCost"] == accepted["creditCost"]
     await assert_charged(sessions, customer, START, job["creditCost"])
@@ -403,6 +403,9 @@ async def test_a_bad_upscale_target_is_refused_and_costs_nothing(
         ({"target_height": 1024}, "target_width"),
         ({"target_width": 256, "target_height": 1024}, "target_width"),
         ({"target_width": 1000, "target_height": 1024}, "target_width"),
+        # Another aspect ratio would crop the image: refused, not cropped.
+        ({"target_width": 1024, "target_height": 768}, "target_height"),
+        ({"target_width": 512, "target_height": 1024}, "target_height"),
         ({"target_width": 1024, "target_height": 99999}, "target_height"),
         ({"target_width": 1024, "target_height": 1024, "target_strength": 0}, "target_strength"),
         ({"target_width": 1024, "target_height": 1024, "service": "flux-2-klein"}, "target_width"),

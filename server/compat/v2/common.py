@@ -21,6 +21,7 @@ from starlette.responses import Response
 from billing.service.accounts import Profile
 from billing.service.webhooks import SEED000_DEFAULT_EVENTS
 from kinds.flux import DIMENSION_STEP
+from kinds.text_to_image import keeps_aspect
 from server.compat.surface import Call, Refused, Surface, request_id
 from server.errors import ErrorResponse
 
@@ -198,11 +199,11 @@ class GenerationParams(BaseModel):
     )
     smart_upscale: bool = Field(
         default=True,
-        description="With a target larger than width x height: the image is made at width "
-        "x height, then enlarged to the target and redrawn there by FLUX (img2img at "
-        "strength 0.35, the kind's target_width/target_height), one job priced as a "
-        "generation at the target size. No super-resolution network runs on this "
-        "deployment. A target not larger on both sides is rendered directly.",
+        description="With a target larger than width x height and of its aspect ratio: "
+        "the image is made at width x height, then enlarged to the target and redrawn "
+        "there by FLUX (img2img at strength 0.35, the kind's target_width/target_height), "
+        "one job priced as a generation at the target size. No super-resolution network "
+        "runs on this deployment. Any other target is rendered directly.",
     )
     target_width: int | None = Field(
         default=None, ge=256, le=4096,
@@ -255,9 +256,10 @@ def job_input(
 ) -> dict[str, Any]:
     """The ``text_to_image`` / ``image_to_image`` input (createJob's ``input``, a batch
     item's ``input``) for the seed's parameters; ``default_service`` runs it when they name
-    no model. ``upscale`` (text_to_image): a smart-upscale target larger than the size is
-    the kind's ``target_width``/``target_height`` (made at the size, then redrawn at the
-    target); otherwise the job renders at the output size. The kind validates the rest
+    no model. ``upscale`` (text_to_image): a smart-upscale target larger than the size, of
+    its aspect ratio, is the kind's ``target_width``/``target_height`` (made at the size,
+    then enlarged and redrawn at the target); otherwise the job renders at the output
+    size. The kind validates the rest
     (limits, LoRAs, webhook URL, the account's maximum size)."""
     width, height = output_size(params)
     made = _on_grid(params.width), _on_grid(params.height)
@@ -269,7 +271,8 @@ def job_input(
         "seed": params.seed,
         "format": params.format,
     }
-    if upscale and (width, height) != made and width >= made[0] and height >= made[1]:
+    larger = (width, height) != made and width >= made[0] and height >= made[1]
+    if upscale and larger and keeps_aspect(made, (width, height)):
         values.update(width=made[0], height=made[1], target_width=width, target_height=height)
     if params.steps is not None:
         values["steps"] = params.steps
