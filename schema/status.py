@@ -4,7 +4,9 @@ this query in the seed's shape); nothing in it is an account's."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from enum import Enum
 
@@ -12,7 +14,7 @@ import strawberry
 from redis.exceptions import RedisError
 from strawberry.types import Info
 
-from schema.context import Context
+from schema.context import Context, Services
 from schema.scalars import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,29 @@ class ServiceStatus:
     at: UtcDateTime
 
 
+# Public and unmetered: a process reads Redis for it at most once per this many seconds,
+# however many requests (or aliases in one document) ask meanwhile.
+CACHE_S = 1.0
+_LATEST: dict[int, tuple[float, asyncio.Task[ServiceStatus]]] = {}
+
+
 async def service_status(ctx: Context) -> ServiceStatus:
-    services = ctx.services
+    """The status, read once per ``CACHE_S`` per app (the read in flight is shared)."""
+    key = id(ctx.services)
+    now = time.monotonic()
+    found = _LATEST.get(key)
+    if (
+        found is None
+        or now - found[0] >= CACHE_S
+        or found[1].get_loop() is not asyncio.get_running_loop()  # another app's, gone
+    ):
+        found = (now, asyncio.ensure_future(_read(ctx.services)))
+        _LATEST[key] = found
+    # Shielded: one caller going away does not cancel the read the others await.
+    return await asyncio.shield(found[1])
+
+
+async def _read(services: Services) -> ServiceStatus:
     pools: dict[str, str] = {}
     for entry in services.catalog.entries:
         if entry.is_default or entry.provider not in pools:

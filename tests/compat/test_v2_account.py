@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from billing.errors import BadUserInput
@@ -239,6 +240,8 @@ async def test_profile_update_bad_input_changes_nothing(
         ({"settings": {"default_quality": ""}}, "settings.default_quality"),
         ({"settings": "ultra"}, "settings"),
         ({"username": ""}, "username"),
+        ({"username": "   "}, "username"),
+        ({"settings": {"default_quality": "  "}}, "settings.default_quality"),
         ({"username": "x" * 65}, "username"),
         ({"username": "a\u0000b"}, "username"),
         ({"avatar_url": "https://example.com/a.png"}, "avatar_url"),
@@ -429,7 +432,7 @@ async def test_stats_curl_examples_and_quota(
 
 
 async def test_status_examples_as_written(
-    http: httpx.AsyncClient, site: str, gpu: ThreadedWorker
+    http: httpx.AsyncClient, site: str, gpu: ThreadedWorker, site_settings: Settings
 ) -> None:
     # The worker's heartbeat makes its pool (and so every model) available.
     deadline = time.monotonic() + 30
@@ -464,6 +467,23 @@ async def test_status_examples_as_written(
     assert services["flux-dev"]["availability"] == "AVAILABLE"
     assert services["flux-dev"]["liveWorkers"] >= 1
     assert services["flux-dev"]["pool"] == "default"
+    # Public and unmetered, so aliases cannot multiply its reads: thirty in one document
+    # read the queues once (a zcard per pool; without the shared read, thirty times).
+    client = redis.asyncio.Redis.from_url(site_settings.redis_url)
+    try:
+
+        async def zcards() -> int:
+            stats = await client.info("commandstats")
+            return int(stats.get("cmdstat_zcard", {}).get("calls", 0))
+
+        before = await zcards()
+        many = " ".join(f"s{n}: serviceStatus {{ at }}" for n in range(30))
+        answer = (await http.post("/graphql", json={"query": f"{{ {many} }}"})).json()
+        assert "errors" not in answer, answer
+        assert len({v["at"] for v in answer["data"].values()}) == 1
+        assert await zcards() - before < 10
+    finally:
+        await client.aclose()
 
 
 # ----------------------------------------------------------------------------- admin
