@@ -14,6 +14,11 @@ Where the same key (or an id sent through GraphQL) was used more than once by an
 the later rows lose it (client_batch_id NULL): the unique constraint allows one. A retry,
 after the upgrade, of a batch created with client ids before it is refused as
 IDEMPOTENCY_KEY_REUSED: its stored fingerprint did not include the ids.
+
+The downgrade puts back the old form only for rows with client ids: a seed-000 batch sent
+with an Idempotency-Key and no item ids keeps the bare key, which the old adapter (looking
+for ``{"v2": key, "ids": []}``) no longer finds, so a retry after a downgrade makes a new
+batch.
 """
 
 import json

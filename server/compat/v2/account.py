@@ -76,6 +76,9 @@ class Profile(_Out):
 
 
 class _Storable(_Wire):
+    # Stripped here, so a blank value is refused naming this surface's field.
+    model_config = ConfigDict(extra="forbid", str_max_length=4000, str_strip_whitespace=True)
+
     @field_validator("*")
     @classmethod
     def _storable(cls, value: Any) -> Any:
