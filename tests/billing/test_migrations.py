@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
@@ -93,6 +93,18 @@ async def throwaway_url(database: str) -> AsyncIterator[str]:
     finally:
         await drop_database(url)
     assert not await _database_exists(url)
+
+
+async def insert_account(conn: AsyncConnection, account_id: uuid.UUID, email: str) -> None:
+    """An account row as the schema of an older revision takes it (5 credits, none held)."""
+    await conn.execute(
+        text(
+            "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
+            " credits_reserved, created_at)"
+            " VALUES (:id, :email, 'free', 'whsec_x', 5, 0, now())"
+        ),
+        {"id": account_id, "email": email},
+    )
 
 
 async def test_models_match_migrated_database(database: str) -> None:
@@ -185,14 +197,7 @@ async def test_job_kinds_migration_carries_existing_jobs_over(throwaway_url: str
     )
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
-                    " credits_reserved, created_at)"
-                    " VALUES (:id, 'legacy@example.com', 'free', 'whsec_x', 5, 0, now())"
-                ),
-                {"id": account_id},
-            )
+            await insert_account(conn, account_id, "legacy@example.com")
             for job_id, status, key in (("done1", "completed", "done1-abc.png"),
                                         ("queued1", "queued", None)):  # fmt: skip
                 await conn.execute(
@@ -264,14 +269,7 @@ async def test_batch_client_ids_move_to_their_column(throwaway_url: str) -> None
     ]
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO accounts (id, email, plan, webhook_secret, credits_available,"
-                    " credits_reserved, created_at)"
-                    " VALUES (:id, 'batches@example.com', 'free', 'whsec_x', 5, 0, now())"
-                ),
-                {"id": account_id},
-            )
+            await insert_account(conn, account_id, "batches@example.com")
             for n, (batch_id, client_batch_id, item_ids) in enumerate(rows):
                 await conn.execute(
                     text(
