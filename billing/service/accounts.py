@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing import keys
@@ -241,8 +242,10 @@ async def find_account(session: AsyncSession, id_or_email: str) -> Account:
 
 async def locked(session: AsyncSession, account_id: uuid.UUID) -> Account:
     """The account, its row locked until commit (NOT_FOUND: no such account)."""
-    await get_account(session, account_id)
-    return await repo.lock_account(session, account_id)
+    try:
+        return await repo.lock_account(session, account_id)
+    except NoResultFound:
+        raise NotFound("Account") from None
 
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
