@@ -146,13 +146,11 @@ def payload(view: BatchView) -> dict[str, object]:
     }
 
 
-def _error_message(g: Generation) -> str | None:
-    """As the REST v2 adapter's ``status_message`` words a finished item."""
-    if g.status == GenerationStatus.FAILED.value:
-        return g.error or "The generation failed"
-    if g.status == GenerationStatus.CANCELLED.value:
-        return "The generation was cancelled"
-    return None
+def seed000_batch_status(status: str) -> str:
+    """A batch's status as seed 000's clients wait for it: processing until every item is
+    final, then completed (some items may have failed: see ``failed``), failed (all
+    failed) or cancelled."""
+    return {"queued": "processing", "partially_failed": "completed"}.get(status, status)
 
 
 def _seconds(value: datetime | None) -> datetime | None:
@@ -172,7 +170,7 @@ def seed000_payload(
     starts = [s for s in (_seconds(g.started_at) for g in view.items) if s is not None]
     started = min(starts) if starts else None
     ended = _seconds(batch.completed_at)
-    status = {"queued": "processing", "partially_failed": "completed"}.get(view.status, view.status)
+    status = seed000_batch_status(view.status)
     jobs = []
     for position, (g, client_id) in enumerate(zip(view.items, view.client_ids, strict=True), 1):
         done = g.status == GenerationStatus.COMPLETED.value
@@ -181,14 +179,12 @@ def seed000_payload(
             {
                 "id": client_id or g.id,
                 "image_id": g.id,
-                "status": {"processing": "generating", "cancelled": "failed"}.get(
-                    g.status, g.status
-                ),
+                "status": webhooks.seed000_status(g.status),
                 "position": position,
                 "url": url_of(g.image_key) if done and g.image_key and url_of else None,
                 "seed": g.seed,
                 "generation_time": float(duration) if duration is not None else None,
-                "error_message": _error_message(g),
+                "error_message": webhooks.seed000_error_message(g.status, g.error),
             }
         )
     return {

@@ -90,6 +90,21 @@ def validate_filter(events: Sequence[str] | None, field: str) -> list[str] | Non
     )
 
 
+def seed000_status(status: str) -> str:
+    """Fluxgate's job status as seed 000 names it: queued, generating, completed, failed
+    (a cancelled job is failed; its error_message says so)."""
+    return {"processing": "generating", "cancelled": "failed"}.get(status, status)
+
+
+def seed000_error_message(status: str, error: str | None) -> str | None:
+    """Seed 000's ``error_message`` of a failed or cancelled job; None for any other."""
+    if status == "failed":
+        return error or "The generation failed"
+    if status == "cancelled":
+        return "The generation was cancelled"
+    return None
+
+
 def is_seed000(generation: Generation) -> bool:
     """Whether the job's webhook was registered with seed 000's event names."""
     events = generation.webhook_events

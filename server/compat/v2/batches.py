@@ -31,7 +31,9 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from billing.service.batch_progress import SEED000_BATCH_COMPLETE, SEED000_BATCH_PREFIX
+from billing.service.batch_progress import seed000_batch_status as batch_status
 from billing.service.batches import MAX_CLIENT_ID, MAX_ITEMS
+from billing.service.webhooks import seed000_error_message
 from billing.text import unstorable
 from server.compat.surface import Call, FormFile, Refused
 from server.compat.v2.common import (
@@ -40,7 +42,6 @@ from server.compat.v2.common import (
     default_service,
     job_input,
     seed_status,
-    status_message,
     surface,
 )
 from server.compat.v2.jobs import Img2ImgForm
@@ -229,7 +230,6 @@ def client_ids(batch: Mapping[str, Any]) -> list[str | None]:
 
 def job_entry(item: Mapping[str, Any], position: int, client_id: str | None) -> dict[str, Any]:
     status = item["status"]
-    failed = status in {"failed", "cancelled"}
     return {
         "id": client_id or item["id"],
         "image_id": item["id"],
@@ -239,18 +239,8 @@ def job_entry(item: Mapping[str, Any], position: int, client_id: str | None) -> 
         "seed": item.get("seed"),
         "progress": item.get("progress", 0),
         "generation_time": item.get("duration"),
-        "error_message": status_message(item) if failed else None,
+        "error_message": seed000_error_message(status, item.get("error")),
     }
-
-
-def batch_status(status: str) -> str:
-    """Fluxgate's batch status as the seed's clients wait for it: processing until every
-    item is final, then completed (some items may have failed: see ``failed``), failed
-    (all failed) or cancelled."""
-    return {
-        "queued": "processing",
-        "partially_failed": "completed",
-    }.get(status, status)
 
 
 def counts(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from billing.service.accounts import Profile
-from billing.service.webhooks import SEED000_DEFAULT_EVENTS
+from billing.service.webhooks import SEED000_DEFAULT_EVENTS, seed000_error_message
+from billing.service.webhooks import seed000_status as seed_status
 from kinds.flux import DIMENSION_STEP
 from kinds.text_to_image import keeps_aspect
 from server.compat.surface import Call, Refused, Surface, request_id
@@ -303,20 +304,13 @@ GENERATION_FIELDS = """
 """
 
 
-def seed_status(status: str) -> str:
-    """Fluxgate's job status as the seed names it: queued, generating, completed, failed
-    (a cancelled job is failed, its error_message says so)."""
-    return {"processing": "generating", "cancelled": "failed"}.get(status, status)
-
-
 def status_message(generation: Mapping[str, Any]) -> str:
     status = generation["status"]
+    failure = seed000_error_message(status, generation.get("error"))
+    if failure is not None:
+        return failure
     if status == "completed":
         return "Image generated successfully"
-    if status == "failed":
-        return str(generation.get("error") or "The generation failed")
-    if status == "cancelled":
-        return "The generation was cancelled"
     if status == "processing":
         return f"Generating: {generation.get('progress', 0)}%"
     return "Queued"
@@ -353,9 +347,7 @@ def seed_image(generation: Mapping[str, Any]) -> dict[str, Any]:
     first = outputs[0] if outputs else None
     width = int(first["width"]) if first else int(generation["width"])
     height = int(first["height"]) if first else int(generation["height"])
-    error_message = None
-    if status in {"failed", "cancelled"}:
-        error_message = status_message(generation)
+    error_message = seed000_error_message(status, generation.get("error"))
     return {
         "id": generation["id"],
         "image_id": generation["id"],
